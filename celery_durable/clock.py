@@ -1,0 +1,25 @@
+"""The one source of "now" for scheduling decisions, replaceable by the testing driver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+_now: Callable[[], datetime] | None = None
+
+
+def now() -> datetime:
+    """The current time (aware UTC, or naive local when ``USE_TZ=False``), or the testing driver's clock while one is installed."""
+    if _now is not None:
+        return _now()
+    from django.conf import settings
+
+    if settings.USE_TZ:
+        return datetime.now(timezone.utc)
+    return datetime.now()
+
+
+def set_clock(clock: Callable[[], datetime] | None) -> None:
+    """Install (or with ``None`` remove) a replacement clock. Used by ``celery_durable.testing``."""
+    global _now
+    _now = clock

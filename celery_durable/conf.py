@@ -1,0 +1,79 @@
+"""Typed, lazily read settings: the ``CELERY_DURABLE`` dict in Django settings.
+
+Every access reads Django settings again, so ``override_settings`` works and nothing is
+read at import time. No setting shapes a model field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import timedelta
+from typing import Any
+
+from .exceptions import DurableConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "LEASE_SECONDS": 30.0,
+    "HEARTBEAT_SECONDS": 10.0,
+    "WAKER_INTERVAL": 1.0,
+    "REPUBLISH_AFTER_SECONDS": 120.0,
+    "MAX_STEP_OUTPUT_BYTES": 1_048_576,
+    "MAX_ARGUMENT_BYTES": 1_048_576,
+    "IDEMPOTENCY_WINDOW": timedelta(hours=24),
+    "RETENTION_DAYS": 30,
+    "MAX_RECOVERIES": 20,
+    "RUN_SERVICES_IN_WORKER": True,
+    "REUSE_CONNECTIONS": True,
+    "WAKER_BATCH_SIZE": 500,
+}
+
+
+@dataclass(frozen=True)
+class DurableSettings:
+    """A snapshot of the ``CELERY_DURABLE`` settings with defaults filled in."""
+
+    LEASE_SECONDS: float
+    HEARTBEAT_SECONDS: float
+    WAKER_INTERVAL: float
+    REPUBLISH_AFTER_SECONDS: float
+    MAX_STEP_OUTPUT_BYTES: int
+    MAX_ARGUMENT_BYTES: int
+    IDEMPOTENCY_WINDOW: timedelta
+    RETENTION_DAYS: int
+    MAX_RECOVERIES: int
+    RUN_SERVICES_IN_WORKER: bool
+    REUSE_CONNECTIONS: bool
+    WAKER_BATCH_SIZE: int
+
+
+def _validate(values: dict[str, Any]) -> None:
+    for name in ("LEASE_SECONDS", "HEARTBEAT_SECONDS", "WAKER_INTERVAL", "REPUBLISH_AFTER_SECONDS"):
+        value = values[name]
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise DurableConfigError(f"CELERY_DURABLE[{name!r}] must be a positive number, got {value!r}")
+    for name in ("MAX_STEP_OUTPUT_BYTES", "MAX_ARGUMENT_BYTES", "RETENTION_DAYS", "WAKER_BATCH_SIZE"):
+        value = values[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise DurableConfigError(f"CELERY_DURABLE[{name!r}] must be a positive int, got {value!r}")
+    if values["HEARTBEAT_SECONDS"] >= values["LEASE_SECONDS"]:
+        raise DurableConfigError("CELERY_DURABLE['HEARTBEAT_SECONDS'] must be below LEASE_SECONDS")
+
+
+def get_settings() -> DurableSettings:
+    """Read the ``CELERY_DURABLE`` settings dict now, with defaults and validation."""
+    from django.conf import settings
+
+    user = getattr(settings, "CELERY_DURABLE", None) or {}
+    if not isinstance(user, dict):
+        raise DurableConfigError("settings.CELERY_DURABLE must be a dict")
+    unknown = set(user) - set(DEFAULTS)
+    if unknown:
+        raise DurableConfigError(
+            f"unknown CELERY_DURABLE keys: {sorted(unknown)}; known keys: {sorted(DEFAULTS)}"
+        )
+    values = {**DEFAULTS, **user}
+    window = values["IDEMPOTENCY_WINDOW"]
+    if isinstance(window, int | float):
+        values["IDEMPOTENCY_WINDOW"] = timedelta(seconds=window)
+    _validate(values)
+    return DurableSettings(**{f.name: values[f.name] for f in fields(DurableSettings)})

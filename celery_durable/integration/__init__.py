@@ -1,0 +1,1 @@
+"""Celery glue: the task base class, publication of nudges, worker services, ``install``."""

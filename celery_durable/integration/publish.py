@@ -1,0 +1,74 @@
+"""Publishing nudges: messages that say "execute run X now", sent after commit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+from celery.app.task import Task
+from django.db import transaction
+
+from .. import serialization
+
+if TYPE_CHECKING:
+    from ..runs import Nudge
+
+logger = logging.getLogger("celery_durable")
+
+# Marks a message published by celery-durable for an existing run row.
+NUDGE_HEADER = "durable_nudge"
+
+# Set by ``celery_durable.testing``: receives nudges instead of the broker.
+dispatch_override: Callable[[Nudge], None] | None = None
+
+
+def publish(app: Celery, nudge: Nudge) -> bool:
+    """Send one nudge with the run id as task id; ``False`` if it could not be sent."""
+    from .. import runs
+
+    if dispatch_override is not None:
+        dispatch_override(nudge)
+        return True
+    task = app.tasks.get(nudge.task_name)
+    if task is None:
+        logger.error("durable run %s: task %r is not registered; failing it", nudge.run_id, nudge.task_name)
+        if runs.fail_unregistered(nudge.run_id, nudge.task_name):
+            from ..exceptions import TaskNotRegistered
+
+            app.backend.mark_as_failure(nudge.run_id, TaskNotRegistered(nudge.task_name))
+        return False
+    options: dict[str, Any] = serialization.loads(nudge.options)
+    headers = dict(options.pop("headers", None) or {})
+    headers[NUDGE_HEADER] = True
+    if nudge.countdown:
+        options["countdown"] = nudge.countdown
+    try:
+        # Task.apply_async, not the DurableTask override: this run exists already.
+        Task.apply_async(
+            task,
+            args=serialization.loads(nudge.args),
+            kwargs=serialization.loads(nudge.kwargs),
+            task_id=nudge.run_id,
+            headers=headers,
+            **options,
+        )
+    except Exception:
+        logger.warning(
+            "durable run %s: publishing failed; the sweeper publishes it again later",
+            nudge.run_id, exc_info=True,
+        )
+        return False
+    return True
+
+
+def publish_all(app: Celery, nudges: Iterable[Nudge]) -> int:
+    """Publish each nudge; return how many went out."""
+    return sum(publish(app, nudge) for nudge in nudges)
+
+
+def publish_on_commit(app: Celery, nudges: list[Nudge], using: str = "default") -> None:
+    """Publish once the current transaction commits (at once in autocommit mode)."""
+    if nudges:
+        transaction.on_commit(lambda: publish_all(app, nudges), using=using)

@@ -1,0 +1,123 @@
+"""Background services: the waker/sweeper/reaper loop and the lease heartbeat.
+
+They run in threads of the worker (a bootstep) or standalone (``manage.py
+durable_services``). Each tick opens and closes its own database connection: a thread of
+the worker's main process must not hold a connection across a prefork fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from celery import Celery
+from django.db import DatabaseError, connections
+
+from .. import runs
+from ..conf import get_settings
+from .publish import publish_all
+
+logger = logging.getLogger("celery_durable")
+
+
+@dataclass
+class TickReport:
+    """What one tick of the services did."""
+
+    woken: int = 0
+    republished: int = 0
+    recovered: int = 0
+    failed: int = 0
+
+
+def tick(app: Celery, using: str = "default") -> TickReport:
+    """One pass: publish due runs, republish lost messages, requeue expired leases."""
+    settings = get_settings()
+    report = TickReport()
+    batch = settings.WAKER_BATCH_SIZE
+    due = runs.take_due(batch, using)
+    report.woken = publish_all(app, due)
+    lost = runs.take_unpublished(settings.REPUBLISH_AFTER_SECONDS, batch, using)
+    report.republished = publish_all(app, lost)
+    expired, doomed = runs.take_expired(settings.MAX_RECOVERIES, batch, using)
+    report.recovered = publish_all(app, expired)
+    for run_id in doomed:
+        from ..exceptions import DurableError
+
+        app.backend.mark_as_failure(run_id, DurableError("the run's worker was lost too many times"))
+    report.failed = len(doomed)
+    return report
+
+
+class ServiceThread(threading.Thread):
+    """Runs :func:`tick` every ``WAKER_INTERVAL`` seconds until stopped."""
+
+    def __init__(self, app: Celery, using: str = "default") -> None:
+        super().__init__(name="celery-durable-services", daemon=True)
+        self.app = app
+        self.using = using
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        """The loop; database errors are logged and retried on the next tick."""
+        while not self.stopping.is_set():
+            try:
+                report = tick(self.app, self.using)
+                if report.woken or report.republished or report.recovered or report.failed:
+                    logger.info("durable services: %s", report)
+            except DatabaseError as exc:
+                logger.warning("durable services: database error, retrying next tick: %s", exc)
+            except Exception:
+                logger.exception("durable services: tick failed")
+            finally:
+                connections.close_all()
+            self.stopping.wait(get_settings().WAKER_INTERVAL)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the loop to end and wait for it."""
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout)
+
+
+class Heartbeat(threading.Thread):
+    """Extends the leases of the runs this process executes while their steps run."""
+
+    def __init__(self, owner: str, active: set[str], using: str = "default") -> None:
+        super().__init__(name="celery-durable-heartbeat", daemon=True)
+        self.owner = owner
+        self.active = active
+        self.using = using
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        """Every ``HEARTBEAT_SECONDS``, push the leases of active runs out again."""
+        settings = get_settings()
+        while not self.stopping.wait(settings.HEARTBEAT_SECONDS):
+            ids = list(self.active)
+            if not ids:
+                continue
+            try:
+                runs.extend_leases(self.owner, ids, get_settings().LEASE_SECONDS, self.using)
+            except DatabaseError as exc:
+                logger.warning("durable heartbeat: database error: %s", exc)
+            finally:
+                connections.close_all()
+
+
+_heartbeat: Heartbeat | None = None
+_heartbeat_lock = threading.Lock()
+
+
+def ensure_heartbeat() -> None:
+    """Start this process's heartbeat thread if it is not running (e.g. after a fork)."""
+    global _heartbeat
+    from ..execution import active, lease_owner
+
+    owner = lease_owner()
+    with _heartbeat_lock:
+        if _heartbeat is not None and _heartbeat.is_alive() and _heartbeat.owner == owner:
+            return
+        _heartbeat = Heartbeat(owner, active.ids)
+        _heartbeat.start()

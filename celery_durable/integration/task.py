@@ -1,0 +1,255 @@
+"""``DurableTask``, the Celery task base class, and the ``durable_task`` decorator."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import shared_task
+from celery.contrib.django.task import DjangoTask
+from celery.exceptions import Ignore
+from celery.result import AsyncResult
+from celery.utils import uuid
+from django.db import router
+
+from .. import clock, serialization
+from ..exceptions import DurableConfigError, RetryAfter, _StepFailed
+from ..options import RetryPolicy
+from ..runtime import context
+from ..runtime.steps import StepContext
+from .publish import NUDGE_HEADER
+
+logger = logging.getLogger("celery_durable")
+
+# Options of SPEC §6 that later releases implement; declaring them now fails loudly.
+NOT_YET_SUPPORTED = (
+    "concurrency", "throttle", "debounce", "idempotency_key", "singleton",
+    "cancel_on", "timeouts", "on_event", "on_failure",
+)
+RETRY_OPTIONS = ("retries", "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay")
+# Publish options that are not stored with the run (they describe one publication).
+TRANSIENT_OPTIONS = ("producer", "connection", "countdown", "eta", "add_to_parent", "publisher")
+
+
+def validate_options(task_name: str, attrs: dict[str, Any]) -> None:
+    """Raise ``DurableConfigError`` naming task and option for an invalid declaration."""
+    for name in NOT_YET_SUPPORTED:
+        if attrs.get(name) is not None:
+            raise DurableConfigError(f"{task_name}: option {name!r} is not available in this version yet")
+    priority = attrs.get("priority")
+    if priority is not None and not isinstance(priority, int):
+        raise DurableConfigError(f"{task_name}: option 'priority' must be an int for now, got {priority!r}")
+    rate_limit = attrs.get("rate_limit")
+    if rate_limit is not None and not isinstance(rate_limit, str):
+        raise DurableConfigError(f"{task_name}: option 'rate_limit' (RateLimit) is not available in this version yet")
+    if attrs.get("autoretry_for"):
+        raise DurableConfigError(
+            f"{task_name}: option 'autoretry_for' does not apply to durable tasks; "
+            f"steps retry by themselves (retries=, retry_backoff=, NonRetriableError)"
+        )
+    try:
+        RetryPolicy(**{k: attrs[k] for k in RETRY_OPTIONS if k in attrs})
+    except DurableConfigError as exc:
+        raise DurableConfigError(f"{task_name}: {exc}") from None
+
+
+class DurableTask(DjangoTask):  # type: ignore[misc]
+    """Base class of durable tasks: runs checkpointed in the Django database.
+
+    ``@app.task(base=DurableTask, ...)``, ``@shared_task(base=DurableTask, ...)`` and
+    ``@durable_task(...)`` are equivalent.
+    """
+
+    acks_late = True
+    reject_on_worker_lost = True
+    retries = 3
+    retry_backoff: bool | int | float = True
+    retry_backoff_max: int | float = 600
+    retry_jitter = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        validate_options(cls.__dict__.get("name") or cls.__name__, dict(cls.__dict__))
+
+    @property
+    def step(self) -> StepContext:
+        """The step context of the running execution (``bind=True`` tasks)."""
+        return context.current()
+
+    def retry_policy(self) -> RetryPolicy:
+        """The per-step retry policy of this task."""
+        return RetryPolicy(
+            retries=self.retries,
+            retry_backoff=self.retry_backoff,
+            retry_backoff_max=self.retry_backoff_max,
+            retry_jitter=self.retry_jitter,
+            default_retry_delay=self.default_retry_delay,
+        )
+
+    # --- intake -------------------------------------------------------------------------
+
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: Any = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Record the run, then publish it when the current transaction commits."""
+        headers = options.get("headers") or {}
+        if headers.get(NUDGE_HEADER) or self.app.conf.task_always_eager:
+            return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        self._check_arguments(args, kwargs)
+        run_id = task_id or uuid()
+        wake_at = _wake_time(options.pop("countdown", None), options.pop("eta", None))
+        stored = {k: v for k, v in options.items() if k not in TRANSIENT_OPTIONS and v is not None}
+        for name, value in (("link", link), ("link_error", link_error), ("shadow", shadow)):
+            if value is not None:
+                stored[name] = value
+        parent = self.app.current_worker_task
+        if parent is not None and parent.request.id:
+            stored.setdefault("parent_id", parent.request.id)
+            stored.setdefault("root_id", parent.request.root_id or parent.request.id)
+        from .. import runs
+        from .publish import publish_on_commit
+
+        nudge = runs.Nudge(
+            run_id,
+            self.name,
+            self._encode_args(args),
+            self._encode_kwargs(kwargs),
+            serialization.dumps(stored, f"publish options of {self.name}"),
+        )
+        using = router.db_for_write(_run_model())
+        created = runs.create(
+            run_id=run_id,
+            task_name=self.name,
+            args=nudge.args,
+            kwargs=nudge.kwargs,
+            options=nudge.options,
+            wake_at=wake_at,
+            using=using,
+        )
+        if created and wake_at is None:
+            publish_on_commit(self.app, [nudge], using)
+        return self.AsyncResult(run_id)
+
+    def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self.typing:
+            return
+        try:
+            inspect.signature(self.run).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}: {exc}") from None
+
+    def _encode_args(self, args: tuple[Any, ...]) -> str:
+        for index, value in enumerate(args):
+            serialization.dumps(value, f"argument {index} of {self.name}")
+        return serialization.dumps(list(args), f"arguments of {self.name}")
+
+    def _encode_kwargs(self, kwargs: dict[str, Any]) -> str:
+        for name, value in kwargs.items():
+            serialization.dumps(value, f"argument {name!r} of {self.name}")
+        return serialization.dumps(kwargs, f"keyword arguments of {self.name}")
+
+    # --- execution ----------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Execute the run named by the message's task id (the worker calls this)."""
+        request = self.request
+        if request.called_directly or request.is_eager:
+            return self._run_without_checkpoints(args, kwargs)
+        from .. import execution, runs
+        from .publish import publish_all
+        from .services import ensure_heartbeat
+
+        ensure_heartbeat()
+        run_id = request.id
+        outcome = execution.execute(
+            run_id=run_id, task_name=self.name, body=self.run, policy=self.retry_policy()
+        )
+        if outcome.kind == "dropped" and not runs.exists(run_id):
+            # Published by a producer that did not record the run (e.g. send_task from
+            # another codebase): record it from the message and execute it.
+            runs.create(
+                run_id=run_id, task_name=self.name, args=self._encode_args(args),
+                kwargs=self._encode_kwargs(kwargs), options="{}",
+            )
+            outcome = execution.execute(
+                run_id=run_id, task_name=self.name, body=self.run, policy=self.retry_policy()
+            )
+        if outcome.kind == "completed":
+            return outcome.value
+        if outcome.kind == "failed":
+            assert outcome.error is not None
+            raise outcome.error
+        publish_all(self.app, outcome.nudges)
+        raise Ignore()
+
+    def _run_without_checkpoints(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A direct call (``task(...)``) or eager mode: steps run inline, nothing is stored."""
+        from ..runtime.memory import ephemeral_context
+
+        token = context.activate(ephemeral_context(self.name, self.retry_policy()))
+        try:
+            return self.run(*args, **kwargs)
+        except _StepFailed as failed:
+            raise failed.error from None
+        finally:
+            context.deactivate(token)
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: Any = None, throw: bool = True,
+              eta: datetime | None = None, countdown: float | None = None, max_retries: int | None = None,
+              **options: Any) -> Any:
+        """Inside a durable run, retry the current step: the same as ``raise RetryAfter(countdown)``."""
+        delay = countdown if countdown is not None else self.default_retry_delay
+        if eta is not None:
+            delay = max(0.0, (eta - clock.now()).total_seconds())
+        raise RetryAfter(delay, str(exc) if exc else "")
+
+
+def _run_model() -> Any:
+    from ..models import Run
+
+    return Run
+
+
+def _wake_time(countdown: float | None, eta: datetime | str | None) -> datetime | None:
+    if eta is not None:
+        if isinstance(eta, str):
+            eta = datetime.fromisoformat(eta)
+        return eta
+    if countdown:
+        return clock.now() + timedelta(seconds=float(countdown))
+    return None
+
+
+def durable_task(*args: Any, **options: Any) -> Any:
+    """Declare a durable task: ``shared_task(base=DurableTask, **options)``.
+
+    Usable bare (``@durable_task``) or with options (``@durable_task(retries=5)``).
+    Invalid options raise :class:`DurableConfigError` here, at import time.
+    """
+
+    def decorate(fun: Callable[..., Any]) -> Any:
+        name = options.get("name") or f"{fun.__module__}.{fun.__name__}"
+        validate_options(name, options)
+        base = options.pop("base", DurableTask)
+        if not (isinstance(base, type) and issubclass(base, DurableTask)):
+            raise DurableConfigError(f"{name}: base must be DurableTask or a subclass of it")
+        return shared_task(base=base, **options)(fun)
+
+    if len(args) == 1 and callable(args[0]) and not options:
+        return decorate(args[0])
+    if args:
+        raise DurableConfigError("durable_task takes keyword options only")
+    return decorate

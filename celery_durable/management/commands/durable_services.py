@@ -1,0 +1,32 @@
+"""``manage.py durable_services``: the waker, sweeper and reaper outside the workers."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from ...conf import get_settings
+from ...integration.services import tick
+
+
+class Command(BaseCommand):
+    help = "Run the durable services (waker, sweeper, reaper) until interrupted."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--once", action="store_true", help="run one tick and exit")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from celery import current_app
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        while True:
+            report = tick(current_app)
+            if options["once"] or options["verbosity"] > 1:
+                self.stdout.write(str(report))
+            if options["once"] or stop.wait(get_settings().WAKER_INTERVAL):
+                return

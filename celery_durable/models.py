@@ -1,0 +1,125 @@
+"""Tables of celery-durable: runs and their step checkpoints.
+
+Rows change state only through :mod:`celery_durable.runs` (conditional UPDATEs), never
+through model signals or ``save()`` of a loaded instance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+
+from . import serialization
+
+
+class RunStatus(models.TextChoices):
+    """The states of a run (SPEC §7)."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+FINISHED_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED)
+
+
+class Run(models.Model):
+    """One durable run: the id is the Celery task id of every publication of the run."""
+
+    id = models.CharField(max_length=255, primary_key=True)
+    task_name = models.CharField(max_length=255)
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    args = models.TextField(default="[]", help_text="JSON list of positional arguments")
+    kwargs = models.TextField(default="{}", help_text="JSON dict of keyword arguments")
+    options = models.TextField(default="{}", help_text="JSON publish options (queue, links, ...)")
+    result = models.TextField(null=True, blank=True, help_text="JSON result once completed")
+    error = models.TextField(null=True, blank=True, help_text="JSON {type, module, message, traceback}")
+    priority = models.SmallIntegerField(default=0)
+    # Fencing token: bumped by every claim; checkpoint writes name the generation they hold.
+    generation = models.PositiveIntegerField(default=0)
+    executions = models.PositiveIntegerField(default=0)
+    recoveries = models.PositiveIntegerField(default=0)
+    lease_owner = models.CharField(max_length=255, null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    wake_at = models.DateTimeField(null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "wake_at"], name="durable_run_due"),
+            models.Index(fields=["status", "lease_expires_at"], name="durable_run_lease"),
+            models.Index(fields=["status", "published_at"], name="durable_run_published"),
+            models.Index(fields=["task_name", "created_at"], name="durable_run_task"),
+            models.Index(fields=["created_at"], name="durable_run_created"),
+        ]
+        permissions = [
+            ("cancel_run", "Can cancel durable runs"),
+            ("replay_run", "Can replay durable runs"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.id}] {self.status}"
+
+    @property
+    def args_value(self) -> list[Any]:
+        """The decoded positional arguments."""
+        value: list[Any] = serialization.loads(self.args)
+        return value
+
+    @property
+    def kwargs_value(self) -> dict[str, Any]:
+        """The decoded keyword arguments."""
+        value: dict[str, Any] = serialization.loads(self.kwargs)
+        return value
+
+    @property
+    def result_value(self) -> Any:
+        """The decoded result (``None`` until the run completed)."""
+        return None if self.result is None else serialization.loads(self.result)
+
+    @property
+    def error_value(self) -> dict[str, Any] | None:
+        """The decoded error record, if the run failed."""
+        return None if self.error is None else serialization.loads(self.error)
+
+
+class StepStatus(models.TextChoices):
+    """The states of a step checkpoint."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Step(models.Model):
+    """A step checkpoint: one row per step id per run, written once when the step completes."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    step_id = models.CharField(max_length=255)
+    kind = models.CharField(max_length=16, default="run")
+    status = models.CharField(max_length=16, choices=StepStatus.choices)
+    output = models.TextField(null=True, blank=True, help_text="JSON output of a completed step")
+    error = models.TextField(null=True, blank=True, help_text="JSON error of the last failed attempt")
+    attempts = models.PositiveIntegerField(default=1)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "step_id"], name="durable_step_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.step_id} {self.status}"
+
+    @property
+    def output_value(self) -> Any:
+        """The decoded output."""
+        return None if self.output is None else serialization.loads(self.output)

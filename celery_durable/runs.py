@@ -1,0 +1,389 @@
+"""The run state machine: every status transition, each one conditional UPDATE.
+
+This module knows nothing of Celery. Transitions that make a run runnable return what
+must be published; callers publish after commit (:mod:`celery_durable.integration.publish`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+
+from . import clock, serialization
+from .exceptions import RunNotFound, RunStateError
+from .models import FINISHED_STATUSES, Run, RunStatus, Step, StepStatus
+from .runtime.steps import StoredStep
+
+
+@dataclass(frozen=True)
+class Nudge:
+    """A message to publish for a runnable run (after the transaction commits)."""
+
+    run_id: str
+    task_name: str
+    args: str
+    kwargs: str
+    options: str
+    countdown: float | None = None
+
+
+@dataclass
+class Claim:
+    """What an execution holds after claiming a run."""
+
+    run: Run
+    generation: int
+    checkpoints: dict[str, StoredStep]
+
+
+def create(
+    *,
+    run_id: str,
+    task_name: str,
+    args: str,
+    kwargs: str,
+    options: str,
+    wake_at: datetime | None = None,
+    using: str = "default",
+) -> bool:
+    """Insert a queued run; ``False`` if a run with that id exists already."""
+    now = clock.now()
+    try:
+        with transaction.atomic(using=using):
+            Run.objects.using(using).create(
+                id=run_id,
+                task_name=task_name,
+                status=RunStatus.QUEUED,
+                args=args,
+                kwargs=kwargs,
+                options=options,
+                wake_at=wake_at,
+                published_at=None if wake_at else now,
+                created_at=now,
+            )
+    except IntegrityError:
+        if Run.objects.using(using).filter(id=run_id).exists():
+            return False
+        raise
+    return True
+
+
+def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default") -> Claim | None:
+    """Take the run's lease with one compare-and-set; ``None`` if it is not ours to run.
+
+    Runnable means: queued and due, or running with an expired lease (its worker died).
+    Zero rows changed means a duplicate or stale message: the caller drops it.
+    """
+    now = clock.now()
+    runs = Run.objects.using(using)
+    claimed = runs.filter(
+        Q(id=run_id)
+        & (
+            (Q(status=RunStatus.QUEUED) & (Q(wake_at__isnull=True) | Q(wake_at__lte=now)))
+            | Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+        )
+    ).update(
+        status=RunStatus.RUNNING,
+        generation=F("generation") + 1,
+        executions=F("executions") + 1,
+        lease_owner=owner,
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
+        wake_at=None,
+        started_at=Coalesce(F("started_at"), now),
+    )
+    if claimed != 1:
+        return None
+    run = runs.get(id=run_id)
+    checkpoints: dict[str, StoredStep] = {}
+    if run.executions > 1:
+        checkpoints = load_checkpoints(run_id, using)
+    return Claim(run=run, generation=run.generation, checkpoints=checkpoints)
+
+
+def load_checkpoints(run_id: str, using: str = "default") -> dict[str, StoredStep]:
+    """All checkpoints of a run, in one query."""
+    rows = Step.objects.using(using).filter(run_id=run_id).values_list(
+        "step_id", "kind", "status", "output", "attempts"
+    )
+    return {row[0]: StoredStep(*row) for row in rows}
+
+
+def exists(run_id: str, using: str = "default") -> bool:
+    """Whether a run with this id exists."""
+    return Run.objects.using(using).filter(id=run_id).exists()
+
+
+def _held(run_id: str, generation: int, using: str) -> Any:
+    return Run.objects.using(using).filter(id=run_id, generation=generation, status=RunStatus.RUNNING)
+
+
+def complete(run_id: str, generation: int, result: str, using: str = "default") -> bool:
+    """Finish a run with its JSON result; ``False`` if the execution no longer holds it."""
+    return (
+        _held(run_id, generation, using).update(
+            status=RunStatus.COMPLETED,
+            result=result,
+            finished_at=clock.now(),
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        == 1
+    )
+
+
+def fail(
+    run_id: str,
+    generation: int,
+    error: dict[str, Any],
+    step: tuple[str, int] | None = None,
+    using: str = "default",
+) -> bool:
+    """Fail a run (recording the failed step, if any) in one transaction."""
+    now = clock.now()
+    error_json = serialization.dumps(error, "error record")
+    with transaction.atomic(using=using):
+        failed = _held(run_id, generation, using).update(
+            status=RunStatus.FAILED,
+            error=error_json,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        if failed == 1 and step is not None:
+            _record_step_failure(run_id, step[0], step[1], error_json, now, using)
+    return failed == 1
+
+
+def retry_step(
+    run_id: str,
+    generation: int,
+    step_id: str,
+    attempts: int,
+    error: dict[str, Any],
+    delay: float,
+    publish_within: float,
+    using: str = "default",
+) -> Nudge | None | bool:
+    """Record a failed attempt and queue the run again after ``delay`` seconds.
+
+    Delays up to ``publish_within`` go to the broker as a short countdown; longer ones wait
+    in the database for the waker. Returns the nudge to publish, ``None`` when the waker
+    will publish it, or ``False`` if the execution no longer holds the run.
+    """
+    now = clock.now()
+    error_json = serialization.dumps(error, "error record")
+    wake_at = now + timedelta(seconds=delay)
+    short = delay <= publish_within
+    with transaction.atomic(using=using):
+        queued = _held(run_id, generation, using).update(
+            status=RunStatus.QUEUED,
+            wake_at=None if short else wake_at,
+            published_at=now if short else None,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        if queued != 1:
+            return False
+        _record_step_failure(run_id, step_id, attempts, error_json, now, using)
+        if not short:
+            return None
+        run = Run.objects.using(using).only("task_name", "args", "kwargs", "options").get(id=run_id)
+    return Nudge(run_id, run.task_name, run.args, run.kwargs, run.options, countdown=delay or None)
+
+
+def _record_step_failure(
+    run_id: str, step_id: str, attempts: int, error_json: str, now: datetime, using: str
+) -> None:
+    steps = Step.objects.using(using)
+    updated = steps.filter(run_id=run_id, step_id=step_id).update(
+        status=StepStatus.FAILED, error=error_json, attempts=attempts, finished_at=now
+    )
+    if not updated:
+        steps.create(
+            run_id=run_id,
+            step_id=step_id,
+            status=StepStatus.FAILED,
+            error=error_json,
+            attempts=attempts,
+            started_at=now,
+            finished_at=now,
+        )
+
+
+def release(run_id: str, generation: int, using: str = "default") -> bool:
+    """Give the run back to the queue at once (e.g. Celery's ``retry()`` re-published it)."""
+    return (
+        _held(run_id, generation, using).update(
+            status=RunStatus.QUEUED, lease_owner=None, lease_expires_at=None, published_at=clock.now()
+        )
+        == 1
+    )
+
+
+def extend_leases(owner: str, run_ids: list[str], lease_seconds: float, using: str = "default") -> int:
+    """Heartbeat: push the lease of runs this worker executes further out."""
+    if not run_ids:
+        return 0
+    return (
+        Run.objects.using(using)
+        .filter(id__in=run_ids, lease_owner=owner, status=RunStatus.RUNNING)
+        .update(lease_expires_at=clock.now() + timedelta(seconds=lease_seconds))
+    )
+
+
+def _locked_ids(queryset: Any, limit: int, using: str) -> list[str]:
+    from django.db import connections
+
+    features = connections[using].features
+    if features.has_select_for_update_skip_locked:
+        queryset = queryset.select_for_update(skip_locked=True)
+    return list(queryset.values_list("id", flat=True)[:limit])
+
+
+def _nudges(ids: list[str], using: str) -> list[Nudge]:
+    rows = Run.objects.using(using).filter(id__in=ids).values_list("id", "task_name", "args", "kwargs", "options")
+    return [Nudge(*row) for row in rows]
+
+
+def take_due(limit: int, using: str = "default") -> list[Nudge]:
+    """Runs whose wake time has come: mark them published and return their nudges."""
+    now = clock.now()
+    with transaction.atomic(using=using):
+        due = Run.objects.using(using).filter(status=RunStatus.QUEUED, wake_at__lte=now).order_by("wake_at")
+        ids = _locked_ids(due, limit, using)
+        if not ids:
+            return []
+        Run.objects.using(using).filter(id__in=ids, status=RunStatus.QUEUED, wake_at__lte=now).update(
+            wake_at=None, published_at=now
+        )
+        return _nudges(ids, using)
+
+
+def take_unpublished(republish_after: float, limit: int, using: str = "default") -> list[Nudge]:
+    """Queued runs whose message may have been lost (commit then crash, broker restart)."""
+    now = clock.now()
+    stale = now - timedelta(seconds=republish_after)
+    with transaction.atomic(using=using):
+        lost = Run.objects.using(using).filter(
+            status=RunStatus.QUEUED, wake_at__isnull=True, published_at__lt=stale
+        ).order_by("published_at")
+        ids = _locked_ids(lost, limit, using)
+        if not ids:
+            return []
+        Run.objects.using(using).filter(id__in=ids, status=RunStatus.QUEUED, published_at__lt=stale).update(
+            published_at=now
+        )
+        return _nudges(ids, using)
+
+
+def take_expired(max_recoveries: int, limit: int, using: str = "default") -> tuple[list[Nudge], list[str]]:
+    """Reaper: requeue runs whose lease expired (their worker died).
+
+    Returns the nudges to publish and the ids of runs failed for having lost their worker
+    more than ``max_recoveries`` times (a task that kills its worker every time).
+    """
+    now = clock.now()
+    with transaction.atomic(using=using):
+        expired = Run.objects.using(using).filter(
+            status=RunStatus.RUNNING, lease_expires_at__lt=now
+        ).order_by("lease_expires_at")
+        ids = _locked_ids(expired, limit, using)
+        if not ids:
+            return [], []
+        runs = Run.objects.using(using).filter(id__in=ids, status=RunStatus.RUNNING, lease_expires_at__lt=now)
+        doomed = list(runs.filter(recoveries__gte=max_recoveries).values_list("id", flat=True))
+        if doomed:
+            error = serialization.dumps(
+                {
+                    "type": "WorkerLost",
+                    "module": "celery_durable",
+                    "message": f"the run's worker was lost {max_recoveries + 1} times; giving up "
+                    f"(CELERY_DURABLE['MAX_RECOVERIES'])",
+                    "traceback": "",
+                },
+                "error record",
+            )
+            runs.filter(id__in=doomed).update(
+                status=RunStatus.FAILED, error=error, finished_at=now, lease_owner=None, lease_expires_at=None
+            )
+        requeue = [run_id for run_id in ids if run_id not in doomed]
+        runs.filter(id__in=requeue).update(
+            status=RunStatus.QUEUED,
+            recoveries=F("recoveries") + 1,
+            lease_owner=None,
+            lease_expires_at=None,
+            published_at=now,
+        )
+        return _nudges(requeue, using), doomed
+
+
+def fail_unregistered(run_id: str, task_name: str, using: str = "default") -> bool:
+    """Fail a queued run whose task this deployment no longer has."""
+    from .exceptions import TaskNotRegistered
+
+    error = TaskNotRegistered(task_name)
+    record = {"type": "TaskNotRegistered", "module": "celery_durable.exceptions", "message": str(error), "traceback": ""}
+    return (
+        Run.objects.using(using)
+        .filter(id=run_id, status=RunStatus.QUEUED)
+        .update(
+            status=RunStatus.FAILED,
+            error=serialization.dumps(record, "error record"),
+            finished_at=clock.now(),
+        )
+        == 1
+    )
+
+
+def get(run_id: str, using: str = "default") -> Run:
+    """The run with this id, or raise :class:`RunNotFound`."""
+    try:
+        return Run.objects.using(using).get(id=run_id)
+    except Run.DoesNotExist:
+        raise RunNotFound(run_id) from None
+
+
+REPLAYABLE = (RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+def replay(run_id: str, from_step: str | None = None, using: str = "default") -> Nudge:
+    """Queue a failed or cancelled run again.
+
+    Completed steps recorded before ``from_step`` are kept; ``from_step`` and every step
+    recorded after it are deleted and run again. Without ``from_step`` every completed step
+    is kept and the run resumes at the step that failed.
+    """
+    with transaction.atomic(using=using):
+        run = get(run_id, using)
+        if run.status not in REPLAYABLE:
+            raise RunStateError(run_id, run.status, "replay")
+        steps = Step.objects.using(using).filter(run_id=run_id)
+        if from_step is not None:
+            anchor = steps.filter(step_id=from_step).first()
+            if anchor is None:
+                raise RunStateError(run_id, f"no step {from_step!r}", "replay from that step")
+            steps.filter(id__gte=anchor.id).delete()
+        steps.filter(status=StepStatus.FAILED).delete()
+        now = clock.now()
+        changed = Run.objects.using(using).filter(id=run_id, status=run.status).update(
+            status=RunStatus.QUEUED,
+            error=None,
+            result=None,
+            finished_at=None,
+            wake_at=None,
+            published_at=now,
+            recoveries=0,
+        )
+        if changed != 1:
+            raise RunStateError(run_id, "changed concurrently", "replay")
+    return Nudge(run.id, run.task_name, run.args, run.kwargs, run.options)
+
+
+def is_finished(status: str) -> bool:
+    """Whether ``status`` is terminal."""
+    return status in FINISHED_STATUSES

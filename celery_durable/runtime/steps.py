@@ -1,0 +1,173 @@
+"""The step context of one execution: memoized replay of checkpoints, retries, determinism."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from .. import serialization
+from ..exceptions import (
+    NonDeterminismError,
+    NonRetriableError,
+    RetryAfter,
+    SerializationError,
+    StepIdError,
+    _StepFailed,
+)
+from ..options import RetryPolicy
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Set by ``celery_durable.testing`` to inject step failures: (task name, step id) -> error.
+fault_hook: Callable[[str, str], BaseException | None] | None = None
+
+MAX_STEP_ID_LENGTH = 200
+OCCURRENCE_SEPARATOR = "#"
+
+
+@dataclass
+class StoredStep:
+    """A checkpoint as loaded at the start of an execution."""
+
+    step_id: str
+    kind: str
+    status: str  # "completed" or "failed"
+    output: str | None
+    attempts: int
+
+
+class CheckpointWriter(Protocol):
+    """Where a step context writes checkpoints (the ORM store, or an in-memory one in tests)."""
+
+    def save_output(
+        self, step_id: str, kind: str, output: str, attempts: int, started_at: datetime, exists: bool
+    ) -> None:
+        """Record a completed step (fenced: raises ``_LeaseLost`` if the run changed hands)."""
+
+    def atomic(self) -> AbstractContextManager[Any]:
+        """A transaction that wraps an atomic step's body and its checkpoint."""
+
+
+def validate_step_id(step_id: object) -> str:
+    """Return ``step_id`` if it is usable, or raise :class:`StepIdError`."""
+    if not isinstance(step_id, str) or not step_id.strip():
+        raise StepIdError(f"a step id must be a non-empty str, got {step_id!r}")
+    if OCCURRENCE_SEPARATOR in step_id:
+        raise StepIdError(
+            f"step id {step_id!r} contains {OCCURRENCE_SEPARATOR!r}, which is reserved for "
+            f"automatic occurrence suffixes"
+        )
+    if len(step_id) > MAX_STEP_ID_LENGTH:
+        raise StepIdError(f"step id {step_id[:40]!r}... is longer than {MAX_STEP_ID_LENGTH} characters")
+    return step_id
+
+
+class StepContext:
+    """What ``step`` (and ``self.step``) is while a durable run executes."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        task_name: str,
+        checkpoints: dict[str, StoredStep],
+        writer: CheckpointWriter,
+        policy: RetryPolicy,
+        clock: Callable[[], datetime],
+        max_output_bytes: int,
+    ) -> None:
+        self._run_id = run_id
+        self._task_name = task_name
+        self._checkpoints = checkpoints
+        self._writer = writer
+        self._policy = policy
+        self._clock = clock
+        self._max_output_bytes = max_output_bytes
+        self._occurrences: dict[str, int] = {}
+        self._attempt = 1
+        self.replayed: list[str] = []
+        self.executed: list[str] = []
+
+    @property
+    def run_id(self) -> str:
+        """The run id (also the Celery task id of every publication of this run)."""
+        return self._run_id
+
+    @property
+    def attempt(self) -> int:
+        """The attempt number of the current (or last) step, starting at 1."""
+        return self._attempt
+
+    def idempotency_key(self, step_id: str) -> str:
+        """A key stable across retries and re-executions, for external APIs (e.g. Stripe)."""
+        return f"{self._run_id}:{validate_step_id(step_id)}"
+
+    def _occurrence(self, step_id: str) -> str:
+        validate_step_id(step_id)
+        count = self._occurrences.get(step_id, 0) + 1
+        self._occurrences[step_id] = count
+        return step_id if count == 1 else f"{step_id}{OCCURRENCE_SEPARATOR}{count}"
+
+    def _stored(self, sid: str, kind: str, description: str) -> StoredStep | None:
+        stored = self._checkpoints.get(sid)
+        if stored is not None and stored.kind != kind:
+            raise NonDeterminismError(sid, stored.kind, description)
+        return stored
+
+    def run(
+        self, step_id: str, fn: Callable[P, T], *args: P.args, atomic: bool = False, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``fn(*args, **kwargs)`` once per run and return its (JSON) result.
+
+        A later execution of the same run returns the checkpointed value without calling
+        ``fn``. With ``atomic=True`` the body runs in ``transaction.atomic()`` together
+        with its checkpoint.
+        """
+        if not callable(fn):
+            raise TypeError(f"step.run({step_id!r}, ...) needs a callable, got {fn!r}")
+        sid = self._occurrence(step_id)
+        stored = self._stored(sid, "run", f"step.run({getattr(fn, '__qualname__', fn)!r})")
+        if stored is not None and stored.status == "completed":
+            self.replayed.append(sid)
+            value: T = serialization.loads(stored.output or "null")
+            return value
+        attempts = (stored.attempts if stored is not None else 0) + 1
+        self._attempt = attempts
+        started_at = self._clock()
+        try:
+            fault = fault_hook(self._task_name, sid) if fault_hook is not None else None
+            if fault is not None:
+                raise fault
+            if atomic:
+                with self._writer.atomic():
+                    output = self._encode(sid, fn(*args, **kwargs))
+                    self._writer.save_output(sid, "run", output, attempts, started_at, stored is not None)
+            else:
+                output = self._encode(sid, fn(*args, **kwargs))
+        except (NonRetriableError, SerializationError) as exc:
+            raise _StepFailed(sid, exc, attempts, None) from exc
+        except RetryAfter as exc:
+            raise _StepFailed(sid, exc, attempts, exc.delay if self._policy.should_retry(attempts) else None) from exc
+        except Exception as exc:
+            retry_in = self._policy.delay(attempts) if self._policy.should_retry(attempts) else None
+            raise _StepFailed(sid, exc, attempts, retry_in) from exc
+        if not atomic:
+            self._writer.save_output(sid, "run", output, attempts, started_at, stored is not None)
+        self._checkpoints[sid] = StoredStep(sid, "run", "completed", output, attempts)
+        self.executed.append(sid)
+        # Return the decoded JSON so the first execution sees exactly what a replay sees.
+        result: T = serialization.loads(output)
+        return result
+
+    def _encode(self, sid: str, value: Any) -> str:
+        return serialization.dumps(
+            value, f"output of step {sid!r} of {self._task_name}", self._max_output_bytes
+        )
+
+    def steps(self) -> Iterator[StoredStep]:
+        """The checkpoints known to this execution (loaded and newly written)."""
+        return iter(self._checkpoints.values())

@@ -1,0 +1,103 @@
+"""Settings for the test suite. ``DURABLE_TEST_DB`` picks the database: sqlite, postgres, mysql."""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["*"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_celery_results",
+    "celery_durable",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DB = os.environ.get("DURABLE_TEST_DB", "sqlite")
+SQLITE_PATH = os.environ.get("DURABLE_TEST_SQLITE", str(BASE_DIR / "var" / "tests.sqlite3"))
+if DB == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("DURABLE_TEST_PG_NAME", "test"),
+            "USER": os.environ.get("DURABLE_TEST_PG_USER", "postgres"),
+            "HOST": os.environ.get("DURABLE_TEST_PG_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("DURABLE_TEST_PG_PORT", "5432"),
+            "CONN_MAX_AGE": None,
+            "TEST": {"NAME": os.environ.get("DURABLE_TEST_PG_TEST_NAME", "celery_durable_test")},
+        }
+    }
+elif DB == "mysql":
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": os.environ.get("DURABLE_TEST_MYSQL_NAME", "test"),
+            "USER": os.environ.get("DURABLE_TEST_MYSQL_USER", "root"),
+            "PASSWORD": os.environ.get("DURABLE_TEST_MYSQL_PASSWORD", ""),
+            "HOST": os.environ.get("DURABLE_TEST_MYSQL_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("DURABLE_TEST_MYSQL_PORT", "3306"),
+            "CONN_MAX_AGE": None,
+            "OPTIONS": {"charset": "utf8mb4", "isolation_level": "read committed"},
+            "TEST": {"NAME": os.environ.get("DURABLE_TEST_MYSQL_TEST_NAME", "celery_durable_test"),
+                     "CHARSET": "utf8mb4"},
+        }
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": SQLITE_PATH,
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+                "init_command": "PRAGMA journal_mode=WAL;",
+            },
+            "TEST": {"NAME": SQLITE_PATH},
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CELERY_BROKER_URL = os.environ.get("DURABLE_TEST_BROKER_URL", "memory://")
+CELERY_RESULT_BACKEND = os.environ.get("DURABLE_TEST_RESULT_BACKEND", "django-db")
+CELERY_TASK_DEFAULT_PRIORITY = None
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+CELERY_DURABLE = {
+    "LEASE_SECONDS": float(os.environ.get("DURABLE_TEST_LEASE_SECONDS", "30")),
+    "HEARTBEAT_SECONDS": float(os.environ.get("DURABLE_TEST_HEARTBEAT_SECONDS", "10")),
+    "WAKER_INTERVAL": float(os.environ.get("DURABLE_TEST_WAKER_INTERVAL", "1.0")),
+    "REPUBLISH_AFTER_SECONDS": float(os.environ.get("DURABLE_TEST_REPUBLISH_AFTER", "120")),
+}

@@ -1,0 +1,132 @@
+"""Durable tasks used by the integration and e2e tests."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from celery import shared_task
+
+from celery_durable import NonRetriableError, RetryAfter, durable_task, step
+
+from .models import BodyRun, Ledger
+
+
+def counted(name: str, value=None):
+    BodyRun.objects.create(run_id=step.run_id, step=name, pid=os.getpid())
+    return value
+
+
+@durable_task(name="t.add")
+def add(x, y):
+    return step.run("add", lambda: x + y)
+
+
+@durable_task(name="t.three_steps")
+def three_steps(n):
+    a = step.run("one", counted, "one", n + 1)
+    b = step.run("two", counted, "two", a * 2)
+    return step.run("three", counted, "three", b + 3)
+
+
+@durable_task(name="t.no_steps")
+def no_steps(x):
+    return {"x": x}
+
+
+@durable_task(name="t.loop")
+def loop(n):
+    return [step.run("item", counted, "item", i) for i in range(n)]
+
+
+@durable_task(name="t.flaky", retries=2, retry_backoff=False, default_retry_delay=0)
+def flaky(fail_times):
+    def body():
+        done = BodyRun.objects.filter(run_id=step.run_id, step="flaky").count()
+        counted("flaky")
+        if done < fail_times:
+            raise ValueError(f"failure {done + 1}")
+        return step.attempt
+
+    before = step.run("before", counted, "before", 1)
+    return [before, step.run("flaky", body)]
+
+
+@durable_task(name="t.non_retriable", retries=5)
+def non_retriable():
+    step.run("ok", counted, "ok", 1)
+
+    def boom():
+        counted("boom")
+        raise NonRetriableError("card declined")
+
+    return step.run("boom", boom)
+
+
+@durable_task(name="t.retry_after", retries=1)
+def retry_after():
+    def body():
+        counted("ra")
+        if BodyRun.objects.filter(run_id=step.run_id, step="ra").count() == 1:
+            raise RetryAfter(0)
+        return "ok"
+
+    return step.run("ra", body)
+
+
+@durable_task(name="t.atomic")
+def atomic_task(amount, fail_after_write):
+    def write():
+        Ledger.objects.create(run_id=step.run_id, amount=amount)
+        if fail_after_write and not Ledger.objects.filter(run_id=step.run_id, amount=-1).exists():
+            raise NonRetriableError("after the write")
+        return amount
+
+    return step.run("write", write, atomic=True)
+
+
+@durable_task(name="t.bad_output")
+def bad_output():
+    return step.run("bad", lambda: object())
+
+
+@durable_task(name="t.big_output")
+def big_output(size):
+    return step.run("big", lambda: "x" * size)
+
+
+@durable_task(name="t.outside_error")
+def outside_error():
+    step.run("fine", counted, "fine", 1)
+    raise KeyError("not in a step")
+
+
+@durable_task(name="t.crash_once")
+def crash_once(marker: str, hold: float = 0.0):
+    """Kills its own worker process in step two, once (the marker file remembers)."""
+    step.run("one", counted, "one", 1)
+
+    def two():
+        counted("two")
+        if not Path(marker).exists():
+            Path(marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return 2
+
+    step.run("two", two)
+    return step.run("three", counted, "three", 3)
+
+
+@durable_task(name="t.slow_step", bind=True)
+def slow_step(self, seconds: float):
+    def body():
+        counted("slow")
+        time.sleep(seconds)
+        return self.step.run_id
+
+    return step.run("slow", body)
+
+
+@shared_task(name="t.plain")
+def plain(x):
+    return x * 2
