@@ -130,3 +130,36 @@ def slow_step(self, seconds: float):
 @shared_task(name="t.plain")
 def plain(x):
     return x * 2
+
+
+# Query counts seen inside step calls, filled by t.measured (tests read and reset it).
+MEASURED: dict[str, int] = {}
+
+
+@durable_task(name="t.measured", retries=1, retry_backoff=False, default_retry_delay=0)
+def measured():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def observe(label, step_id, value):
+        with CaptureQueriesContext(connection) as queries:
+            result = step.run(step_id, lambda: value)
+        MEASURED[label] = len(queries.captured_queries)
+        MEASURED[label + ".sql"] = [q["sql"] for q in queries.captured_queries]
+        return result
+
+    observe("one", "one", 1)
+    observe("two", "two", 2)
+
+    def third():
+        if not BodyRun.objects.filter(run_id=step.run_id, step="third").exists():
+            BodyRun.objects.create(run_id=step.run_id, step="third")
+            raise ValueError("fail once")
+        return 3
+
+    return step.run("three", third)
+
+
+@durable_task(name="t.direct_fail", retries=0)
+def direct_fail():
+    return step.run("divide", lambda: 1 / 0)

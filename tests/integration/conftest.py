@@ -1,0 +1,35 @@
+import pytest
+from celery import current_app
+from celery.exceptions import Ignore
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from celery_durable.models import Run
+
+
+def execute(run_id, queries=None):
+    """Execute one delivery of ``run_id`` the way a worker does; return the value or the raised error.
+
+    With ``queries`` (a list), the SQL of the delivery itself is appended to it.
+    """
+    run = Run.objects.get(id=run_id)
+    task = current_app.tasks[run.task_name]
+    task.push_request(id=run_id, called_directly=False, is_eager=False)
+    try:
+        with CaptureQueriesContext(connection) as captured:
+            try:
+                return task(*run.args_value, **run.kwargs_value)
+            finally:
+                if queries is not None:
+                    queries.extend(q["sql"] for q in captured.captured_queries)
+    except Ignore as ignored:
+        return ignored
+    except Exception as exc:
+        return exc
+    finally:
+        task.pop_request()
+
+
+@pytest.fixture
+def deliver():
+    return execute
