@@ -163,3 +163,25 @@ def measured():
 @durable_task(name="t.direct_fail", retries=0)
 def direct_fail():
     return step.run("divide", lambda: 1 / 0)
+
+
+@durable_task(name="t.connection_killer")
+def connection_killer():
+    """Its second step kills the worker's own PostgreSQL session once (the database 'goes away')."""
+    from django.db import connection, connections
+
+    step.run("before", counted, "before", 1)
+
+    def kill_session():
+        if not BodyRun.objects.filter(run_id=step.run_id, step="killed").exists():
+            counted("killed")
+            pid = connection.cursor().connection.info.backend_pid
+            other = connections.create_connection("default")
+            try:
+                with other.cursor() as cursor:
+                    cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+            finally:
+                other.close()
+        return "after"
+
+    return step.run("kill", kill_session)

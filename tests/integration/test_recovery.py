@@ -1,0 +1,204 @@
+"""Crash safety without a broker: fencing, leases, reaper, sweeper, waker, atomic steps."""
+
+import pytest
+from django.db import connection
+
+from celery_durable import RunNotFound, get_run, replay
+from celery_durable.checkpoints import OrmCheckpointWriter
+from celery_durable.exceptions import RunStateError, _LeaseLost
+from celery_durable.integration.services import tick
+from celery_durable.models import Run, RunStatus, Step
+from celery_durable import runs
+from tests.testapp import tasks
+from tests.testapp.models import BodyRun, Ledger
+
+
+def app():
+    from celery import current_app
+
+    return current_app
+
+
+def test_stale_checkpoint_write__is_refused(db):
+    run = tasks.add.delay(1, 2)
+    first = runs.claim(run.id, "worker-a", 30)
+    assert first is not None
+    stale = OrmCheckpointWriter(run.id, first.generation)
+    # The lease is taken over (as after an expiry): generation moves on.
+    Run.objects.filter(id=run.id).update(generation=first.generation + 1)
+    with pytest.raises(_LeaseLost):
+        stale.save_output("add", "run", "3", 1, first.run.created_at, exists=False)
+    assert Step.objects.filter(run_id=run.id).count() == 0
+
+
+def test_claim__is_a_compare_and_set(db):
+    run = tasks.add.delay(1, 2)
+    assert runs.claim(run.id, "a", 30) is not None
+    assert runs.claim(run.id, "b", 30) is None  # live lease: the second delivery drops itself
+
+
+def test_expired_lease__is_reaped_and_resumed_without_rerunning_steps(durable):
+    run = tasks.three_steps.delay(1)
+    claim = runs.claim(run.id, "dead-worker", 30)
+    writer = OrmCheckpointWriter(run.id, claim.generation)
+    writer.save_output("one", "run", "2", 1, claim.run.created_at, exists=False)  # step one done, then crash
+    durable.published.clear()
+    assert tick(app()).recovered == 0  # lease still valid
+    durable.clock.advance(31)
+    report = tick(app())
+    assert report.recovered == 1
+    assert [n.run_id for n in durable.published] == [run.id]
+    assert get_run(run.id).recoveries == 1
+    durable.run_until_idle()
+    assert durable.result(run.id) == 7
+    assert BodyRun.objects.filter(run_id=run.id, step="one").count() == 0  # replayed, not re-run
+    assert BodyRun.objects.filter(run_id=run.id).count() == 2
+
+
+def test_worker_lost_too_often__fails_the_run(durable, settings):
+    settings.CELERY_DURABLE = {"MAX_RECOVERIES": 1}
+    run = tasks.add.delay(1, 2)
+    for _ in range(2):
+        assert runs.claim(run.id, "dies", 30) is not None
+        durable.clock.advance(31)
+        tick(app())
+    record = get_run(run.id)
+    assert record.status == "failed"
+    assert "lost 2 times" in record.error_value["message"]
+
+
+def test_lost_message__is_republished_by_the_sweeper(durable, settings):
+    settings.CELERY_DURABLE = {"REPUBLISH_AFTER_SECONDS": 60}
+    run = tasks.add.delay(1, 2)
+    durable.published.clear()  # the message was lost between commit and broker
+    assert tick(app()).republished == 0
+    durable.clock.advance(61)
+    assert tick(app()).republished == 1
+    assert [n.run_id for n in durable.published] == [run.id]
+    assert tick(app()).republished == 0  # once per REPUBLISH_AFTER_SECONDS, not every tick
+
+
+def test_waker__publishes_due_runs_once(durable):
+    run = tasks.add.apply_async((1, 2), countdown=10)
+    assert tick(app()).woken == 0
+    durable.clock.advance(10)
+    assert tick(app()).woken == 1
+    assert tick(app()).woken == 0
+    assert [n.run_id for n in durable.published] == [run.id]
+
+
+def test_unregistered_task__fails_with_a_clear_message(durable):
+    Run.objects.create(
+        id="gone-1", task_name="shop.removed_in_deploy", status=RunStatus.QUEUED,
+        created_at=durable.clock.now(), wake_at=durable.clock.now(),
+    )
+    from celery_durable.integration import publish as publish_module
+
+    publish_module.dispatch_override = None  # publish for real: the task lookup happens there
+    try:
+        tick(app())
+    finally:
+        publish_module.dispatch_override = durable.published.append
+    record = get_run("gone-1")
+    assert record.status == "failed"
+    assert "no longer registered" in record.error_value["message"]
+    tick(app())  # no crash loop: nothing left to do
+    assert get_run("gone-1").status == "failed"
+
+
+def test_get_run__unknown_id_raises(db):
+    with pytest.raises(RunNotFound):
+        get_run("nope")
+    with pytest.raises(RunNotFound):
+        replay("nope")
+
+
+def test_replay__resumes_a_failed_run_at_the_failed_step(durable):
+    durable.fail_step("t.three_steps", "two", ConnectionError("down"), times=4)  # 1 try + 3 retries
+    run = tasks.three_steps.delay(1)
+    durable.run_until_idle()
+    assert get_run(run.id).status == "failed"
+    assert durable.history(run.id) == [("one", "completed", 1), ("two", "failed", 4)]
+    replay(run.id)  # the outage is over
+    durable.run_until_idle()
+    assert durable.result(run.id) == 7
+    counts = {s: BodyRun.objects.filter(run_id=run.id, step=s).count() for s in ("one", "two", "three")}
+    assert counts == {"one": 1, "two": 1, "three": 1}
+
+
+def test_replay__from_a_step_reruns_it_and_later_steps(durable):
+    durable.fail_step("t.three_steps", "three", Exception("x"), times=4)
+    run = tasks.three_steps.delay(1)
+    durable.run_until_idle()
+    assert get_run(run.id).status == "failed"
+    replay(run.id, from_step="two")
+    durable.run_until_idle()
+    assert durable.result(run.id) == 7
+    counts = {s: BodyRun.objects.filter(run_id=run.id, step=s).count() for s in ("one", "two", "three")}
+    assert counts == {"one": 1, "two": 2, "three": 1}
+
+
+def test_replay__of_a_running_or_completed_run_changes_nothing(durable):
+    run = tasks.add.delay(1, 2)
+    with pytest.raises(RunStateError):
+        replay(run.id)
+    durable.run_until_idle()
+    with pytest.raises(RunStateError):
+        replay(run.id)
+    assert get_run(run.id).status == "completed"
+
+
+def test_replay__from_an_unknown_step_changes_nothing(durable):
+    run = tasks.non_retriable.delay()
+    durable.run_until_idle()
+    with pytest.raises(RunStateError):
+        replay(run.id, from_step="nope")
+    assert get_run(run.id).status == "failed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_atomic_step__commits_with_its_checkpoint(deliver):
+    run = tasks.atomic_task.delay(10, False)
+    assert deliver(run.id) == 10
+    assert list(Ledger.objects.filter(run_id=run.id).values_list("amount", flat=True)) == [10]
+    assert Step.objects.get(run_id=run.id).status == "completed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_atomic_step__rolls_back_with_its_checkpoint(deliver):
+    run = tasks.atomic_task.delay(10, True)
+    deliver(run.id)
+    assert Ledger.objects.filter(run_id=run.id).count() == 0
+    assert get_run(run.id).status == "failed"
+    assert list(Step.objects.filter(run_id=run.id).values_list("status", flat=True)) == ["failed"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_atomic_step__of_a_stale_execution_writes_nothing(deliver):
+    run = tasks.atomic_task.delay(10, False)
+    claim = runs.claim(run.id, "a", 30)
+    writer = OrmCheckpointWriter(run.id, claim.generation)
+    Run.objects.filter(id=run.id).update(generation=claim.generation + 1)  # taken over
+    with pytest.raises(_LeaseLost):
+        with writer.atomic():
+            Ledger.objects.create(run_id=run.id, amount=99)
+            writer.save_output("write", "run", "99", 1, claim.run.created_at, exists=False)
+    assert Ledger.objects.filter(run_id=run.id).count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_connection_lost_mid_run__resumes_without_losing_checkpoints(durable):
+    if connection.vendor != "postgresql":
+        pytest.skip("terminating a session needs PostgreSQL")
+    from tests.testapp import tasks as t
+
+    run = t.connection_killer.delay()
+    durable.run_until_idle(advance_clock=False)
+    record = get_run(run.id)
+    assert record.status == "running"  # abandoned: the lease will expire
+    assert list(Step.objects.filter(run_id=run.id).values_list("step_id", flat=True)) == ["before"]
+    durable.clock.advance(31)
+    tick(app())
+    durable.run_until_idle()
+    assert durable.result(run.id) == "after"
+    assert BodyRun.objects.filter(run_id=run.id, step="before").count() == 1
