@@ -25,8 +25,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
 @checks.register(checks.Tags.database)
 def check_sqlite(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """E002/W003: SQLite needs IMMEDIATE transactions (and WAL) for concurrent workers."""
+    return sqlite_messages(settings.DATABASES)
+
+
+def sqlite_messages(databases: dict[str, Any]) -> list[checks.CheckMessage]:
+    """The SQLite check over a ``DATABASES`` dict."""
     messages: list[checks.CheckMessage] = []
-    for alias, config in settings.DATABASES.items():
+    for alias, config in databases.items():
         if "sqlite3" not in config.get("ENGINE", ""):
             continue
         options = config.get("OPTIONS", {})

@@ -185,3 +185,22 @@ def connection_killer():
         return "after"
 
     return step.run("kill", kill_session)
+
+
+@durable_task(name="t.slow_step_chain")
+def slow_step_chain(hold_seconds: float):
+    """Step two holds until the test writes a 'release' row (or hold_seconds pass)."""
+    step.run("one", counted, "one", 1)
+
+    def two():
+        counted("two")
+        deadline = time.monotonic() + hold_seconds
+        while time.monotonic() < deadline:
+            if BodyRun.objects.filter(run_id=step.run_id, step="release").exists():
+                return 2
+            time.sleep(0.05)
+        return 2
+
+    step.run("two", two)
+    step.run("three", counted, "three", 3)
+    return "done"
