@@ -11,6 +11,8 @@ from .models import Run, Step
 
 
 class StepInline(admin.TabularInline):  # type: ignore[type-arg]
+    """The steps of a run, read-only."""
+
     model = Step
     fields = ("step_id", "kind", "status", "attempts", "started_at", "finished_at", "output", "error")
     readonly_fields = fields
@@ -24,6 +26,8 @@ class StepInline(admin.TabularInline):  # type: ignore[type-arg]
 
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Runs, read-only: monitoring (actions come with the control-plane admin)."""
+
     list_display = ("id", "task_name", "status", "created_at", "started_at", "finished_at", "executions")
     list_filter = ("status", "task_name")
     search_fields = ("=id", "task_name")

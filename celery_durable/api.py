@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,9 +29,7 @@ def replay(run_id: str, from_step: str | None = None) -> Run:
 
     nudge = runs.replay(run_id, from_step)
     result = current_app.AsyncResult(run_id)
-    try:
+    with contextlib.suppress(NotImplementedError):
         result.forget()
-    except NotImplementedError:
-        pass
     publish_on_commit(current_app, [nudge])
     return runs.get(run_id)

@@ -67,7 +67,14 @@ class OrmCheckpointWriter:
                 f"SELECT 1 FROM {n['run']} WHERE {n['run']}.{n['id']} = %s AND {n['run']}.{n['generation']} = %s)"
             )
             params: list[Any] = [
-                StepStatus.COMPLETED, output, attempts, finished, self.run_id, step_id, self.run_id, self.generation,
+                StepStatus.COMPLETED,
+                output,
+                attempts,
+                finished,
+                self.run_id,
+                step_id,
+                self.run_id,
+                self.generation,
             ]
         else:
             sql = (
@@ -76,8 +83,16 @@ class OrmCheckpointWriter:
                 f"WHERE {n['run']}.{n['id']} = %s AND {n['run']}.{n['generation']} = %s"
             )
             params = [
-                self.run_id, step_id, kind, StepStatus.COMPLETED, output, attempts,
-                self._value(started_at), finished, self.run_id, self.generation,
+                self.run_id,
+                step_id,
+                kind,
+                StepStatus.COMPLETED,
+                output,
+                attempts,
+                self._value(started_at),
+                finished,
+                self.run_id,
+                self.generation,
             ]
         try:
             with connections[self.using].cursor() as cursor:
@@ -121,4 +136,5 @@ class _FencedAtomic:
             except BaseException as error:
                 self.atomic.__exit__(type(error), error, error.__traceback__)
                 raise
-        return self.atomic.__exit__(exc_type, exc, tb)
+        self.atomic.__exit__(exc_type, exc, tb)
+        return None

@@ -49,8 +49,7 @@ def sqlite_messages(databases: dict[str, Any]) -> list[checks.CheckMessage]:
             messages.append(
                 checks.Warning(
                     f"database {alias!r} is SQLite without WAL journal mode",
-                    hint="Add 'init_command': 'PRAGMA journal_mode=WAL' to OPTIONS so readers "
-                    "do not block the writer.",
+                    hint="Add 'init_command': 'PRAGMA journal_mode=WAL' to OPTIONS so readers do not block the writer.",
                     id="celery_durable.W003",
                 )
             )

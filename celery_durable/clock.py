@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _now: Callable[[], datetime] | None = None
 
 
 def now() -> datetime:
-    """The current time (aware UTC, or naive local when ``USE_TZ=False``), or the testing driver's clock while one is installed."""
+    """The current time (aware UTC; naive local if ``USE_TZ=False``), or the testing clock."""
     if _now is not None:
         return _now()
     from django.conf import settings
 
     if settings.USE_TZ:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     return datetime.now()
 
 

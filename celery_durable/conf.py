@@ -68,9 +68,7 @@ def get_settings() -> DurableSettings:
         raise DurableConfigError("settings.CELERY_DURABLE must be a dict")
     unknown = set(user) - set(DEFAULTS)
     if unknown:
-        raise DurableConfigError(
-            f"unknown CELERY_DURABLE keys: {sorted(unknown)}; known keys: {sorted(DEFAULTS)}"
-        )
+        raise DurableConfigError(f"unknown CELERY_DURABLE keys: {sorted(unknown)}; known keys: {sorted(DEFAULTS)}")
     values = {**DEFAULTS, **user}
     window = values["IDEMPOTENCY_WINDOW"]
     if isinstance(window, int | float):

@@ -130,10 +130,7 @@ class TaskNotRegistered(DurableError):
         self.task_name = task_name
 
     def __str__(self) -> str:
-        return (
-            f"task {self.task_name!r} is no longer registered in this deployment; "
-            f"the run cannot continue"
-        )
+        return f"task {self.task_name!r} is no longer registered in this deployment; the run cannot continue"
 
 
 class StepOutputTooLarge(SerializationError):

@@ -6,6 +6,7 @@ a return value, a raised error, or ``Ignore`` for a suspended or dropped executi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -17,13 +18,13 @@ from typing import Any
 from django.db import DatabaseError, connections
 
 from . import clock, runs, serialization
+from .checkpoints import OrmCheckpointWriter
 from .conf import get_settings
 from .exceptions import SerializationError, _LeaseLost, _StepFailed
 from .options import RetryPolicy
 from .runtime import context
 from .runtime.errors import error_record
 from .runtime.steps import StepContext
-from .checkpoints import OrmCheckpointWriter
 
 logger = logging.getLogger("celery_durable")
 
@@ -137,8 +138,14 @@ def _step_failed(run_id: str, generation: int, failed: _StepFailed, publish_with
         return _fail(run_id, generation, failed.error, (failed.step_id, failed.attempts), using)
     try:
         queued = runs.retry_step(
-            run_id, generation, failed.step_id, failed.attempts, error_record(failed.error),
-            failed.retry_in, publish_within, using,
+            run_id,
+            generation,
+            failed.step_id,
+            failed.attempts,
+            error_record(failed.error),
+            failed.retry_in,
+            publish_within,
+            using,
         )
     except DatabaseError as exc:
         return _abandon(run_id, "retry record", exc, using)
@@ -146,7 +153,11 @@ def _step_failed(run_id: str, generation: int, failed: _StepFailed, publish_with
         return Outcome("dropped")
     logger.info(
         "durable run %s: step %r failed (attempt %d), retrying in %.1fs: %r",
-        run_id, failed.step_id, failed.attempts, failed.retry_in, failed.error,
+        run_id,
+        failed.step_id,
+        failed.attempts,
+        failed.retry_in,
+        failed.error,
     )
     return Outcome("suspended", nudges=[queued] if isinstance(queued, runs.Nudge) else [])
 
@@ -155,10 +166,10 @@ def _abandon(run_id: str, what: str, exc: BaseException, using: str) -> Outcome:
     """The database failed under us: leave the run to its lease and the reaper."""
     logger.warning(
         "durable run %s: database error during %s (%s); it resumes after its lease expires",
-        run_id, what, exc,
+        run_id,
+        what,
+        exc,
     )
-    try:
+    with contextlib.suppress(DatabaseError):
         connections[using].close()
-    except DatabaseError:
-        pass
     return Outcome("abandoned", error=exc)

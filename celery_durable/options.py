@@ -34,9 +34,7 @@ def _key(value: Any, name: str) -> None:
     if value is None or callable(value):
         return
     if not isinstance(value, str) or not value or any(not part.isidentifier() for part in value.split(".")):
-        raise DurableConfigError(
-            f"{name} must be a parameter name (dotted paths allowed) or a callable, got {value!r}"
-        )
+        raise DurableConfigError(f"{name} must be a parameter name (dotted paths allowed) or a callable, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,8 +171,8 @@ class RetryPolicy:
         """Seconds to wait before the next attempt, as Celery's autoretry computes it."""
         if self.retry_backoff is False:
             return float(self.default_retry_delay)
-        factor = 1 if self.retry_backoff is True else self.retry_backoff
-        countdown = min(float(self.retry_backoff_max), factor * (2 ** (failed_attempts - 1)))
+        factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+        countdown = min(float(self.retry_backoff_max), factor * 2.0 ** (failed_attempts - 1))
         if self.retry_jitter:
-            countdown = (rng or random).uniform(0, countdown)
+            countdown = float((rng or random).uniform(0, countdown))
         return countdown

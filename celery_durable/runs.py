@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Coalesce
 
 from . import clock, serialization
@@ -107,8 +107,8 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
 
 def load_checkpoints(run_id: str, using: str = "default") -> dict[str, StoredStep]:
     """All checkpoints of a run, in one query."""
-    rows = Step.objects.using(using).filter(run_id=run_id).values_list(
-        "step_id", "kind", "status", "output", "attempts"
+    rows = (
+        Step.objects.using(using).filter(run_id=run_id).values_list("step_id", "kind", "status", "output", "attempts")
     )
     return {row[0]: StoredStep(*row) for row in rows}
 
@@ -118,7 +118,7 @@ def exists(run_id: str, using: str = "default") -> bool:
     return Run.objects.using(using).filter(id=run_id).exists()
 
 
-def _held(run_id: str, generation: int, using: str) -> Any:
+def _held(run_id: str, generation: int, using: str) -> QuerySet[Run]:
     return Run.objects.using(using).filter(id=run_id, generation=generation, status=RunStatus.RUNNING)
 
 
@@ -168,7 +168,7 @@ def retry_step(
     delay: float,
     publish_within: float,
     using: str = "default",
-) -> Nudge | None | bool:
+) -> Nudge | bool | None:
     """Record a failed attempt and queue the run again after ``delay`` seconds.
 
     Delays up to ``publish_within`` go to the broker as a short countdown; longer ones wait
@@ -196,9 +196,7 @@ def retry_step(
     return Nudge(run_id, run.task_name, run.args, run.kwargs, run.options, countdown=delay or None)
 
 
-def _record_step_failure(
-    run_id: str, step_id: str, attempts: int, error_json: str, now: datetime, using: str
-) -> None:
+def _record_step_failure(run_id: str, step_id: str, attempts: int, error_json: str, now: datetime, using: str) -> None:
     steps = Step.objects.using(using)
     updated = steps.filter(run_id=run_id, step_id=step_id).update(
         status=StepStatus.FAILED, error=error_json, attempts=attempts, finished_at=now
@@ -213,16 +211,6 @@ def _record_step_failure(
             started_at=now,
             finished_at=now,
         )
-
-
-def release(run_id: str, generation: int, using: str = "default") -> bool:
-    """Give the run back to the queue at once (e.g. Celery's ``retry()`` re-published it)."""
-    return (
-        _held(run_id, generation, using).update(
-            status=RunStatus.QUEUED, lease_owner=None, lease_expires_at=None, published_at=clock.now()
-        )
-        == 1
-    )
 
 
 def extend_leases(owner: str, run_ids: list[str], lease_seconds: float, using: str = "default") -> int:
@@ -269,9 +257,11 @@ def take_unpublished(republish_after: float, limit: int, using: str = "default")
     now = clock.now()
     stale = now - timedelta(seconds=republish_after)
     with transaction.atomic(using=using):
-        lost = Run.objects.using(using).filter(
-            status=RunStatus.QUEUED, wake_at__isnull=True, published_at__lt=stale
-        ).order_by("published_at")
+        lost = (
+            Run.objects.using(using)
+            .filter(status=RunStatus.QUEUED, wake_at__isnull=True, published_at__lt=stale)
+            .order_by("published_at")
+        )
         ids = _locked_ids(lost, limit, using)
         if not ids:
             return []
@@ -289,9 +279,11 @@ def take_expired(max_recoveries: int, limit: int, using: str = "default") -> tup
     """
     now = clock.now()
     with transaction.atomic(using=using):
-        expired = Run.objects.using(using).filter(
-            status=RunStatus.RUNNING, lease_expires_at__lt=now
-        ).order_by("lease_expires_at")
+        expired = (
+            Run.objects.using(using)
+            .filter(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+            .order_by("lease_expires_at")
+        )
         ids = _locked_ids(expired, limit, using)
         if not ids:
             return [], []
@@ -326,18 +318,18 @@ def fail_unregistered(run_id: str, task_name: str, using: str = "default") -> bo
     """Fail a queued run whose task this deployment no longer has."""
     from .exceptions import TaskNotRegistered
 
-    error = TaskNotRegistered(task_name)
-    record = {"type": "TaskNotRegistered", "module": "celery_durable.exceptions", "message": str(error), "traceback": ""}
-    return (
+    record = {
+        "type": "TaskNotRegistered",
+        "module": "celery_durable.exceptions",
+        "message": str(TaskNotRegistered(task_name)),
+        "traceback": "",
+    }
+    failed = (
         Run.objects.using(using)
         .filter(id=run_id, status=RunStatus.QUEUED)
-        .update(
-            status=RunStatus.FAILED,
-            error=serialization.dumps(record, "error record"),
-            finished_at=clock.now(),
-        )
-        == 1
+        .update(status=RunStatus.FAILED, error=serialization.dumps(record, "error record"), finished_at=clock.now())
     )
+    return failed == 1
 
 
 def get(run_id: str, using: str = "default") -> Run:
@@ -370,14 +362,18 @@ def replay(run_id: str, from_step: str | None = None, using: str = "default") ->
             steps.filter(id__gte=anchor.id).delete()
         steps.filter(status=StepStatus.FAILED).delete()
         now = clock.now()
-        changed = Run.objects.using(using).filter(id=run_id, status=run.status).update(
-            status=RunStatus.QUEUED,
-            error=None,
-            result=None,
-            finished_at=None,
-            wake_at=None,
-            published_at=now,
-            recoveries=0,
+        changed = (
+            Run.objects.using(using)
+            .filter(id=run_id, status=run.status)
+            .update(
+                status=RunStatus.QUEUED,
+                error=None,
+                result=None,
+                finished_at=None,
+                wake_at=None,
+                published_at=now,
+                recoveries=0,
+            )
         )
         if changed != 1:
             raise RunStateError(run_id, "changed concurrently", "replay")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery.exceptions import Ignore
@@ -34,7 +34,7 @@ class FakeClock:
     """A clock that only moves when told to."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self.current = start or datetime.now(timezone.utc)
+        self.current = start or datetime.now(UTC)
 
     def now(self) -> datetime:
         """The current fake time."""
@@ -119,9 +119,9 @@ class DurableTestRunner:
                 continue
             if not advance_clock:
                 break
-            next_wake = Run.objects.filter(status=RunStatus.QUEUED, wake_at__isnull=False).aggregate(
-                Min("wake_at")
-            )["wake_at__min"]
+            next_wake = Run.objects.filter(status=RunStatus.QUEUED, wake_at__isnull=False).aggregate(Min("wake_at"))[
+                "wake_at__min"
+            ]
             if next_wake is None:
                 break
             self.clock.current = max(self.clock.current, next_wake)

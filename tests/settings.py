@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_KEY = "tests-only-not-secret"
@@ -43,6 +44,7 @@ TEMPLATES = [
 
 DB = os.environ.get("DURABLE_TEST_DB", "sqlite")
 SQLITE_PATH = os.environ.get("DURABLE_TEST_SQLITE", str(BASE_DIR / "var" / "tests.sqlite3"))
+DATABASES: dict[str, dict[str, Any]]
 if DB == "postgres":
     DATABASES = {
         "default": {
@@ -56,7 +58,7 @@ if DB == "postgres":
         }
     }
 elif DB == "mysql":
-    import pymysql
+    import pymysql  # type: ignore[import-untyped]
 
     pymysql.install_as_MySQLdb()
     DATABASES = {

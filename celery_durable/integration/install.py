@@ -17,7 +17,7 @@ logger = logging.getLogger("celery_durable")
 class DurableServicesStep(bootsteps.StartStopStep):
     """Worker bootstep running the waker, sweeper and reaper in a thread of the worker."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -103,7 +103,9 @@ def _record_send_task_run(sender: Any = None, body: Any = None, headers: Any = N
     from celery import current_app
 
     task = current_app.tasks.get(headers.get("task") or sender)
-    if task is None or not _is_durable(task):
+    from .task import DurableTask
+
+    if not isinstance(task, DurableTask):
         return
     args, kwargs_, _embed = body if isinstance(body, list | tuple) and len(body) == 3 else ((), {}, None)
     from .. import runs

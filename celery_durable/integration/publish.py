@@ -57,7 +57,8 @@ def publish(app: Celery, nudge: Nudge) -> bool:
     except Exception:
         logger.warning(
             "durable run %s: publishing failed; the sweeper publishes it again later",
-            nudge.run_id, exc_info=True,
+            nudge.run_id,
+            exc_info=True,
         )
         return False
     return True

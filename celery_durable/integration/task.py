@@ -26,8 +26,15 @@ logger = logging.getLogger("celery_durable")
 
 # Options of SPEC §6 that later releases implement; declaring them now fails loudly.
 NOT_YET_SUPPORTED = (
-    "concurrency", "throttle", "debounce", "idempotency_key", "singleton",
-    "cancel_on", "timeouts", "on_event", "on_failure",
+    "concurrency",
+    "throttle",
+    "debounce",
+    "idempotency_key",
+    "singleton",
+    "cancel_on",
+    "timeouts",
+    "on_event",
+    "on_failure",
 )
 RETRY_OPTIONS = ("retries", "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay")
 # Publish options that are not stored with the run (they describe one publication).
@@ -56,7 +63,7 @@ def validate_options(task_name: str, attrs: dict[str, Any]) -> None:
         raise DurableConfigError(f"{task_name}: {exc}") from None
 
 
-class DurableTask(DjangoTask):  # type: ignore[misc]
+class DurableTask(DjangoTask):  # type: ignore[type-arg]
     """Base class of durable tasks: runs checkpointed in the Django database.
 
     ``@app.task(base=DurableTask, ...)``, ``@shared_task(base=DurableTask, ...)`` and
@@ -72,7 +79,7 @@ class DurableTask(DjangoTask):  # type: ignore[misc]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        validate_options(cls.__dict__.get("name") or cls.__name__, dict(cls.__dict__))
+        validate_options(str(cls.__dict__.get("name") or cls.__name__), dict(cls.__dict__))
 
     @property
     def step(self) -> StepContext:
@@ -101,7 +108,7 @@ class DurableTask(DjangoTask):  # type: ignore[misc]
         link_error: Any = None,
         shadow: Any = None,
         **options: Any,
-    ) -> AsyncResult:
+    ) -> AsyncResult:  # type: ignore[type-arg]
         """Record the run, then publish it when the current transaction commits."""
         headers = options.get("headers") or {}
         if headers.get(NUDGE_HEADER) or self.app.conf.task_always_eager:
@@ -173,20 +180,19 @@ class DurableTask(DjangoTask):  # type: ignore[misc]
         from .services import ensure_heartbeat
 
         ensure_heartbeat()
-        run_id = request.id
-        outcome = execution.execute(
-            run_id=run_id, task_name=self.name, body=self.run, policy=self.retry_policy()
-        )
+        run_id = str(request.id)
+        outcome = execution.execute(run_id=run_id, task_name=self.name, body=self.run, policy=self.retry_policy())
         if outcome.kind == "dropped" and not runs.exists(run_id):
             # Published by a producer that did not record the run (e.g. send_task from
             # another codebase): record it from the message and execute it.
             runs.create(
-                run_id=run_id, task_name=self.name, args=self._encode_args(args),
-                kwargs=self._encode_kwargs(kwargs), options="{}",
+                run_id=run_id,
+                task_name=self.name,
+                args=self._encode_args(args),
+                kwargs=self._encode_kwargs(kwargs),
+                options="{}",
             )
-            outcome = execution.execute(
-                run_id=run_id, task_name=self.name, body=self.run, policy=self.retry_policy()
-            )
+            outcome = execution.execute(run_id=run_id, task_name=self.name, body=self.run, policy=self.retry_policy())
         if outcome.kind == "completed":
             return outcome.value
         if outcome.kind == "failed":
@@ -207,9 +213,17 @@ class DurableTask(DjangoTask):  # type: ignore[misc]
         finally:
             context.deactivate(token)
 
-    def retry(self, args: Any = None, kwargs: Any = None, exc: Any = None, throw: bool = True,
-              eta: datetime | None = None, countdown: float | None = None, max_retries: int | None = None,
-              **options: Any) -> Any:
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: Any = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
         """Inside a durable run, retry the current step: the same as ``raise RetryAfter(countdown)``."""
         delay = countdown if countdown is not None else self.default_retry_delay
         if eta is not None:
@@ -246,7 +260,7 @@ def durable_task(*args: Any, **options: Any) -> Any:
         base = options.pop("base", DurableTask)
         if not (isinstance(base, type) and issubclass(base, DurableTask)):
             raise DurableConfigError(f"{name}: base must be DurableTask or a subclass of it")
-        return shared_task(base=base, **options)(fun)
+        return shared_task(base=base, **options)(fun)  # type: ignore[no-untyped-call]
 
     if len(args) == 1 and callable(args[0]) and not options:
         return decorate(args[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..options import RetryPolicy
@@ -32,7 +32,7 @@ class MemoryCheckpointWriter:
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def ephemeral_context(task_name: str, policy: RetryPolicy) -> StepContext:

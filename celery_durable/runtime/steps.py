@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .. import serialization
 from ..exceptions import (
@@ -19,7 +19,6 @@ from ..exceptions import (
 )
 from ..options import RetryPolicy
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 # Set by ``celery_durable.testing`` to inject step failures: (task name, step id) -> error.
@@ -118,9 +117,7 @@ class StepContext:
             raise NonDeterminismError(sid, stored.kind, description)
         return stored
 
-    def run(
-        self, step_id: str, fn: Callable[P, T], *args: P.args, atomic: bool = False, **kwargs: P.kwargs
-    ) -> T:
+    def run(self, step_id: str, fn: Callable[..., T], *args: Any, atomic: bool = False, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` once per run and return its (JSON) result.
 
         A later execution of the same run returns the checkpointed value without calling
@@ -164,9 +161,7 @@ class StepContext:
         return result
 
     def _encode(self, sid: str, value: Any) -> str:
-        return serialization.dumps(
-            value, f"output of step {sid!r} of {self._task_name}", self._max_output_bytes
-        )
+        return serialization.dumps(value, f"output of step {sid!r} of {self._task_name}", self._max_output_bytes)
 
     def steps(self) -> Iterator[StoredStep]:
         """The checkpoints known to this execution (loaded and newly written)."""

@@ -1,5 +1,6 @@
 """Real ``celery worker`` processes on real brokers, sharing the test database (PostgreSQL)."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -75,10 +76,8 @@ class Worker:
     def kill(self) -> None:
         """SIGKILL the worker and all its pool processes, and reap them."""
         if self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.process.wait(timeout=30)
         self.handle.close()
 

@@ -40,9 +40,8 @@ def test_invalid_settings__are_reported_by_a_check():
         assert [m.id for m in checks.check_settings()] == ["celery_durable.E001"]
     with override_settings(CELERY_DURABLE={"LEASE_SECONDS": 5, "HEARTBEAT_SECONDS": 10}):
         assert [m.id for m in checks.check_settings()] == ["celery_durable.E001"]
-    with override_settings(CELERY_DURABLE={"NO_SUCH_KEY": 1}):
-        with pytest.raises(DurableConfigError, match="NO_SUCH_KEY"):
-            get_settings()
+    with override_settings(CELERY_DURABLE={"NO_SUCH_KEY": 1}), pytest.raises(DurableConfigError, match="NO_SUCH_KEY"):
+        get_settings()
 
 
 def test_default_priority__is_warned_about():
@@ -96,7 +95,7 @@ def test_invalid_option_on_app_task_with_base__fails_too():
 
     from celery_durable import DurableTask
 
-    with pytest.raises(DurableConfigError, match="t.invalid_base"):
+    with pytest.raises(DurableConfigError, match=r"t\.invalid_base"):
 
         @current_app.task(name="t.invalid_base", base=DurableTask, retries=-3, lazy=False)
         def invalid():

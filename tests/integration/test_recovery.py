@@ -3,12 +3,11 @@
 import pytest
 from django.db import connection
 
-from celery_durable import RunNotFound, get_run, replay
+from celery_durable import RunNotFound, get_run, replay, runs
 from celery_durable.checkpoints import OrmCheckpointWriter
 from celery_durable.exceptions import RunStateError, _LeaseLost
 from celery_durable.integration.services import tick
 from celery_durable.models import Run, RunStatus, Step
-from celery_durable import runs
 from tests.testapp import tasks
 from tests.testapp.models import BodyRun, Ledger
 
@@ -179,10 +178,9 @@ def test_atomic_step__of_a_stale_execution_writes_nothing(deliver):
     claim = runs.claim(run.id, "a", 30)
     writer = OrmCheckpointWriter(run.id, claim.generation)
     Run.objects.filter(id=run.id).update(generation=claim.generation + 1)  # taken over
-    with pytest.raises(_LeaseLost):
-        with writer.atomic():
-            Ledger.objects.create(run_id=run.id, amount=99)
-            writer.save_output("write", "run", "99", 1, claim.run.created_at, exists=False)
+    with pytest.raises(_LeaseLost), writer.atomic():
+        Ledger.objects.create(run_id=run.id, amount=99)
+        writer.save_output("write", "run", "99", 1, claim.run.created_at, exists=False)
     assert Ledger.objects.filter(run_id=run.id).count() == 0
 
 

@@ -13,6 +13,8 @@ from ...integration.services import tick
 
 
 class Command(BaseCommand):
+    """Run the durable services in the foreground."""
+
     help = "Run the durable services (waker, sweeper, reaper) until interrupted."
 
     def add_arguments(self, parser: Any) -> None:

@@ -1,0 +1,63 @@
+"""The test matrix: Python x Django, each cell over SQLite, PostgreSQL and MariaDB.
+
+``nox -s tests`` runs every cell; ``scripts/test.sh`` (the README's test command, also what
+CI runs) picks one old and one new cell. Set CELERY_DURABLE_REQUIRE_SERVICES=1 to make an
+unreachable database or broker a failure instead of a skip.
+"""
+
+import os
+import socket
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+
+CELLS = [("3.11", "5.2"), ("3.12", "5.2"), ("3.12", "6.1"), ("3.13", "5.2"), ("3.13", "6.1")]
+SERVICES = {"postgres": ("127.0.0.1", 5432), "mysql": ("127.0.0.1", 3306)}
+REQUIRE = os.environ.get("CELERY_DURABLE_REQUIRE_SERVICES") == "1"
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def databases(session: nox.Session) -> list[str]:
+    chosen = ["sqlite"]
+    for name, address in SERVICES.items():
+        if reachable(*address):
+            chosen.append(name)
+        elif REQUIRE:
+            session.error(f"{name} at {address[0]}:{address[1]} is unreachable (CELERY_DURABLE_REQUIRE_SERVICES=1)")
+        else:
+            session.warn(f"SKIPPED: {name} tests, {address[0]}:{address[1]} is unreachable")
+    return chosen
+
+
+@nox.session
+@nox.parametrize("python,django", CELLS)
+def tests(session: nox.Session, django: str) -> None:
+    """Unit tests once, integration tests per database, e2e tests (real workers) on PostgreSQL."""
+    session.install("-e", ".[dev]", f"django~={django}.0")
+    session.run("python", "-c", "import django, celery; print('django', django.__version__, celery.__version__)")
+    extra = session.posargs
+    session.run("pytest", "tests/unit", *extra, env={"DURABLE_TEST_DB": "sqlite"})
+    for db in databases(session):
+        paths = ["tests/integration"]
+        if db == "postgres" and not os.environ.get("CELERY_DURABLE_SKIP_E2E"):
+            paths.append("tests/e2e")
+        session.run("pytest", *paths, *extra, env={"DURABLE_TEST_DB": db})
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff, mypy, migrations and the docs build."""
+    session.install("-e", ".[dev]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", "celery_durable")
+    session.run("mypy", "celery_durable")
+    session.run("mkdocs", "build", "--strict", "--quiet", "--site-dir", "var/site")

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run the test suite: lint, then one old and one new cell of the nox matrix
+# (Python 3.11 x Django 5.2, Python 3.13 x Django 6.1), each on SQLite, PostgreSQL and
+# MariaDB, with the e2e tests (real workers on Redis and RabbitMQ) on PostgreSQL.
+# Unreachable services are skipped with a reason, unless CELERY_DURABLE_REQUIRE_SERVICES=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/nox -s lint "tests(python='3.11', django='5.2')" "tests(python='3.13', django='6.1')" -- "$@"
