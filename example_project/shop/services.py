@@ -1,0 +1,33 @@
+"""Stand-ins for the third-party APIs a shop talks to: payments, a supplier, a courier.
+
+They keep their state in this project's database so that the demo can show what reached
+them (one charge per order, however many times a task was retried or resumed).
+"""
+
+import logging
+from decimal import Decimal
+
+from .models import Charge
+
+logger = logging.getLogger(__name__)
+
+
+class SupplierUnavailable(ConnectionError):
+    """The supplier's price API timed out (it does, now and then)."""
+
+
+def create_charge(amount: Decimal, currency: str, *, idempotency_key: str) -> Charge:
+    """Charge a card, Stripe-style: the same idempotency key never charges twice."""
+    charge, created = Charge.objects.get_or_create(
+        idempotency_key=idempotency_key, defaults={"amount": amount, "currency": currency}
+    )
+    if not created:
+        logger.info("payment provider: replayed charge %s for key %s", charge.charge_id, idempotency_key)
+    return charge
+
+
+def fetch_supplier_price(sku: str, attempt: int, fail_times: int) -> Decimal:
+    """The supplier's current price for ``sku``; times out on the first ``fail_times`` calls."""
+    if attempt <= fail_times:
+        raise SupplierUnavailable(f"supplier API timed out fetching {sku} (attempt {attempt})")
+    return Decimal("17.50")
