@@ -6,4 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# With pyenv, make every installed Python 3.11-3.13 visible to nox (python3 stays as it is).
+if command -v pyenv >/dev/null 2>&1 && [ -z "${PYENV_VERSION:-}" ]; then
+    PYENV_VERSION="$(pyenv version-name)"
+    for version in $(pyenv versions --bare | grep -E '^3\.1[123]\.[0-9]+$'); do
+        PYENV_VERSION="$PYENV_VERSION:$version"
+    done
+    export PYENV_VERSION
+fi
 .venv/bin/nox -s lint "tests(python='3.11', django='5.2')" "tests(python='3.13', django='6.1')" -- "$@"
