@@ -204,3 +204,21 @@ def slow_step_chain(hold_seconds: float):
     step.run("two", two)
     step.run("three", counted, "three", 3)
     return "done"
+
+
+def backend_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return int(cursor.fetchone()[0])
+
+
+@durable_task(name="t.durable_backend_pid")
+def durable_backend_pid():
+    return step.run("pid", backend_pid)
+
+
+@shared_task(name="t.plain_backend_pid")
+def plain_backend_pid():
+    return backend_pid()

@@ -1,0 +1,31 @@
+"""What install(app) changes in a real worker: heartbeats and database connection reuse."""
+
+import pytest
+
+from celery_durable import get_run
+from celery_durable.models import RunStatus
+from tests.testapp import tasks
+from tests.testapp.models import BodyRun
+
+pytestmark = pytest.mark.e2e
+
+
+def test_step_longer_than_the_lease__keeps_its_lease_by_heartbeat(e2e_env, workers):
+    workers("busy")
+    workers("idle")  # would take the run over if its lease expired
+    result = tasks.slow_step.apply_async((10.0,), queue=e2e_env["queue"])  # lease: 4 s, heartbeat: 1 s
+    assert result.get(timeout=60) == result.id
+    assert BodyRun.objects.filter(run_id=result.id, step="slow").count() == 1
+    record = get_run(result.id)
+    assert record.status == RunStatus.COMPLETED
+    assert record.executions == 1
+    assert record.recoveries == 0
+
+
+def test_durable_tasks__reuse_their_database_connection(e2e_env, workers):
+    workers("conn", pool="solo")
+    pids = [tasks.durable_backend_pid.apply_async(queue=e2e_env["queue"]).get(timeout=30) for _ in range(4)]
+    assert len(set(pids)) == 1, pids
+    # Celery's own behaviour is unchanged for plain tasks: a new connection per task.
+    plain = [tasks.plain_backend_pid.apply_async(queue=e2e_env["queue"]).get(timeout=30) for _ in range(3)]
+    assert len(set(plain)) == 3, plain
