@@ -67,7 +67,6 @@ def execute(
     task_name: str,
     body: Callable[..., Any],
     policy: RetryPolicy,
-    on_claimed: Callable[[runs.Claim], None] | None = None,
     using: str = "default",
 ) -> Outcome:
     """Claim ``run_id`` and run ``body`` with the run's stored arguments under a step context."""
@@ -79,8 +78,6 @@ def execute(
         return _abandon(run_id, "claim", exc, using)
     if claim is None:
         return Outcome("dropped")
-    if on_claimed is not None:
-        on_claimed(claim)
     writer = OrmCheckpointWriter(run_id, claim.generation, using)
     ctx = StepContext(
         run_id=run_id,

@@ -136,7 +136,16 @@ def install(app: Celery) -> None:
         if get_settings().REUSE_CONNECTIONS:
             keep_connections_for_durable_tasks(app)
 
+    def start_heartbeat(**kwargs: Any) -> None:
+        from .services import ensure_heartbeat
+
+        ensure_heartbeat()
+
     signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid=f"celery_durable.worker_init.{id(app)}")
+    # Leases of long steps are renewed by a thread in each process that executes tasks:
+    # the worker itself (solo, threads) and every prefork child.
+    signals.worker_ready.connect(start_heartbeat, weak=False, dispatch_uid="celery_durable.heartbeat")
+    signals.worker_process_init.connect(start_heartbeat, weak=False, dispatch_uid="celery_durable.heartbeat.child")
     signals.before_task_publish.connect(
         _record_send_task_run, weak=False, dispatch_uid="celery_durable.before_task_publish"
     )

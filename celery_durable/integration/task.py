@@ -177,9 +177,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             return self._run_without_checkpoints(args, kwargs)
         from .. import execution, runs
         from .publish import publish_all
-        from .services import ensure_heartbeat
 
-        ensure_heartbeat()
         run_id = str(request.id)
         outcome = execution.execute(run_id=run_id, task_name=self.name, body=self.run, policy=self.retry_policy())
         if outcome.kind == "dropped" and not runs.exists(run_id):

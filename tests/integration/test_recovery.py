@@ -200,3 +200,16 @@ def test_database_connection_lost_mid_run__resumes_without_losing_checkpoints(du
     durable.run_until_idle()
     assert durable.result(run.id) == "after"
     assert BodyRun.objects.filter(run_id=run.id, step="before").count() == 1
+
+
+def test_durable_services_command__runs_one_tick(durable):
+    import io
+
+    from django.core.management import call_command
+
+    tasks.add.apply_async((1, 2), countdown=5)
+    durable.clock.advance(5)
+    out = io.StringIO()
+    call_command("durable_services", "--once", stdout=out)
+    assert "woken=1" in out.getvalue()
+    assert len(durable.published) == 1

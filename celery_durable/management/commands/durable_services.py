@@ -6,7 +6,8 @@ import signal
 import threading
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connections
 
 from ...conf import get_settings
 from ...integration.services import tick
@@ -27,8 +28,15 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         while True:
-            report = tick(current_app)
-            if options["once"] or options["verbosity"] > 1:
-                self.stdout.write(str(report))
+            try:
+                report = tick(current_app)
+            except DatabaseError as exc:
+                if options["once"]:
+                    raise CommandError(f"database error: {exc}") from exc
+                self.stderr.write(f"database error, retrying: {exc}")
+                connections.close_all()
+            else:
+                if options["once"] or options["verbosity"] > 1:
+                    self.stdout.write(str(report))
             if options["once"] or stop.wait(get_settings().WAKER_INTERVAL):
                 return
