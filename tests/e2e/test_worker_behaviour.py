@@ -29,3 +29,11 @@ def test_durable_tasks__reuse_their_database_connection(e2e_env, workers):
     # Celery's own behaviour is unchanged for plain tasks: a new connection per task.
     plain = [tasks.plain_backend_pid.apply_async(queue=e2e_env["queue"]).get(timeout=30) for _ in range(3)]
     assert len(set(plain)) == 3, plain
+
+
+def test_durable_task_in_a_chain__passes_its_result_on(e2e_env, workers):
+    from celery import chain
+
+    workers("canvas")
+    flow = chain(tasks.add.s(1, 2), tasks.plain.s(), tasks.add.s(10)).apply_async(queue=e2e_env["queue"])
+    assert flow.get(timeout=60) == 16  # (1 + 2) * 2 + 10
