@@ -22,7 +22,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     return []
 
 
-@checks.register(checks.Tags.database)
+@checks.register()
 def check_sqlite(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """E002/W003: SQLite needs IMMEDIATE transactions (and WAL) for concurrent workers."""
     return sqlite_messages(settings.DATABASES)

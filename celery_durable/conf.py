@@ -55,6 +55,17 @@ def _validate(values: dict[str, Any]) -> None:
         value = values[name]
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise DurableConfigError(f"CELERY_DURABLE[{name!r}] must be a positive int, got {value!r}")
+    if (
+        not isinstance(values["MAX_RECOVERIES"], int)
+        or isinstance(values["MAX_RECOVERIES"], bool)
+        or values["MAX_RECOVERIES"] < 0
+    ):
+        raise DurableConfigError(
+            f"CELERY_DURABLE['MAX_RECOVERIES'] must be an int >= 0, got {values['MAX_RECOVERIES']!r}"
+        )
+    for name in ("RUN_SERVICES_IN_WORKER", "REUSE_CONNECTIONS"):
+        if not isinstance(values[name], bool):
+            raise DurableConfigError(f"CELERY_DURABLE[{name!r}] must be True or False, got {values[name]!r}")
     if values["HEARTBEAT_SECONDS"] >= values["LEASE_SECONDS"]:
         raise DurableConfigError("CELERY_DURABLE['HEARTBEAT_SECONDS'] must be below LEASE_SECONDS")
 

@@ -38,6 +38,22 @@ class StepIdError(DurableError, ValueError):
     """A step id is empty, too long, or uses the reserved occurrence separator '#'."""
 
 
+class StepNestingError(DurableError, RuntimeError):
+    """A step was started inside the body of another step."""
+
+
+class StepNotFound(DurableError, LookupError):
+    """The run has no step with that id (e.g. ``replay(run_id, from_step=...)``)."""
+
+    def __init__(self, run_id: str, step_id: str) -> None:
+        super().__init__(run_id, step_id)
+        self.run_id = run_id
+        self.step_id = step_id
+
+    def __str__(self) -> str:
+        return f"run {self.run_id!r} has no step {self.step_id!r}"
+
+
 class NonRetriableError(DurableError):
     """Raise inside a step to fail the run at once, without retries."""
 
@@ -131,6 +147,17 @@ class TaskNotRegistered(DurableError):
 
     def __str__(self) -> str:
         return f"task {self.task_name!r} is no longer registered in this deployment; the run cannot continue"
+
+
+class WorkerLost(DurableError):
+    """The run's worker died more than ``MAX_RECOVERIES`` times; the run was failed."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+    def __str__(self) -> str:
+        return f"the worker of run {self.run_id!r} was lost too many times (CELERY_DURABLE['MAX_RECOVERIES'])"
 
 
 class StepOutputTooLarge(SerializationError):

@@ -74,8 +74,13 @@ def execute(
     owner = lease_owner()
     try:
         claim = runs.claim(run_id, owner, settings.LEASE_SECONDS, using)
-    except DatabaseError as exc:
-        return _abandon(run_id, "claim", exc, using)
+    except DatabaseError:
+        # Most often a connection the server dropped while the worker idled: reconnect once.
+        connections[using].close()
+        try:
+            claim = runs.claim(run_id, owner, settings.LEASE_SECONDS, using)
+        except DatabaseError as exc:
+            return _abandon(run_id, "claim", exc, using)
     if claim is None:
         return Outcome("dropped")
     writer = OrmCheckpointWriter(run_id, claim.generation, using)

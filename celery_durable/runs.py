@@ -15,7 +15,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Coalesce
 
 from . import clock, serialization
-from .exceptions import RunNotFound, RunStateError
+from .exceptions import RunNotFound, RunStateError, StepNotFound
 from .models import FINISHED_STATUSES, Run, RunStatus, Step, StepStatus
 from .runtime.steps import StoredStep
 
@@ -293,7 +293,7 @@ def take_expired(max_recoveries: int, limit: int, using: str = "default") -> tup
             error = serialization.dumps(
                 {
                     "type": "WorkerLost",
-                    "module": "celery_durable",
+                    "module": "celery_durable.exceptions",
                     "message": f"the run's worker was lost {max_recoveries + 1} times; giving up "
                     f"(CELERY_DURABLE['MAX_RECOVERIES'])",
                     "traceback": "",
@@ -358,7 +358,7 @@ def replay(run_id: str, from_step: str | None = None, using: str = "default") ->
         if from_step is not None:
             anchor = steps.filter(step_id=from_step).first()
             if anchor is None:
-                raise RunStateError(run_id, f"no step {from_step!r}", "replay from that step")
+                raise StepNotFound(run_id, from_step)
             steps.filter(id__gte=anchor.id).delete()
         steps.filter(status=StepStatus.FAILED).delete()
         now = clock.now()

@@ -42,7 +42,7 @@ def dumps(value: Any, where: str, max_bytes: int | None = None) -> str:
     if max_bytes is not None and len(text) > max_bytes and len(text.encode()) > max_bytes:
         raise StepOutputTooLarge(
             f"{where} is {len(text.encode())} bytes as JSON, above the limit of {max_bytes} "
-            f"(CELERY_DURABLE['MAX_STEP_OUTPUT_BYTES'])"
+            f"(CELERY_DURABLE['MAX_{'ARGUMENT' if 'argument' in where else 'STEP_OUTPUT'}_BYTES'])"
         )
     return text
 

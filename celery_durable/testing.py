@@ -128,7 +128,7 @@ class DurableTestRunner:
         return count
 
     def result(self, run_id: str) -> Any:
-        """The run's final value; raises ``RunFailed`` with its stored error if it failed."""
+        """The run's final value; raises ``RunNotFinished`` (with its stored error) otherwise."""
         from .runs import get
 
         run = get(run_id)

@@ -88,7 +88,8 @@ def _close_unusable_connections() -> None:
         try:
             max_age = conn.settings_dict.get("CONN_MAX_AGE") or 0
             expired = max_age and conn.close_at is not None and time.monotonic() >= conn.close_at
-            if expired or conn.in_atomic_block or (conn.errors_occurred and not conn.is_usable()):
+            check = conn.errors_occurred or conn.settings_dict.get("CONN_HEALTH_CHECKS")
+            if expired or conn.in_atomic_block or (check and not conn.is_usable()):
                 conn.close()
             else:
                 conn.errors_occurred = False
@@ -96,7 +97,25 @@ def _close_unusable_connections() -> None:
             conn.close()
 
 
-def _record_send_task_run(sender: Any = None, body: Any = None, headers: Any = None, **kwargs: Any) -> None:
+def _fail_unregistered_run(sender: Any = None, message: Any = None, name: str = "", id: str = "", **kw: Any) -> None:
+    """A worker got a run of a task it does not have (removed by a deploy): fail the run."""
+    headers = getattr(message, "headers", None) or {}
+    if not headers.get(NUDGE_HEADER):
+        return
+    from .. import runs
+
+    if runs.fail_unregistered(id, name):
+        logger.error("durable run %s: task %r is not registered in this worker; the run failed", id, name)
+
+
+def _record_send_task_run(
+    sender: Any = None,
+    body: Any = None,
+    headers: Any = None,
+    exchange: str = "",
+    routing_key: str = "",
+    **kwargs: Any,
+) -> None:
     """``app.send_task()`` bypasses ``apply_async``: record the run before the message leaves."""
     if not isinstance(headers, dict) or headers.get(NUDGE_HEADER):
         return
@@ -108,14 +127,22 @@ def _record_send_task_run(sender: Any = None, body: Any = None, headers: Any = N
     if not isinstance(task, DurableTask):
         return
     args, kwargs_, _embed = body if isinstance(body, list | tuple) and len(body) == 3 else ((), {}, None)
-    from .. import runs
+    from datetime import datetime
 
+    from .. import runs, serialization
+
+    # Later publications (waker, sweeper, reaper) go where this message goes.
+    destination = {"queue": routing_key} if not exchange and routing_key else {}
+    if exchange:
+        destination = {"exchange": exchange, "routing_key": routing_key}
+    eta = headers.get("eta")
     runs.create(
         run_id=headers["id"],
         task_name=task.name,
         args=task._encode_args(tuple(args)),
         kwargs=task._encode_kwargs(dict(kwargs_)),
-        options="{}",
+        options=serialization.dumps(destination, "publish options"),
+        wake_at=datetime.fromisoformat(eta) if isinstance(eta, str) else None,
     )
     headers[NUDGE_HEADER] = True
 
@@ -149,3 +176,4 @@ def install(app: Celery) -> None:
     signals.before_task_publish.connect(
         _record_send_task_run, weak=False, dispatch_uid="celery_durable.before_task_publish"
     )
+    signals.task_unknown.connect(_fail_unregistered_run, weak=False, dispatch_uid="celery_durable.task_unknown")

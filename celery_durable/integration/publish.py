@@ -26,34 +26,25 @@ dispatch_override: Callable[[Nudge], None] | None = None
 
 def publish(app: Celery, nudge: Nudge) -> bool:
     """Send one nudge with the run id as task id; ``False`` if it could not be sent."""
-    from .. import runs
-
     if dispatch_override is not None:
         dispatch_override(nudge)
         return True
-    task = app.tasks.get(nudge.task_name)
-    if task is None:
-        logger.error("durable run %s: task %r is not registered; failing it", nudge.run_id, nudge.task_name)
-        if runs.fail_unregistered(nudge.run_id, nudge.task_name):
-            from ..exceptions import TaskNotRegistered
-
-            app.backend.mark_as_failure(nudge.run_id, TaskNotRegistered(nudge.task_name))
-        return False
     options: dict[str, Any] = serialization.loads(nudge.options)
     headers = dict(options.pop("headers", None) or {})
     headers[NUDGE_HEADER] = True
     if nudge.countdown:
         options["countdown"] = nudge.countdown
+    args = serialization.loads(nudge.args)
+    kwargs = serialization.loads(nudge.kwargs)
+    task = app.tasks.get(nudge.task_name)
     try:
-        # Task.apply_async, not the DurableTask override: this run exists already.
-        Task.apply_async(
-            task,
-            args=serialization.loads(nudge.args),
-            kwargs=serialization.loads(nudge.kwargs),
-            task_id=nudge.run_id,
-            headers=headers,
-            **options,
-        )
+        if task is not None:
+            # Task.apply_async, not the DurableTask override: this run exists already.
+            Task.apply_async(task, args=args, kwargs=kwargs, task_id=nudge.run_id, headers=headers, **options)
+        else:
+            # Not registered in this process (a web process, a services-only host): send it by
+            # name; a worker that has the task runs it, one that does not fails the run.
+            app.send_task(nudge.task_name, args=args, kwargs=kwargs, task_id=nudge.run_id, headers=headers, **options)
     except Exception:
         logger.warning(
             "durable run %s: publishing failed; the sweeper publishes it again later",

@@ -43,9 +43,9 @@ def tick(app: Celery, using: str = "default") -> TickReport:
     expired, doomed = runs.take_expired(settings.MAX_RECOVERIES, batch, using)
     report.recovered = publish_all(app, expired)
     for run_id in doomed:
-        from ..exceptions import DurableError
+        from ..exceptions import WorkerLost
 
-        app.backend.mark_as_failure(run_id, DurableError("the run's worker was lost too many times"))
+        app.backend.mark_as_failure(run_id, WorkerLost(run_id))
     report.failed = len(doomed)
     return report
 
@@ -102,6 +102,8 @@ class Heartbeat(threading.Thread):
                 runs.extend_leases(self.owner, ids, get_settings().LEASE_SECONDS, self.using)
             except DatabaseError as exc:
                 logger.warning("durable heartbeat: database error: %s", exc)
+            except Exception:
+                logger.exception("durable heartbeat: failed; retrying next beat")
             finally:
                 connections.close_all()
 

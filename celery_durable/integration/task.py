@@ -13,10 +13,9 @@ from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore
 from celery.result import AsyncResult
 from celery.utils import uuid
-from django.db import router
 
 from .. import clock, serialization
-from ..exceptions import DurableConfigError, RetryAfter, _StepFailed
+from ..exceptions import DurableConfigError, RetryAfter, SerializationError, _StepFailed
 from ..options import RetryPolicy
 from ..runtime import context
 from ..runtime.steps import StepContext
@@ -136,7 +135,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             self._encode_kwargs(kwargs),
             serialization.dumps(stored, f"publish options of {self.name}"),
         )
-        using = router.db_for_write(_run_model())
+        using = "default"
         created = runs.create(
             run_id=run_id,
             task_name=self.name,
@@ -159,14 +158,20 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             raise TypeError(f"{self.name}: {exc}") from None
 
     def _encode_args(self, args: tuple[Any, ...]) -> str:
-        for index, value in enumerate(args):
-            serialization.dumps(value, f"argument {index} of {self.name}")
-        return serialization.dumps(list(args), f"arguments of {self.name}")
+        try:
+            return serialization.dumps(list(args), f"arguments of {self.name}", _max_argument_bytes())
+        except SerializationError:
+            for index, value in enumerate(args):  # name the culprit
+                serialization.dumps(value, f"argument {index} of {self.name}", _max_argument_bytes())
+            raise
 
     def _encode_kwargs(self, kwargs: dict[str, Any]) -> str:
-        for name, value in kwargs.items():
-            serialization.dumps(value, f"argument {name!r} of {self.name}")
-        return serialization.dumps(kwargs, f"keyword arguments of {self.name}")
+        try:
+            return serialization.dumps(kwargs, f"keyword arguments of {self.name}", _max_argument_bytes())
+        except SerializationError:
+            for name, value in kwargs.items():
+                serialization.dumps(value, f"argument {name!r} of {self.name}", _max_argument_bytes())
+            raise
 
     # --- execution ----------------------------------------------------------------------
 
@@ -229,10 +234,10 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         raise RetryAfter(delay, str(exc) if exc else "")
 
 
-def _run_model() -> Any:
-    from ..models import Run
+def _max_argument_bytes() -> int:
+    from ..conf import get_settings
 
-    return Run
+    return get_settings().MAX_ARGUMENT_BYTES
 
 
 def _wake_time(countdown: float | None, eta: datetime | str | None) -> datetime | None:

@@ -15,6 +15,7 @@ from ..exceptions import (
     RetryAfter,
     SerializationError,
     StepIdError,
+    StepNestingError,
     _StepFailed,
 )
 from ..options import RetryPolicy
@@ -88,6 +89,7 @@ class StepContext:
         self._max_output_bytes = max_output_bytes
         self._occurrences: dict[str, int] = {}
         self._attempt = 1
+        self._current: tuple[str, str] | None = None  # (step id as given, with occurrence suffix)
         self.replayed: list[str] = []
         self.executed: list[str] = []
 
@@ -102,8 +104,16 @@ class StepContext:
         return self._attempt
 
     def idempotency_key(self, step_id: str) -> str:
-        """A key stable across retries and re-executions, for external APIs (e.g. Stripe)."""
-        return f"{self._run_id}:{validate_step_id(step_id)}"
+        """A key stable across retries and re-executions, for external APIs (e.g. Stripe).
+
+        Inside the body of ``step_id`` it names that step; elsewhere it names the next
+        occurrence of ``step_id`` (so in a loop each iteration gets its own key).
+        """
+        validate_step_id(step_id)
+        if self._current is not None and self._current[0] == step_id:
+            return f"{self._run_id}:{self._current[1]}"
+        count = self._occurrences.get(step_id, 0) + 1
+        return f"{self._run_id}:{step_id if count == 1 else f'{step_id}{OCCURRENCE_SEPARATOR}{count}'}"
 
     def _occurrence(self, step_id: str) -> str:
         validate_step_id(step_id)
@@ -126,6 +136,11 @@ class StepContext:
         """
         if not callable(fn):
             raise TypeError(f"step.run({step_id!r}, ...) needs a callable, got {fn!r}")
+        if self._current is not None:
+            raise StepNestingError(
+                f"step.run({step_id!r}) was called inside the body of step {self._current[1]!r}; "
+                f"steps cannot be nested (call it after the outer step returns)"
+            )
         sid = self._occurrence(step_id)
         stored = self._stored(sid, "run", f"step.run({getattr(fn, '__qualname__', fn)!r})")
         if stored is not None and stored.status == "completed":
@@ -135,6 +150,7 @@ class StepContext:
         attempts = (stored.attempts if stored is not None else 0) + 1
         self._attempt = attempts
         started_at = self._clock()
+        self._current = (step_id, sid)
         try:
             fault = fault_hook(self._task_name, sid) if fault_hook is not None else None
             if fault is not None:
@@ -145,13 +161,16 @@ class StepContext:
                     self._writer.save_output(sid, "run", output, attempts, started_at, stored is not None)
             else:
                 output = self._encode(sid, fn(*args, **kwargs))
-        except (NonRetriableError, SerializationError) as exc:
+        except (NonRetriableError, SerializationError, StepNestingError, StepIdError, NonDeterminismError) as exc:
+            # Retrying cannot help: a declared permanent failure or a programming error.
             raise _StepFailed(sid, exc, attempts, None) from exc
         except RetryAfter as exc:
             raise _StepFailed(sid, exc, attempts, exc.delay if self._policy.should_retry(attempts) else None) from exc
         except Exception as exc:
             retry_in = self._policy.delay(attempts) if self._policy.should_retry(attempts) else None
             raise _StepFailed(sid, exc, attempts, retry_in) from exc
+        finally:
+            self._current = None
         if not atomic:
             self._writer.save_output(sid, "run", output, attempts, started_at, stored is not None)
         self._checkpoints[sid] = StoredStep(sid, "run", "completed", output, attempts)

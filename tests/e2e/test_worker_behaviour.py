@@ -37,3 +37,27 @@ def test_durable_task_in_a_chain__passes_its_result_on(e2e_env, workers):
     workers("canvas")
     flow = chain(tasks.add.s(1, 2), tasks.plain.s(), tasks.add.s(10)).apply_async(queue=e2e_env["queue"])
     assert flow.get(timeout=60) == 16  # (1 + 2) * 2 + 10
+
+
+def test_run_of_a_task_removed_by_a_deploy__fails_once_with_a_clear_message(e2e_env, workers):
+    from datetime import timedelta
+
+    from celery import current_app
+
+    from celery_durable import clock, runs
+    from celery_durable.models import Run
+    from tests.e2e.conftest import wait_for
+
+    # Its message was lost long ago; the worker's sweeper republishes it, the worker lacks the task.
+    Run.objects.create(
+        id="removed-1", task_name="shop.removed_in_deploy", status=RunStatus.QUEUED,
+        options='{"queue": "%s"}' % e2e_env["queue"], created_at=clock.now(),
+        published_at=clock.now() - timedelta(minutes=10),
+    )
+    workers("deployed")
+    wait_for(lambda: get_run("removed-1").status == RunStatus.FAILED, 30, "the run to fail")
+    record = get_run("removed-1")
+    assert "no longer registered" in record.error_value["message"]
+    assert runs.take_unpublished(-1, 10) == []  # failed for good: nothing to republish, no loop
+    with pytest.raises(Exception, match="shop.removed_in_deploy"):
+        current_app.AsyncResult("removed-1").get(timeout=10)

@@ -106,10 +106,20 @@ def test_invalid_option_on_app_task_with_base__fails_too():
 def test_send_task_by_name__records_the_run():
     from celery import current_app
 
-    result = current_app.send_task("t.add", args=(2, 3))
+    result = current_app.send_task("t.add", args=(2, 3), queue="orders")
     run = Run.objects.get(id=result.id)
     assert run.task_name == "t.add"
     assert run.args_value == [2, 3]
+    assert run.wake_at is None
+    assert '"orders"' in run.options  # later publications go to the same queue
+
+
+@pytest.mark.django_db
+def test_send_task_with_a_countdown__waits_in_the_database():
+    from celery import current_app
+
+    result = current_app.send_task("t.add", args=(2, 3), countdown=3600)
+    assert Run.objects.get(id=result.id).wake_at is not None
 
 
 @pytest.mark.django_db

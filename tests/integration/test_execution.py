@@ -201,3 +201,12 @@ def test_direct_call__runs_steps_inline_without_storing():
 def test_direct_call__raises_the_step_error_itself():
     with pytest.raises(ZeroDivisionError):
         tasks.direct_fail()
+
+
+def test_oversized_arguments__are_refused_at_delay(durable, settings):
+    settings.CELERY_DURABLE = {"MAX_ARGUMENT_BYTES": 50}
+    with pytest.raises(SerializationError) as info:
+        tasks.add.delay("x" * 100, "y")
+    assert "argument 0 of t.add" in str(info.value)
+    assert "MAX_ARGUMENT_BYTES" in str(info.value)
+    assert Run.objects.count() == 0

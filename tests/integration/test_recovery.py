@@ -5,7 +5,7 @@ from django.db import connection
 
 from celery_durable import RunNotFound, get_run, replay, runs
 from celery_durable.checkpoints import OrmCheckpointWriter
-from celery_durable.exceptions import RunStateError, _LeaseLost
+from celery_durable.exceptions import RunStateError, StepNotFound, _LeaseLost
 from celery_durable.integration.services import tick
 from celery_durable.models import Run, RunStatus, Step
 from tests.testapp import tasks
@@ -86,23 +86,30 @@ def test_waker__publishes_due_runs_once(durable):
     assert [n.run_id for n in durable.published] == [run.id]
 
 
-def test_unregistered_task__fails_with_a_clear_message(durable):
-    Run.objects.create(
-        id="gone-1", task_name="shop.removed_in_deploy", status=RunStatus.QUEUED,
-        created_at=durable.clock.now(), wake_at=durable.clock.now(),
-    )
+def test_run_of_a_task_this_process_lacks__is_sent_by_name(durable):
+    """A web or services-only process may not import every task: it must not fail such runs."""
+    from celery import current_app, signals
+
     from celery_durable.integration import publish as publish_module
 
-    publish_module.dispatch_override = None  # publish for real: the task lookup happens there
+    Run.objects.create(
+        id="elsewhere-1", task_name="shop.defined_elsewhere", status=RunStatus.QUEUED,
+        created_at=durable.clock.now(), wake_at=durable.clock.now(),
+    )
+    sent = []
+
+    def seen(sender=None, headers=None, **kwargs):
+        sent.append((sender, headers["id"]))
+
+    publish_module.dispatch_override = None  # publish for real (to the memory broker)
+    signals.after_task_publish.connect(seen, weak=False)
     try:
-        tick(app())
+        assert tick(current_app).woken == 1
     finally:
+        signals.after_task_publish.disconnect(seen)
         publish_module.dispatch_override = durable.published.append
-    record = get_run("gone-1")
-    assert record.status == "failed"
-    assert "no longer registered" in record.error_value["message"]
-    tick(app())  # no crash loop: nothing left to do
-    assert get_run("gone-1").status == "failed"
+    assert sent == [("shop.defined_elsewhere", "elsewhere-1")]
+    assert get_run("elsewhere-1").status == RunStatus.QUEUED
 
 
 def test_get_run__unknown_id_raises(db):
@@ -150,7 +157,7 @@ def test_replay__of_a_running_or_completed_run_changes_nothing(durable):
 def test_replay__from_an_unknown_step_changes_nothing(durable):
     run = tasks.non_retriable.delay()
     durable.run_until_idle()
-    with pytest.raises(RunStateError):
+    with pytest.raises(StepNotFound):
         replay(run.id, from_step="nope")
     assert get_run(run.id).status == "failed"
 

@@ -19,6 +19,8 @@ SAMPLES = {
     exceptions.RunStateError: ("abc", "running", "replay"),
     exceptions.ChildRunFailed: ("abc", "ValueError", "boom"),
     exceptions.TaskNotRegistered: ("shop.gone",),
+    exceptions.StepNotFound: ("abc", "charge"),
+    exceptions.WorkerLost: ("abc",),
 }
 
 

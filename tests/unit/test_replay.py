@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from celery_durable import NonDeterminismError, NonRetriableError, NotInDurableRun, RetryAfter, step
-from celery_durable.exceptions import StepIdError, _StepFailed
+from celery_durable.exceptions import StepIdError, StepNestingError, _StepFailed
 from celery_durable.options import RetryPolicy
 from celery_durable.runtime import context
 from celery_durable.runtime.memory import MemoryCheckpointWriter
@@ -177,3 +177,26 @@ def test_step_proxy__forwards_to_the_active_context():
         assert step.idempotency_key("charge") == "run-1:charge"
     finally:
         context.deactivate(token)
+
+
+def test_nested_step__raises_instead_of_shifting_occurrences():
+    ctx = make()
+
+    def outer():
+        return ctx.run("inner", lambda: "inner")
+
+    with pytest.raises(_StepFailed) as info:
+        ctx.run("outer", outer)
+    assert isinstance(info.value.error, StepNestingError)
+    assert info.value.retry_in is None
+    assert "'outer'" in str(info.value.error)
+
+
+def test_idempotency_key__names_the_current_step_inside_its_body_and_the_next_occurrence_outside():
+    ctx = make()
+    keys = []
+    for _ in range(2):
+        before = ctx.idempotency_key("charge")
+        inside = ctx.run("charge", lambda: ctx.idempotency_key("charge"))
+        keys.append((before, inside))
+    assert keys == [("run-1:charge", "run-1:charge"), ("run-1:charge#2", "run-1:charge#2")]
