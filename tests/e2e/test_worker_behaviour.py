@@ -1,5 +1,7 @@
 """What install(app) changes in a real worker: heartbeats and database connection reuse."""
 
+import json
+
 import pytest
 
 from celery_durable import get_run
@@ -51,7 +53,7 @@ def test_run_of_a_task_removed_by_a_deploy__fails_once_with_a_clear_message(e2e_
     # Its message was lost long ago; the worker's sweeper republishes it, the worker lacks the task.
     Run.objects.create(
         id="removed-1", task_name="shop.removed_in_deploy", status=RunStatus.QUEUED,
-        options='{"queue": "%s"}' % e2e_env["queue"], created_at=clock.now(),
+        options=json.dumps({"queue": e2e_env["queue"]}), created_at=clock.now(),
         published_at=clock.now() - timedelta(minutes=10),
     )
     workers("deployed")
@@ -59,5 +61,5 @@ def test_run_of_a_task_removed_by_a_deploy__fails_once_with_a_clear_message(e2e_
     record = get_run("removed-1")
     assert "no longer registered" in record.error_value["message"]
     assert runs.take_unpublished(-1, 10) == []  # failed for good: nothing to republish, no loop
-    with pytest.raises(Exception, match="shop.removed_in_deploy"):
+    with pytest.raises(Exception, match=r"shop\.removed_in_deploy"):
         current_app.AsyncResult("removed-1").get(timeout=10)
