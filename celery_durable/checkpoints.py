@@ -42,7 +42,8 @@ def _sql_names(using: str) -> dict[str, str]:
 class OrmCheckpointWriter:
     """Writes checkpoints of one execution, fenced by the generation it claimed."""
 
-    def __init__(self, run_id: str, generation: int, using: str = "default") -> None:
+    def __init__(self, run_id: str, generation: int, using: str = "default", task_name: str = "") -> None:
+        self.task_name = task_name
         self.run_id = run_id
         self.generation = generation
         self.using = using
@@ -103,6 +104,18 @@ class OrmCheckpointWriter:
             raise _LeaseLost(f"step {step_id!r} of run {self.run_id} was written by another execution") from exc
         if written != 1:
             raise _LeaseLost(f"run {self.run_id} is no longer held at generation {self.generation}")
+        from . import signals
+
+        if signals.step_completed.has_listeners(self.task_name):
+            duration = (clock.now() - started_at).total_seconds()
+            signals.send(
+                signals.step_completed,
+                self.task_name,
+                self.run_id,
+                step_id=step_id,
+                attempt=attempts,
+                duration=duration,
+            )
 
     def atomic(self) -> AbstractContextManager[Any]:
         """The transaction of an atomic step: its body, a fence on the run row and its checkpoint."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db import DatabaseError, connections
 
-from . import clock, runs, serialization
+from . import clock, runs, serialization, signals
 from .checkpoints import OrmCheckpointWriter
 from .conf import get_settings
 from .exceptions import SerializationError, _LeaseLost, _StepFailed
@@ -83,7 +83,11 @@ def execute(
             return _abandon(run_id, "claim", exc, using)
     if claim is None:
         return Outcome("dropped")
-    writer = OrmCheckpointWriter(run_id, claim.generation, using)
+    if claim.run.executions == 1:
+        signals.send(signals.run_started, task_name, run_id, execution=1)
+    else:
+        signals.send(signals.run_resumed, task_name, run_id, execution=claim.run.executions)
+    writer = OrmCheckpointWriter(run_id, claim.generation, using, task_name)
     ctx = StepContext(
         run_id=run_id,
         task_name=task_name,
@@ -102,7 +106,7 @@ def execute(
             context.deactivate(token)
         return _finish(run_id, task_name, claim.generation, value, using)
     except _StepFailed as failed:
-        return _step_failed(run_id, claim.generation, failed, settings.WAKER_INTERVAL, using)
+        return _step_failed(run_id, task_name, claim.generation, failed, settings.WAKER_INTERVAL, using)
     except _LeaseLost as lost:
         logger.warning("durable run %s: %s; this execution stops", run_id, lost)
         return Outcome("dropped")
@@ -111,7 +115,7 @@ def execute(
     except Exception as exc:
         # An error raised by the task body outside any step fails the run: such code is
         # re-executed on every replay, so retrying it would not be a step retry.
-        return _fail(run_id, claim.generation, exc, None, using)
+        return _fail(run_id, task_name, claim.generation, exc, None, using)
     finally:
         active.ids.discard(run_id)
 
@@ -120,24 +124,36 @@ def _finish(run_id: str, task_name: str, generation: int, value: Any, using: str
     try:
         result = serialization.dumps(value, f"result of {task_name}")
     except SerializationError as exc:
-        return _fail(run_id, generation, exc, None, using)
+        return _fail(run_id, task_name, generation, exc, None, using)
     if not runs.complete(run_id, generation, result, using):
         return Outcome("dropped")
-    return Outcome("completed", value=serialization.loads(result))
+    value = serialization.loads(result)
+    signals.send(signals.run_completed, task_name, run_id, result=value)
+    return Outcome("completed", value=value)
 
 
-def _fail(run_id: str, generation: int, exc: BaseException, step: tuple[str, int] | None, using: str) -> Outcome:
+def _fail(
+    run_id: str, task_name: str, generation: int, exc: BaseException, step: tuple[str, int] | None, using: str
+) -> Outcome:
+    record = error_record(exc)
     try:
-        if not runs.fail(run_id, generation, error_record(exc), step, using):
+        if not runs.fail(run_id, generation, record, step, using):
             return Outcome("dropped")
     except DatabaseError as db_exc:
         return _abandon(run_id, "failure record", db_exc, using)
+    if step is not None:
+        signals.send(
+            signals.step_failed, task_name, run_id, step_id=step[0], attempt=step[1], error=record, retry_in=None
+        )
+    signals.send(signals.run_failed, task_name, run_id, error=record, step_id=step[0] if step else None)
     return Outcome("failed", error=exc)
 
 
-def _step_failed(run_id: str, generation: int, failed: _StepFailed, publish_within: float, using: str) -> Outcome:
+def _step_failed(
+    run_id: str, task_name: str, generation: int, failed: _StepFailed, publish_within: float, using: str
+) -> Outcome:
     if failed.retry_in is None:
-        return _fail(run_id, generation, failed.error, (failed.step_id, failed.attempts), using)
+        return _fail(run_id, task_name, generation, failed.error, (failed.step_id, failed.attempts), using)
     try:
         queued = runs.retry_step(
             run_id,
@@ -153,6 +169,15 @@ def _step_failed(run_id: str, generation: int, failed: _StepFailed, publish_with
         return _abandon(run_id, "retry record", exc, using)
     if queued is False:
         return Outcome("dropped")
+    signals.send(
+        signals.step_failed,
+        task_name,
+        run_id,
+        step_id=failed.step_id,
+        attempt=failed.attempts,
+        error=error_record(failed.error),
+        retry_in=failed.retry_in,
+    )
     logger.info(
         "durable run %s: step %r failed (attempt %d), retrying in %.1fs: %r",
         run_id,

@@ -53,6 +53,21 @@ class Run(models.Model):
     created_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Suspension: the event a waiting run waits for; its parent and children.
+    waiting_for = models.CharField(max_length=255, null=True, blank=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children", db_constraint=False
+    )
+    parent_step = models.CharField(max_length=255, null=True, blank=True)
+    child_index = models.PositiveIntegerField(null=True, blank=True)
+    children_pending = models.PositiveIntegerField(default=0)
+    # False for a plain Celery task recorded as the child of a durable run.
+    durable = models.BooleanField(default=True)
+    # Cancellation and timeouts.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_reason = models.TextField(null=True, blank=True)
+    start_by = models.DateTimeField(null=True, blank=True)
+    finish_by = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [
@@ -61,6 +76,9 @@ class Run(models.Model):
             models.Index(fields=["status", "published_at"], name="durable_run_published"),
             models.Index(fields=["task_name", "created_at"], name="durable_run_task"),
             models.Index(fields=["created_at"], name="durable_run_created"),
+            models.Index(fields=["status", "waiting_for"], name="durable_run_waiting"),
+            models.Index(fields=["finish_by"], name="durable_run_finish_by"),
+            models.Index(fields=["start_by"], name="durable_run_start_by"),
         ]
         permissions = [
             ("cancel_run", "Can cancel durable runs"),
@@ -94,8 +112,9 @@ class Run(models.Model):
 
 
 class StepStatus(models.TextChoices):
-    """The states of a step checkpoint."""
+    """The states of a step checkpoint (``pending``: a sleep, wait or child run in progress)."""
 
+    PENDING = "pending"
     COMPLETED = "completed"
     FAILED = "failed"
 
@@ -123,3 +142,24 @@ class Step(models.Model):
     def output_value(self) -> Any:
         """The decoded output."""
         return None if self.output is None else serialization.loads(self.output)
+
+
+class Event(models.Model):
+    """An event sent with ``send_event``: it starts ``on_event`` tasks and resumes waiting runs."""
+
+    name = models.CharField(max_length=255)
+    data = models.TextField(default="{}", help_text="JSON object")
+    event_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    received_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["name", "received_at"], name="durable_event_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk}"
+
+    @property
+    def data_value(self) -> dict[str, Any]:
+        """The decoded event data."""
+        value: dict[str, Any] = serialization.loads(self.data)
+        return value
