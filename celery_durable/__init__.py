@@ -5,7 +5,7 @@ Importing this package has no side effects and needs no Django settings.
 
 from __future__ import annotations
 
-from .api import get_run, replay
+from .api import cancel, get_run, replay, send_event
 from .exceptions import (
     ChildRunFailed,
     DurableConfigError,
@@ -23,6 +23,7 @@ from .integration.install import install
 from .integration.task import DurableTask, durable_task
 from .options import CancelOn, Concurrency, Debounce, RateLimit, Singleton, Throttle, Timeouts
 from .runtime.context import step
+from .runtime.events import Event
 
 __all__ = [
     "CancelOn",
@@ -32,6 +33,7 @@ __all__ = [
     "DurableConfigError",
     "DurableError",
     "DurableTask",
+    "Event",
     "NonDeterminismError",
     "NonRetriableError",
     "NotInDurableRun",
@@ -44,9 +46,11 @@ __all__ = [
     "Singleton",
     "Throttle",
     "Timeouts",
+    "cancel",
     "durable_task",
     "get_run",
     "install",
     "replay",
+    "send_event",
     "step",
 ]

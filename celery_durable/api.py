@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .cancellation import Cancellation
     from .models import Run
+    from .runtime.events import Event
+
+
+def send_event(name: str, data: dict[str, Any] | None = None, *, id: str | None = None) -> Event:
+    """Record an event; start ``on_event`` tasks, resume matching waits, apply ``cancel_on``.
+
+    The same ``id`` within ``IDEMPOTENCY_WINDOW`` (24 h) does nothing twice.
+    """
+    from .events import send_event as send
+
+    return send(name, data, id=id)
 
 
 def get_run(run_id: str) -> Run:
@@ -33,3 +45,38 @@ def replay(run_id: str, from_step: str | None = None) -> Run:
         result.forget()
     publish_on_commit(current_app, [nudge])
     return runs.get(run_id)
+
+
+def cancel(run_id: str, reason: str = "") -> Run:
+    """Cancel a run (and its unfinished children).
+
+    A queued, sleeping or waiting run is cancelled at once; an executing run stops at its
+    next step boundary. Raises ``RunNotFound`` for an unknown id and ``RunStateError`` for
+    a run that already finished (nothing changes then).
+    """
+    from celery import current_app
+
+    from . import cancellation, runs
+    from .integration.publish import publish_all
+
+    outcome = cancellation.cancel(run_id, reason)
+    after_cancel(outcome)
+    publish_all(current_app, outcome.nudges)
+    return runs.get(run_id)
+
+
+def after_cancel(outcome: Cancellation) -> None:
+    """Tell the result backend (``.get()`` raises ``RunCancelled``) and signal receivers."""
+    from celery import current_app
+
+    from . import signals
+    from .exceptions import RunCancelled
+    from .models import Run
+
+    rows = Run.objects.filter(id__in=outcome.cancelled).values_list("id", "task_name", "cancel_reason", "durable")
+    for run_id, task_name, reason, durable in rows:
+        if durable:
+            current_app.backend.mark_as_failure(run_id, RunCancelled(reason or "cancelled"))
+        else:  # a plain Celery child: best effort, as Celery allows
+            current_app.control.revoke(run_id)
+        signals.send(signals.run_cancelled, task_name, run_id, reason=reason)

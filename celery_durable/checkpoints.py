@@ -1,10 +1,10 @@
 """The ORM checkpoint writer: one fenced INSERT per new step.
 
-A checkpoint is written with ``INSERT ... SELECT ... FROM run WHERE id=%s AND generation=%s``:
-one statement (no read before it, one commit in autocommit mode) that writes nothing if
-another execution has claimed the run since (fencing). The ORM cannot express an
-INSERT from a SELECT, hence the SQL; it is portable across PostgreSQL, MySQL/MariaDB and
-SQLite.
+A checkpoint is written with ``INSERT ... SELECT ... FROM run WHERE id=%s AND generation=%s
+AND cancel_requested_at IS NULL``: one statement (no read before it, one commit in autocommit
+mode) that writes nothing if another execution has claimed the run since (fencing) or the
+run was cancelled. The ORM cannot express an INSERT from a SELECT, hence the SQL; it is
+portable across PostgreSQL, MySQL/MariaDB and SQLite.
 """
 
 from __future__ import annotations
@@ -15,73 +15,70 @@ from typing import Any
 
 from django.db import IntegrityError, connections, transaction
 
-from .exceptions import _LeaseLost
+from . import clock
+from .exceptions import _Cancelled, _LeaseLost
 from .models import Run, RunStatus, Step, StepStatus
 
-
-def _sql_names(using: str) -> dict[str, str]:
-    q = connections[using].ops.quote_name
-    return {
-        "step": q(Step._meta.db_table),
-        "run": q(Run._meta.db_table),
-        "cols": ", ".join(
-            q(c) for c in ("run_id", "step_id", "kind", "status", "output", "attempts", "started_at", "finished_at")
-        ),
-        "output": q("output"),
-        "status": q("status"),
-        "attempts": q("attempts"),
-        "finished_at": q("finished_at"),
-        "error": q("error"),
-        "run_id": q("run_id"),
-        "step_id": q("step_id"),
-        "id": q("id"),
-        "generation": q("generation"),
-    }
+_COLUMNS = ("run_id", "step_id", "kind", "status", "output", "attempts", "started_at", "finished_at")
 
 
 class OrmCheckpointWriter:
     """Writes checkpoints of one execution, fenced by the generation it claimed."""
 
     def __init__(self, run_id: str, generation: int, using: str = "default", task_name: str = "") -> None:
-        self.task_name = task_name
         self.run_id = run_id
         self.generation = generation
         self.using = using
-        self._names = _sql_names(using)
+        self.task_name = task_name
+        self.cancelled = False  # set by the heartbeat when it sees a cancellation request
+        q = connections[using].ops.quote_name
+        self._step, self._run = q(Step._meta.db_table), q(Run._meta.db_table)
+        self._q = q
+        # Fence: the run is still ours and not cancelled.
+        self._fence = (
+            f"SELECT 1 FROM {self._run} WHERE {self._run}.{q('id')} = %s AND {self._run}.{q('generation')} = %s "
+            f"AND {self._run}.{q('cancel_requested_at')} IS NULL"
+        )
 
     def _value(self, when: datetime) -> Any:
         return connections[self.using].ops.adapt_datetimefield_value(when)
 
+    def _execute(self, sql: str, params: list[Any], step_id: str) -> None:
+        try:
+            with connections[self.using].cursor() as cursor:
+                cursor.execute(sql, params)
+                written = cursor.rowcount
+        except IntegrityError as exc:
+            # Another execution wrote this step: it owns the run now.
+            raise _LeaseLost(f"step {step_id!r} of run {self.run_id} was written by another execution") from exc
+        if written != 1:
+            self._refused()
+
+    def _refused(self) -> None:
+        """The fence refused a write: say why (rare path, one query)."""
+        row = Run.objects.using(self.using).filter(id=self.run_id).values("generation", "cancel_requested_at").first()
+        if row is not None and row["generation"] == self.generation and row["cancel_requested_at"] is not None:
+            raise _Cancelled()
+        raise _LeaseLost(f"run {self.run_id} is no longer held at generation {self.generation}")
+
     def save_output(
         self, step_id: str, kind: str, output: str, attempts: int, started_at: datetime, exists: bool
     ) -> None:
-        """Record a completed step; raise ``_LeaseLost`` if this execution no longer owns the run."""
-        from . import clock
-
-        n = self._names
+        """Record a completed step; raise ``_LeaseLost``/``_Cancelled`` if the run is no longer ours."""
+        q = self._q
         finished = self._value(clock.now())
         if exists:
             sql = (
-                f"UPDATE {n['step']} SET {n['status']} = %s, {n['output']} = %s, {n['attempts']} = %s, "
-                f"{n['finished_at']} = %s, {n['error']} = NULL "
-                f"WHERE {n['run_id']} = %s AND {n['step_id']} = %s AND EXISTS ("
-                f"SELECT 1 FROM {n['run']} WHERE {n['run']}.{n['id']} = %s AND {n['run']}.{n['generation']} = %s)"
+                f"UPDATE {self._step} SET {q('status')} = %s, {q('output')} = %s, {q('attempts')} = %s, "
+                f"{q('finished_at')} = %s, {q('error')} = NULL "
+                f"WHERE {q('run_id')} = %s AND {q('step_id')} = %s AND EXISTS ({self._fence})"
             )
-            params: list[Any] = [
-                StepStatus.COMPLETED,
-                output,
-                attempts,
-                finished,
-                self.run_id,
-                step_id,
-                self.run_id,
-                self.generation,
-            ]
+            params: list[Any] = [StepStatus.COMPLETED, output, attempts, finished, self.run_id, step_id]
         else:
-            sql = (
-                f"INSERT INTO {n['step']} ({n['cols']}) "
-                f"SELECT %s, %s, %s, %s, %s, %s, %s, %s FROM {n['run']} "
-                f"WHERE {n['run']}.{n['id']} = %s AND {n['run']}.{n['generation']} = %s"
+            columns = ", ".join(q(c) for c in _COLUMNS)
+            # The fence's own SELECT provides the row: nothing is inserted unless it matches.
+            sql = f"INSERT INTO {self._step} ({columns}) " + self._fence.replace(
+                "SELECT 1", "SELECT %s, %s, %s, %s, %s, %s, %s, %s", 1
             )
             params = [
                 self.run_id,
@@ -92,18 +89,8 @@ class OrmCheckpointWriter:
                 attempts,
                 self._value(started_at),
                 finished,
-                self.run_id,
-                self.generation,
             ]
-        try:
-            with connections[self.using].cursor() as cursor:
-                cursor.execute(sql, params)
-                written = cursor.rowcount
-        except IntegrityError as exc:
-            # Another execution wrote this step: it owns the run now.
-            raise _LeaseLost(f"step {step_id!r} of run {self.run_id} was written by another execution") from exc
-        if written != 1:
-            raise _LeaseLost(f"run {self.run_id} is no longer held at generation {self.generation}")
+        self._execute(sql, [*params, self.run_id, self.generation], step_id)
         from . import signals
 
         if signals.step_completed.has_listeners(self.task_name):
@@ -116,6 +103,40 @@ class OrmCheckpointWriter:
                 attempt=attempts,
                 duration=duration,
             )
+
+    def complete_pending(self, step_id: str, output: str) -> None:
+        """Complete a pending sleep, wait or child-run step (fenced)."""
+        q = self._q
+        sql = (
+            f"UPDATE {self._step} SET {q('status')} = %s, {q('output')} = %s, {q('finished_at')} = %s "
+            f"WHERE {q('run_id')} = %s AND {q('step_id')} = %s AND {q('status')} = %s AND EXISTS ({self._fence})"
+        )
+        params = [StepStatus.COMPLETED, output, self._value(clock.now()), self.run_id, step_id, StepStatus.PENDING]
+        self._execute(sql, [*params, self.run_id, self.generation], step_id)
+
+    def find_event(self, name: str, match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
+        """The oldest matching event received since the run was created."""
+        from .events import find_event
+
+        return find_event(self.run_id, name, match, exclude, self.using)
+
+    def children(self, step_id: str) -> list[dict[str, Any]]:
+        """The step's child runs in order, with their outcome."""
+        from .suspend import children_of
+
+        return children_of(self.run_id, step_id, self.using)
+
+    def cancel_requested(self) -> bool:
+        """Known cancellation (from the heartbeat); no query."""
+        from .execution import active
+
+        return self.cancelled or self.run_id in active.cancelled
+
+    def send_event(self, name: str, data: dict[str, Any], event_id: str) -> dict[str, Any]:
+        """Send an event (deduplicated by ``event_id``) and return it as JSON."""
+        from .events import send_event
+
+        return send_event(name, data, id=event_id).to_json()
 
     def atomic(self) -> AbstractContextManager[Any]:
         """The transaction of an atomic step: its body, a fence on the run row and its checkpoint."""

@@ -184,6 +184,10 @@ class _LeaseLost(_Interrupt):
     """Another execution owns the run now; this one must stop without writing."""
 
 
+class _Cancelled(_Interrupt):
+    """The run was cancelled while executing; it stops at this step boundary."""
+
+
 class _StepFailed(_Interrupt):
     """A step body raised: retry it after ``retry_in`` seconds, or (``None``) fail the run."""
 

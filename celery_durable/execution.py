@@ -20,7 +20,7 @@ from django.db import DatabaseError, connections
 from . import clock, runs, serialization, signals
 from .checkpoints import OrmCheckpointWriter
 from .conf import get_settings
-from .exceptions import SerializationError, _LeaseLost, _StepFailed
+from .exceptions import SerializationError, _Cancelled, _LeaseLost, _StepFailed, _Suspend
 from .options import RetryPolicy
 from .runtime import context
 from .runtime.errors import error_record
@@ -33,10 +33,12 @@ logger = logging.getLogger("celery_durable")
 class Outcome:
     """How an execution ended."""
 
-    kind: str  # "completed" | "failed" | "suspended" | "dropped" | "abandoned"
+    kind: str  # "completed" | "failed" | "suspended" | "cancelled" | "dropped" | "abandoned"
     value: Any = None
     error: BaseException | None = None
     nudges: list[runs.Nudge] = field(default_factory=list)
+    children: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
 
 
 _owner: tuple[int, str] | None = None
@@ -52,13 +54,23 @@ def lease_owner() -> str:
 
 
 class ActiveRuns:
-    """The runs this process is executing now, for the heartbeat."""
+    """The runs this process is executing now (for the heartbeat), and those asked to stop."""
 
     def __init__(self) -> None:
         self.ids: set[str] = set()
+        self.cancelled: set[str] = set()
 
 
 active = ActiveRuns()
+
+
+@dataclass
+class _Run:
+    run_id: str
+    task_name: str
+    generation: int
+    parent_id: str | None
+    using: str
 
 
 def execute(
@@ -87,12 +99,12 @@ def execute(
         signals.send(signals.run_started, task_name, run_id, execution=1)
     else:
         signals.send(signals.run_resumed, task_name, run_id, execution=claim.run.executions)
-    writer = OrmCheckpointWriter(run_id, claim.generation, using, task_name)
+    run = _Run(run_id, task_name, claim.generation, claim.run.parent_id, using)
     ctx = StepContext(
         run_id=run_id,
         task_name=task_name,
         checkpoints=claim.checkpoints,
-        writer=writer,
+        writer=OrmCheckpointWriter(run_id, claim.generation, using, task_name),
         policy=policy,
         clock=clock.now,
         max_output_bytes=settings.MAX_STEP_OUTPUT_BYTES,
@@ -104,9 +116,13 @@ def execute(
             value = body(*claim.run.args_value, **claim.run.kwargs_value)
         finally:
             context.deactivate(token)
-        return _finish(run_id, task_name, claim.generation, value, using)
+        return _finish(run, value)
+    except _Suspend as suspend:
+        return _suspend(run, suspend)
     except _StepFailed as failed:
-        return _step_failed(run_id, task_name, claim.generation, failed, settings.WAKER_INTERVAL, using)
+        return _step_failed(run, failed, settings.WAKER_INTERVAL)
+    except _Cancelled:
+        return _stop(run)
     except _LeaseLost as lost:
         logger.warning("durable run %s: %s; this execution stops", run_id, lost)
         return Outcome("dropped")
@@ -115,72 +131,91 @@ def execute(
     except Exception as exc:
         # An error raised by the task body outside any step fails the run: such code is
         # re-executed on every replay, so retrying it would not be a step retry.
-        return _fail(run_id, task_name, claim.generation, exc, None, using)
+        return _fail(run, exc, None)
     finally:
         active.ids.discard(run_id)
+        active.cancelled.discard(run_id)
 
 
-def _finish(run_id: str, task_name: str, generation: int, value: Any, using: str) -> Outcome:
+def _not_held(run: _Run) -> Outcome:
+    """A transition found the run not ours any more: cancelled meanwhile, or taken over."""
+    from .models import Run
+
+    row = Run.objects.using(run.using).filter(id=run.run_id).values("generation", "cancel_requested_at").first()
+    if row is not None and row["generation"] == run.generation and row["cancel_requested_at"] is not None:
+        return _stop(run)
+    return Outcome("dropped")
+
+
+def _finish(run: _Run, value: Any) -> Outcome:
     try:
-        result = serialization.dumps(value, f"result of {task_name}")
+        result = serialization.dumps(value, f"result of {run.task_name}")
     except SerializationError as exc:
-        return _fail(run_id, task_name, generation, exc, None, using)
-    if not runs.complete(run_id, generation, result, using):
-        return Outcome("dropped")
+        return _fail(run, exc, None)
+    try:
+        done = runs.complete(run.run_id, run.generation, result, run.parent_id, run.using)
+    except DatabaseError as exc:
+        return _abandon(run.run_id, "completion", exc, run.using)
+    if done is False:
+        return _not_held(run)
     value = serialization.loads(result)
-    signals.send(signals.run_completed, task_name, run_id, result=value)
-    return Outcome("completed", value=value)
+    signals.send(signals.run_completed, run.task_name, run.run_id, result=value)
+    return Outcome("completed", value=value, nudges=[done] if isinstance(done, runs.Nudge) else [])
 
 
-def _fail(
-    run_id: str, task_name: str, generation: int, exc: BaseException, step: tuple[str, int] | None, using: str
-) -> Outcome:
+def _fail(run: _Run, exc: BaseException, step: tuple[str, int] | None) -> Outcome:
     record = error_record(exc)
     try:
-        if not runs.fail(run_id, generation, record, step, using):
-            return Outcome("dropped")
+        done = runs.fail(run.run_id, run.generation, record, step, run.parent_id, run.using)
     except DatabaseError as db_exc:
-        return _abandon(run_id, "failure record", db_exc, using)
+        return _abandon(run.run_id, "failure record", db_exc, run.using)
+    if done is False:
+        return _not_held(run)
     if step is not None:
         signals.send(
-            signals.step_failed, task_name, run_id, step_id=step[0], attempt=step[1], error=record, retry_in=None
+            signals.step_failed,
+            run.task_name,
+            run.run_id,
+            step_id=step[0],
+            attempt=step[1],
+            error=record,
+            retry_in=None,
         )
-    signals.send(signals.run_failed, task_name, run_id, error=record, step_id=step[0] if step else None)
-    return Outcome("failed", error=exc)
+    signals.send(signals.run_failed, run.task_name, run.run_id, error=record, step_id=step[0] if step else None)
+    return Outcome("failed", error=exc, nudges=[done] if isinstance(done, runs.Nudge) else [])
 
 
-def _step_failed(
-    run_id: str, task_name: str, generation: int, failed: _StepFailed, publish_within: float, using: str
-) -> Outcome:
+def _step_failed(run: _Run, failed: _StepFailed, publish_within: float) -> Outcome:
     if failed.retry_in is None:
-        return _fail(run_id, task_name, generation, failed.error, (failed.step_id, failed.attempts), using)
+        return _fail(run, failed.error, (failed.step_id, failed.attempts))
+    record = error_record(failed.error)
     try:
         queued = runs.retry_step(
-            run_id,
-            generation,
+            run.run_id,
+            run.generation,
             failed.step_id,
             failed.attempts,
-            error_record(failed.error),
+            record,
             failed.retry_in,
             publish_within,
-            using,
+            run.using,
         )
     except DatabaseError as exc:
-        return _abandon(run_id, "retry record", exc, using)
+        return _abandon(run.run_id, "retry record", exc, run.using)
     if queued is False:
-        return Outcome("dropped")
+        return _not_held(run)
     signals.send(
         signals.step_failed,
-        task_name,
-        run_id,
+        run.task_name,
+        run.run_id,
         step_id=failed.step_id,
         attempt=failed.attempts,
-        error=error_record(failed.error),
+        error=record,
         retry_in=failed.retry_in,
     )
     logger.info(
         "durable run %s: step %r failed (attempt %d), retrying in %.1fs: %r",
-        run_id,
+        run.run_id,
         failed.step_id,
         failed.attempts,
         failed.retry_in,
@@ -189,13 +224,121 @@ def _step_failed(
     return Outcome("suspended", nudges=[queued] if isinstance(queued, runs.Nudge) else [])
 
 
+def _suspend(run: _Run, suspend: _Suspend) -> Outcome:
+    """Commit a sleep, a wait or child runs; the Celery task then ends."""
+    from . import suspend as transitions
+
+    details = suspend.details
+    try:
+        if suspend.reason == "sleep":
+            held = transitions.sleep(
+                run.run_id,
+                run.generation,
+                details["step_id"],
+                details["output"],
+                details["wake_at"],
+                details["exists"],
+                run.using,
+            )
+            return Outcome("suspended") if held else _not_held(run)
+        if suspend.reason == "wait":
+            held = transitions.wait(
+                run.run_id,
+                run.generation,
+                details["step_id"],
+                details["output"],
+                details["event"],
+                details["wake_at"],
+                details["exists"],
+                run.using,
+            )
+            if not held:
+                return _not_held(run)
+            return Outcome("suspended", nudges=_event_arrived_meanwhile(run, details["step_id"]))
+        if suspend.reason == "children":
+            return _children(run, details)
+        if suspend.reason == "children-pending":
+            held = transitions.wait_again(run.run_id, run.generation, details["wake_at"], run.using)
+            return Outcome("suspended") if held else _not_held(run)
+    except DatabaseError as exc:
+        return _abandon(run.run_id, f"suspension ({suspend.reason})", exc, run.using)
+    raise AssertionError(f"unknown suspension {suspend.reason!r}")
+
+
+def _event_arrived_meanwhile(run: _Run, step_id: str) -> list[runs.Nudge]:
+    """After committing a wait, look once more: an event sent while we committed is not lost.
+
+    ``send_event`` commits the event, then looks for waiting runs; the run commits its wait,
+    then looks for events. Whichever comes second sees the other; the compare-and-set in
+    ``resolve_wait`` lets only one of them resume the run.
+    """
+    from . import suspend as transitions
+    from .models import Step
+
+    step = Step.objects.using(run.using).filter(run_id=run.run_id, step_id=step_id).values("output").first()
+    if step is None:
+        return []
+    state = serialization.loads(step["output"] or "{}")
+    from .events import find_event
+
+    used = {
+        (serialization.loads(out or "{}").get("event") or {}).get("id")
+        for out in Step.objects.using(run.using)
+        .filter(run_id=run.run_id, kind="wait", status="completed")
+        .values_list("output", flat=True)
+    }
+    found = find_event(run.run_id, state["name"], state.get("match"), {u for u in used if u}, run.using)
+    if found is None:
+        return []
+    nudge = transitions.resolve_wait(run.run_id, step_id, found, run.using)
+    return [nudge] if nudge is not None else []
+
+
+def _children(run: _Run, details: dict[str, Any]) -> Outcome:
+    from . import suspend as transitions
+    from .exceptions import TaskNotRegistered
+    from .integration.task import is_durable_task_name
+
+    specs = details["specs"]
+    durable = []
+    for spec in specs:
+        kind = is_durable_task_name(spec["task"])
+        if kind is None:
+            return _fail(run, TaskNotRegistered(spec["task"]), (details["step_id"], 1))
+        durable.append(kind)
+    created = transitions.children(
+        run.run_id,
+        run.generation,
+        details["step_id"],
+        details["kind"],
+        specs,
+        durable,
+        details["output"],
+        details["wake_at"],
+        run.using,
+    )
+    if created is None:
+        return _not_held(run)
+    return Outcome("suspended", children=created)
+
+
+def _stop(run: _Run) -> Outcome:
+    """The run was cancelled while executing: it stops at this step boundary."""
+    from .cancellation import stop_at_boundary
+
+    try:
+        outcome = stop_at_boundary(run.run_id, run.generation, run.using)
+    except DatabaseError as exc:
+        return _abandon(run.run_id, "cancellation", exc, run.using)
+    if outcome is None:
+        return Outcome("dropped")
+    return Outcome("cancelled", nudges=outcome.nudges, cancelled=outcome.cancelled)
+
+
 def _abandon(run_id: str, what: str, exc: BaseException, using: str) -> Outcome:
     """The database failed under us: leave the run to its lease and the reaper."""
     logger.warning(
-        "durable run %s: database error during %s (%s); it resumes after its lease expires",
-        run_id,
-        what,
-        exc,
+        "durable run %s: database error during %s (%s); it resumes after its lease expires", run_id, what, exc
     )
     with contextlib.suppress(DatabaseError):
         connections[using].close()

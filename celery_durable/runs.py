@@ -41,6 +41,12 @@ class Claim:
     checkpoints: dict[str, StoredStep]
 
 
+def nudge_for(run_id: str, using: str = "default") -> Nudge:
+    """The nudge that publishes ``run_id`` (one query)."""
+    row = Run.objects.using(using).values_list("id", "task_name", "args", "kwargs", "options").get(id=run_id)
+    return Nudge(*row)
+
+
 def create(
     *,
     run_id: str,
@@ -49,6 +55,7 @@ def create(
     kwargs: str,
     options: str,
     wake_at: datetime | None = None,
+    deadlines: dict[str, Any] | None = None,
     using: str = "default",
 ) -> bool:
     """Insert a queued run; ``False`` if a run with that id exists already."""
@@ -65,6 +72,7 @@ def create(
                 wake_at=wake_at,
                 published_at=None if wake_at else now,
                 created_at=now,
+                **(deadlines or {}),
             )
     except IntegrityError:
         if Run.objects.using(using).filter(id=run_id).exists():
@@ -122,18 +130,29 @@ def _held(run_id: str, generation: int, using: str) -> QuerySet[Run]:
     return Run.objects.using(using).filter(id=run_id, generation=generation, status=RunStatus.RUNNING)
 
 
-def complete(run_id: str, generation: int, result: str, using: str = "default") -> bool:
-    """Finish a run with its JSON result; ``False`` if the execution no longer holds it."""
-    return (
-        _held(run_id, generation, using).update(
-            status=RunStatus.COMPLETED,
-            result=result,
-            finished_at=clock.now(),
-            lease_owner=None,
-            lease_expires_at=None,
-        )
-        == 1
-    )
+def complete(
+    run_id: str, generation: int, result: str, parent_id: str | None = None, using: str = "default"
+) -> Nudge | bool | None:
+    """Finish a run with its JSON result; ``False`` if the execution no longer holds it.
+
+    A child run also counts itself done in its parent, and returns the parent's nudge
+    when it was the last child.
+    """
+    fields: dict[str, Any] = {
+        "status": RunStatus.COMPLETED,
+        "result": result,
+        "finished_at": clock.now(),
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    if parent_id is None:
+        return None if _held(run_id, generation, using).update(**fields) == 1 else False
+    from .suspend import child_finished
+
+    with transaction.atomic(using=using):
+        if _held(run_id, generation, using).update(**fields) != 1:
+            return False
+        return child_finished(parent_id, using)
 
 
 def fail(
@@ -141,9 +160,14 @@ def fail(
     generation: int,
     error: dict[str, Any],
     step: tuple[str, int] | None = None,
+    parent_id: str | None = None,
     using: str = "default",
-) -> bool:
-    """Fail a run (recording the failed step, if any) in one transaction."""
+) -> Nudge | bool | None:
+    """Fail a run (recording the failed step, if any) in one transaction.
+
+    ``False`` if the execution no longer holds the run; a child run returns its parent's
+    nudge when it was the last child.
+    """
     now = clock.now()
     error_json = serialization.dumps(error, "error record")
     with transaction.atomic(using=using):
@@ -154,9 +178,15 @@ def fail(
             lease_owner=None,
             lease_expires_at=None,
         )
-        if failed == 1 and step is not None:
+        if failed != 1:
+            return False
+        if step is not None:
             _record_step_failure(run_id, step[0], step[1], error_json, now, using)
-    return failed == 1
+        if parent_id is not None:
+            from .suspend import child_finished
+
+            return child_finished(parent_id, using)
+    return None
 
 
 def retry_step(
@@ -213,15 +243,16 @@ def _record_step_failure(run_id: str, step_id: str, attempts: int, error_json: s
         )
 
 
-def extend_leases(owner: str, run_ids: list[str], lease_seconds: float, using: str = "default") -> int:
-    """Heartbeat: push the lease of runs this worker executes further out."""
+def extend_leases(owner: str, run_ids: list[str], lease_seconds: float, using: str = "default") -> set[str]:
+    """Heartbeat: push the lease of runs this worker executes further out.
+
+    Returns the ids among them whose cancellation was requested.
+    """
     if not run_ids:
-        return 0
-    return (
-        Run.objects.using(using)
-        .filter(id__in=run_ids, lease_owner=owner, status=RunStatus.RUNNING)
-        .update(lease_expires_at=clock.now() + timedelta(seconds=lease_seconds))
-    )
+        return set()
+    held = Run.objects.using(using).filter(id__in=run_ids, lease_owner=owner, status=RunStatus.RUNNING)
+    held.update(lease_expires_at=clock.now() + timedelta(seconds=lease_seconds))
+    return set(held.filter(cancel_requested_at__isnull=False).values_list("id", flat=True))
 
 
 def _locked_ids(queryset: Any, limit: int, using: str) -> list[str]:
@@ -238,18 +269,35 @@ def _nudges(ids: list[str], using: str) -> list[Nudge]:
     return [Nudge(*row) for row in rows]
 
 
-def take_due(limit: int, using: str = "default") -> list[Nudge]:
-    """Runs whose wake time has come: mark them published and return their nudges."""
+SUSPENDED = (RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING)
+
+
+def take_due(limit: int, horizon: float = 0.0, using: str = "default") -> list[Nudge]:
+    """Runs whose wake time comes within ``horizon`` seconds: queue them and return their nudges.
+
+    A run due in the future gets a broker countdown of at most ``horizon`` seconds.
+    """
     now = clock.now()
+    until = now + timedelta(seconds=horizon)
     with transaction.atomic(using=using):
-        due = Run.objects.using(using).filter(status=RunStatus.QUEUED, wake_at__lte=now).order_by("wake_at")
+        due = Run.objects.using(using).filter(status__in=SUSPENDED, wake_at__lte=until).order_by("wake_at")
         ids = _locked_ids(due, limit, using)
         if not ids:
             return []
-        Run.objects.using(using).filter(id__in=ids, status=RunStatus.QUEUED, wake_at__lte=now).update(
-            wake_at=None, published_at=now
+        candidates = Run.objects.using(using).filter(id__in=ids, status__in=SUSPENDED, wake_at__lte=until)
+        rows = {run_id: wake_at or now for run_id, wake_at in candidates.values_list("id", "wake_at")}
+        Run.objects.using(using).filter(id__in=list(rows), status__in=SUSPENDED, wake_at__lte=until).update(
+            status=RunStatus.QUEUED, wake_at=None, waiting_for=None, published_at=now
         )
-        return _nudges(ids, using)
+        return [
+            Nudge(n.run_id, n.task_name, n.args, n.kwargs, n.options, _countdown(rows[n.run_id], now))
+            for n in _nudges(list(rows), using)
+        ]
+
+
+def _countdown(wake_at: datetime, now: datetime) -> float | None:
+    seconds = (wake_at - now).total_seconds()
+    return seconds if seconds > 0.001 else None
 
 
 def take_unpublished(republish_after: float, limit: int, using: str = "default") -> list[Nudge]:

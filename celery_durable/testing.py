@@ -84,13 +84,16 @@ class DurableTestRunner:
             Run.objects.filter(status=RunStatus.QUEUED)
             .exclude(wake_at__gt=self.clock.now())
             .order_by("created_at", "id")
-            .values_list("id", "task_name", "args", "kwargs")
+            .values_list("id", "task_name", "args", "kwargs", "durable")
             .first()
         )
         if due is None:
             return None
-        run_id, task_name, args, kwargs = due
+        run_id, task_name, args, kwargs, durable = due
         task = current_app.tasks[task_name]
+        if not durable:
+            self._run_plain_child(task, run_id, args, kwargs)
+            return str(run_id)
         task.push_request(id=run_id, called_directly=False, is_eager=False, retries=0)
         try:
             self.executions += 1
@@ -103,6 +106,31 @@ class DurableTestRunner:
             task.pop_request()
         return str(run_id)
 
+    def _run_plain_child(self, task: Any, run_id: str, args: str, kwargs: str) -> None:
+        """A plain Celery task invoked as a child: run it in-process (``apply``) and report it."""
+        from .runtime.errors import error_record
+        from .suspend import finish_plain_child, mark_plain_child_started
+
+        mark_plain_child_started(run_id)
+        self.executions += 1
+        outcome = task.apply(args=serialization.loads(args), kwargs=serialization.loads(kwargs), task_id=run_id)
+        if outcome.successful():
+            finish_plain_child(run_id, True, serialization.dumps(outcome.result, "child result"), None)
+        else:
+            error = serialization.dumps(error_record(outcome.result), "error record")
+            finish_plain_child(run_id, False, None, error)
+
+    def wake_due(self) -> int:
+        """Do what the waker does now: queue due sleeps, waits and timed-out runs."""
+        from .api import after_cancel
+        from .cancellation import take_timed_out
+        from .runs import take_due
+
+        woken = len(take_due(10_000))
+        timed_out = take_timed_out(10_000)
+        after_cancel(timed_out)
+        return woken + len(timed_out.cancelled)
+
     def run_until_idle(self, max_executions: int = 10_000, advance_clock: bool = True) -> int:
         """Execute runs until none is due; with ``advance_clock``, jump to each wake time.
 
@@ -110,22 +138,34 @@ class DurableTestRunner:
         """
         from django.db.models import Min
 
-        from .models import Run, RunStatus
+        from .models import FINISHED_STATUSES, Run
 
         count = 0
         while count < max_executions:
             if self.run_next() is not None:
                 count += 1
                 continue
+            if self.wake_due():
+                continue
             if not advance_clock:
                 break
-            next_wake = Run.objects.filter(status=RunStatus.QUEUED, wake_at__isnull=False).aggregate(Min("wake_at"))[
-                "wake_at__min"
+            unfinished = Run.objects.exclude(status__in=FINISHED_STATUSES)
+            moments = [
+                unfinished.aggregate(Min("wake_at"))["wake_at__min"],
+                unfinished.aggregate(Min("finish_by"))["finish_by__min"],
+                unfinished.filter(started_at__isnull=True).aggregate(Min("start_by"))["start_by__min"],
             ]
-            if next_wake is None:
+            upcoming = [moment for moment in moments if moment is not None]
+            if not upcoming:
                 break
-            self.clock.current = max(self.clock.current, next_wake)
+            self.clock.current = max(self.clock.current, min(upcoming) + timedelta(microseconds=1))
         return count
+
+    def send_event(self, name: str, data: dict[str, Any] | None = None, *, id: str | None = None) -> Any:
+        """``celery_durable.send_event`` (on the runner's clock)."""
+        from .events import send_event
+
+        return send_event(name, data, id=id)
 
     def result(self, run_id: str) -> Any:
         """The run's final value; raises ``RunNotFinished`` (with its stored error) otherwise."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from celery import Celery, bootsteps, signals
 from django.db import DatabaseError, connections
 
-from .publish import NUDGE_HEADER
+from .publish import CHILD_HEADER, NUDGE_HEADER
 
 logger = logging.getLogger("celery_durable")
 
@@ -147,6 +148,63 @@ def _record_send_task_run(
     headers[NUDGE_HEADER] = True
 
 
+def _plain_child_started(sender: Any = None, task_id: str = "", task: Any = None, **kwargs: Any) -> None:
+    if task is None or _is_durable(task) or not (task.request.headers or {}).get(CHILD_HEADER):
+        return
+    from ..suspend import mark_plain_child_started
+
+    mark_plain_child_started(task_id)
+
+
+def _plain_child_finished(
+    sender: Any = None, task_id: str = "", task: Any = None, retval: Any = None, state: str = "", **kwargs: Any
+) -> None:
+    """A plain Celery task that runs as a child of a durable run finished: tell its parent."""
+    if task is None or _is_durable(task) or state not in ("SUCCESS", "FAILURE"):
+        return
+    if not (task.request.headers or {}).get(CHILD_HEADER):
+        return
+    from .. import serialization
+    from ..runtime.errors import error_record
+    from ..suspend import finish_plain_child
+    from .publish import publish_all
+
+    result = error = None
+    completed = state == "SUCCESS"
+    if completed:
+        try:
+            result = serialization.dumps(retval, f"result of {task.name}")
+        except Exception as exc:
+            completed, error = False, serialization.dumps(error_record(exc), "error record")
+    else:
+        error = serialization.dumps(
+            error_record(retval)
+            if isinstance(retval, BaseException)
+            else {"type": "Error", "module": "", "message": str(retval), "traceback": ""},
+            "error record",
+        )
+    nudge = finish_plain_child(task_id, completed, result, error)
+    if nudge is not None:
+        publish_all(task.app, [nudge])
+
+
+def _cancel_on_revoke(app: Celery) -> None:
+    """``AsyncResult(run_id).revoke()`` (and ``app.control.revoke``) cancel durable runs too."""
+    control = app.control
+    original = control.revoke
+
+    def revoke(task_id: Any, *args: Any, **kwargs: Any) -> Any:
+        from .. import api
+        from ..exceptions import RunNotFound, RunStateError
+
+        for run_id in task_id if isinstance(task_id, list | tuple) else [task_id]:
+            with contextlib.suppress(RunNotFound, RunStateError):
+                api.cancel(str(run_id), "revoked")
+        return original(task_id, *args, **kwargs)
+
+    control.revoke = revoke  # type: ignore[method-assign]
+
+
 def install(app: Celery) -> None:
     """Plug celery-durable into a Celery app: worker services, connection reuse, intake hooks.
 
@@ -177,3 +235,6 @@ def install(app: Celery) -> None:
         _record_send_task_run, weak=False, dispatch_uid="celery_durable.before_task_publish"
     )
     signals.task_unknown.connect(_fail_unregistered_run, weak=False, dispatch_uid="celery_durable.task_unknown")
+    signals.task_prerun.connect(_plain_child_started, weak=False, dispatch_uid="celery_durable.child_prerun")
+    signals.task_postrun.connect(_plain_child_finished, weak=False, dispatch_uid="celery_durable.child_postrun")
+    _cancel_on_revoke(app)

@@ -29,6 +29,7 @@ class TickReport:
     republished: int = 0
     recovered: int = 0
     failed: int = 0
+    timed_out: int = 0
 
 
 def tick(app: Celery, using: str = "default") -> TickReport:
@@ -36,8 +37,16 @@ def tick(app: Celery, using: str = "default") -> TickReport:
     settings = get_settings()
     report = TickReport()
     batch = settings.WAKER_BATCH_SIZE
-    due = runs.take_due(batch, using)
+    # Runs due within the next interval go out now with a short countdown: just in time.
+    due = runs.take_due(batch, settings.WAKER_INTERVAL, using)
     report.woken = publish_all(app, due)
+    from ..api import after_cancel
+    from ..cancellation import take_timed_out
+
+    timed_out = take_timed_out(batch, using)
+    after_cancel(timed_out)
+    publish_all(app, timed_out.nudges)
+    report.timed_out = len(timed_out.cancelled) + len(timed_out.requested)
     lost = runs.take_unpublished(settings.REPUBLISH_AFTER_SECONDS, batch, using)
     report.republished = publish_all(app, lost)
     expired, doomed = runs.take_expired(settings.MAX_RECOVERIES, batch, using)
@@ -64,7 +73,7 @@ class ServiceThread(threading.Thread):
         while not self.stopping.is_set():
             try:
                 report = tick(self.app, self.using)
-                if report.woken or report.republished or report.recovered or report.failed:
+                if report.woken or report.republished or report.recovered or report.failed or report.timed_out:
                     logger.info("durable services: %s", report)
             except DatabaseError as exc:
                 logger.warning("durable services: database error, retrying next tick: %s", exc)
@@ -99,7 +108,9 @@ class Heartbeat(threading.Thread):
             if not ids:
                 continue
             try:
-                runs.extend_leases(self.owner, ids, get_settings().LEASE_SECONDS, self.using)
+                from ..execution import active
+
+                active.cancelled.update(runs.extend_leases(self.owner, ids, get_settings().LEASE_SECONDS, self.using))
             except DatabaseError as exc:
                 logger.warning("durable heartbeat: database error: %s", exc)
             except Exception:

@@ -15,26 +15,17 @@ from celery.result import AsyncResult
 from celery.utils import uuid
 
 from .. import clock, serialization
-from ..exceptions import DurableConfigError, RetryAfter, SerializationError, _StepFailed
-from ..options import RetryPolicy
+from ..exceptions import DurableConfigError, RetryAfter, RunCancelled, SerializationError, _StepFailed
+from ..options import CancelOn, RetryPolicy, Timeouts, to_seconds
 from ..runtime import context
+from ..runtime.events import Event, validate_event_name
 from ..runtime.steps import StepContext
 from .publish import NUDGE_HEADER
 
 logger = logging.getLogger("celery_durable")
 
 # Options of SPEC §6 that later releases implement; declaring them now fails loudly.
-NOT_YET_SUPPORTED = (
-    "concurrency",
-    "throttle",
-    "debounce",
-    "idempotency_key",
-    "singleton",
-    "cancel_on",
-    "timeouts",
-    "on_event",
-    "on_failure",
-)
+NOT_YET_SUPPORTED = ("concurrency", "throttle", "debounce", "idempotency_key", "singleton")
 RETRY_OPTIONS = ("retries", "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay")
 # Publish options that are not stored with the run (they describe one publication).
 TRANSIENT_OPTIONS = ("producer", "connection", "countdown", "eta", "add_to_parent", "publisher")
@@ -45,6 +36,7 @@ def validate_options(task_name: str, attrs: dict[str, Any]) -> None:
     for name in NOT_YET_SUPPORTED:
         if attrs.get(name) is not None:
             raise DurableConfigError(f"{task_name}: option {name!r} is not available in this version yet")
+    _validate_suspension_options(task_name, attrs)
     priority = attrs.get("priority")
     if priority is not None and not isinstance(priority, int):
         raise DurableConfigError(f"{task_name}: option 'priority' must be an int for now, got {priority!r}")
@@ -62,6 +54,25 @@ def validate_options(task_name: str, attrs: dict[str, Any]) -> None:
         raise DurableConfigError(f"{task_name}: {exc}") from None
 
 
+def _validate_suspension_options(task_name: str, attrs: dict[str, Any]) -> None:
+    on_event = attrs.get("on_event")
+    if on_event is not None:
+        validate_event_name(on_event, f"{task_name}: option 'on_event'")
+    cancel_on = attrs.get("cancel_on")
+    if cancel_on is not None:
+        rules = cancel_on if isinstance(cancel_on, list | tuple) else None
+        if rules is None or not all(isinstance(rule, CancelOn) for rule in rules):
+            raise DurableConfigError(f"{task_name}: option 'cancel_on' must be a list of CancelOn(...)")
+    timeouts = attrs.get("timeouts")
+    if timeouts is not None and not isinstance(timeouts, Timeouts):
+        raise DurableConfigError(f"{task_name}: option 'timeouts' must be Timeouts(start=..., finish=...)")
+    on_failure = attrs.get("on_failure")
+    if on_failure is not None and not callable(on_failure) and not isinstance(on_failure, dict):
+        raise DurableConfigError(f"{task_name}: option 'on_failure' must be a Celery signature")
+    if isinstance(on_failure, dict) and not isinstance(on_failure.get("task"), str):
+        raise DurableConfigError(f"{task_name}: option 'on_failure' must be a Celery signature (task.s())")
+
+
 class DurableTask(DjangoTask):  # type: ignore[type-arg]
     """Base class of durable tasks: runs checkpointed in the Django database.
 
@@ -75,10 +86,19 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     retry_backoff: bool | int | float = True
     retry_backoff_max: int | float = 600
     retry_jitter = True
+    on_event: str | None = None
+    cancel_on: list[CancelOn] | None = None
+    timeouts: Timeouts | None = None
+    # ``on_failure=signature`` of the decorator; Celery's own ``on_failure`` is a handler method.
+    durable_on_failure: dict[str, Any] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         validate_options(str(cls.__dict__.get("name") or cls.__name__), dict(cls.__dict__))
+        on_failure = cls.__dict__.get("on_failure")
+        if isinstance(on_failure, dict):  # a signature given as an option, not a method override
+            cls.durable_on_failure = on_failure
+            delattr(cls, "on_failure")
 
     @property
     def step(self) -> StepContext:
@@ -143,11 +163,39 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             kwargs=nudge.kwargs,
             options=nudge.options,
             wake_at=wake_at,
+            deadlines=self._deadlines(),
             using=using,
         )
         if created and wake_at is None:
             publish_on_commit(self.app, [nudge], using)
         return self.AsyncResult(run_id)
+
+    def _deadlines(self) -> dict[str, Any]:
+        if self.timeouts is None:
+            return {}
+        now = clock.now()
+        deadlines = {}
+        if self.timeouts.start is not None:
+            deadlines["start_by"] = now + timedelta(seconds=to_seconds(self.timeouts.start, "Timeouts.start"))
+        if self.timeouts.finish is not None:
+            deadlines["finish_by"] = now + timedelta(seconds=to_seconds(self.timeouts.finish, "Timeouts.finish"))
+        return deadlines
+
+    def start_for_event(self, event: Event) -> list[Any]:
+        """Record a run of this ``on_event`` task for ``event``; return its nudge (publish after commit)."""
+        from .. import runs
+
+        run_id = uuid()
+        kwargs = serialization.dumps({"event": event.to_json()}, f"event argument of {self.name}")
+        created = runs.create(
+            run_id=run_id, task_name=self.name, args="[]", kwargs=kwargs, options="{}", deadlines=self._deadlines()
+        )
+        return [runs.Nudge(run_id, self.name, "[]", kwargs, "{}")] if created else []
+
+    def bound_arguments(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The run's arguments by parameter name, as the task body receives them."""
+        bound = inspect.signature(self.run).bind_partial(*args, **kwargs)
+        return dict(bound.arguments)
 
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self.typing:
@@ -184,7 +232,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         from .publish import publish_all
 
         run_id = str(request.id)
-        outcome = execution.execute(run_id=run_id, task_name=self.name, body=self.run, policy=self.retry_policy())
+        outcome = execution.execute(run_id=run_id, task_name=self.name, body=self._body(), policy=self.retry_policy())
         if outcome.kind == "dropped" and not runs.exists(run_id):
             # Published by a producer that did not record the run (e.g. send_task from
             # another codebase): record it from the message and execute it.
@@ -195,14 +243,47 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
                 kwargs=self._encode_kwargs(kwargs),
                 options="{}",
             )
-            outcome = execution.execute(run_id=run_id, task_name=self.name, body=self.run, policy=self.retry_policy())
+            outcome = execution.execute(
+                run_id=run_id, task_name=self.name, body=self._body(), policy=self.retry_policy()
+            )
+        from .publish import publish_children
+
+        publish_all(self.app, outcome.nudges)
+        publish_children(self.app, run_id, outcome.children)
         if outcome.kind == "completed":
             return outcome.value
         if outcome.kind == "failed":
             assert outcome.error is not None
+            self._call_on_failure(run_id)
             raise outcome.error
-        publish_all(self.app, outcome.nudges)
+        if outcome.kind == "cancelled":
+            from ..api import after_cancel
+            from ..cancellation import Cancellation
+
+            after_cancel(Cancellation(cancelled=outcome.cancelled))
+            raise RunCancelled(f"run {run_id} was cancelled")
         raise Ignore()
+
+    def _body(self) -> Callable[..., Any]:
+        if self.on_event is None:
+            return self.run
+
+        def with_event(*args: Any, **kwargs: Any) -> Any:
+            if isinstance(kwargs.get("event"), dict):
+                kwargs["event"] = Event.from_json(kwargs["event"])
+            return self.run(*args, **kwargs)
+
+        return with_event
+
+    def _call_on_failure(self, run_id: str) -> None:
+        if self.durable_on_failure is None:
+            return
+        from celery import signature
+
+        try:
+            signature(self.durable_on_failure, app=self.app).apply_async((run_id,))
+        except Exception:
+            logger.exception("durable run %s: on_failure signature could not be sent", run_id)
 
     def _run_without_checkpoints(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A direct call (``task(...)``) or eager mode: steps run inline, nothing is stored."""
@@ -232,6 +313,14 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         if eta is not None:
             delay = max(0.0, (eta - clock.now()).total_seconds())
         raise RetryAfter(delay, str(exc) if exc else "")
+
+
+def is_durable_task_name(name: str) -> bool | None:
+    """Whether the registered task ``name`` is durable; ``None`` if it is not registered."""
+    from celery import current_app
+
+    task = current_app.tasks.get(name)
+    return None if task is None else isinstance(task, DurableTask)
 
 
 def _max_argument_bytes() -> int:

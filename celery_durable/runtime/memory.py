@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..options import RetryPolicy
+from .events import Event, matches
 from .steps import StepContext, StoredStep
 
 
@@ -17,6 +18,9 @@ class MemoryCheckpointWriter:
     def __init__(self) -> None:
         self.stored: dict[str, StoredStep] = {}
         self.writes = 0
+        self.events: list[dict[str, Any]] = []
+        self.child_runs: dict[str, list[dict[str, Any]]] = {}
+        self.cancelled = False
 
     def save_output(
         self, step_id: str, kind: str, output: str, attempts: int, started_at: datetime, exists: bool
@@ -29,6 +33,36 @@ class MemoryCheckpointWriter:
     def atomic(self) -> Iterator[Any]:
         """No transaction in memory."""
         yield None
+
+    def complete_pending(self, step_id: str, output: str) -> None:
+        """Mark a pending step completed."""
+        self.writes += 1
+        old = self.stored.get(step_id)
+        self.stored[step_id] = StoredStep(step_id, old.kind if old else "run", "completed", output, 1)
+
+    def find_event(self, name: str, match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
+        """The first recorded event with that name and matching data."""
+        for event in self.events:
+            if event["name"] == name and event["id"] not in exclude and matches(event["data"], match):
+                return event
+        return None
+
+    def children(self, step_id: str) -> list[dict[str, Any]]:
+        """Child runs registered for the step by the test."""
+        return self.child_runs.get(step_id, [])
+
+    def cancel_requested(self) -> bool:
+        """The test's cancellation flag."""
+        return self.cancelled
+
+    def send_event(self, name: str, data: dict[str, Any], event_id: str) -> dict[str, Any]:
+        """Record the event (once per id)."""
+        for event in self.events:
+            if event["id"] == event_id:
+                return event
+        event = Event(name, data, event_id, _utcnow()).to_json()
+        self.events.append(event)
+        return event
 
 
 def _utcnow() -> datetime:

@@ -19,6 +19,7 @@ from ..exceptions import (
     _StepFailed,
 )
 from ..options import RetryPolicy
+from .suspension import SuspendingSteps
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ class StoredStep:
 
     step_id: str
     kind: str
-    status: str  # "completed" or "failed"
+    status: str  # "completed", "failed" or "pending"
     output: str | None
     attempts: int
 
@@ -50,6 +51,21 @@ class CheckpointWriter(Protocol):
 
     def atomic(self) -> AbstractContextManager[Any]:
         """A transaction that wraps an atomic step's body and its checkpoint."""
+
+    def complete_pending(self, step_id: str, output: str) -> None:
+        """Mark a pending step (sleep, wait, child runs) completed with ``output`` (fenced)."""
+
+    def find_event(self, name: str, match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
+        """The oldest event named ``name`` received since the run started that matches, if any."""
+
+    def children(self, step_id: str) -> list[dict[str, Any]]:
+        """The child runs of a step, in order: ``{id, status, result, error}`` each."""
+
+    def cancel_requested(self) -> bool:
+        """Whether a cancellation of this run is known (checked at step boundaries, no query)."""
+
+    def send_event(self, name: str, data: dict[str, Any], event_id: str) -> dict[str, Any]:
+        """Send an event with this id (deduplicated) and return it as JSON."""
 
 
 def validate_step_id(step_id: object) -> str:
@@ -66,7 +82,7 @@ def validate_step_id(step_id: object) -> str:
     return step_id
 
 
-class StepContext:
+class StepContext(SuspendingSteps):
     """What ``step`` (and ``self.step``) is while a durable run executes."""
 
     def __init__(
@@ -136,6 +152,7 @@ class StepContext:
         """
         if not callable(fn):
             raise TypeError(f"step.run({step_id!r}, ...) needs a callable, got {fn!r}")
+        self._boundary()
         if self._current is not None:
             raise StepNestingError(
                 f"step.run({step_id!r}) was called inside the body of step {self._current[1]!r}; "

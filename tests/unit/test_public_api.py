@@ -7,7 +7,7 @@ import celery_durable
 EXPECTED = [
     "install", "durable_task", "DurableTask", "step",
     "Concurrency", "Throttle", "RateLimit", "Debounce", "Singleton", "CancelOn", "Timeouts",
-    "get_run", "replay",
+    "Event", "send_event", "get_run", "cancel", "replay",
     "DurableError", "DurableConfigError", "SerializationError", "NotInDurableRun", "NonRetriableError",
     "RetryAfter", "NonDeterminismError", "RunNotFound", "RunSkipped", "RunCancelled", "ChildRunFailed",
 ]

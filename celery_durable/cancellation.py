@@ -1,0 +1,123 @@
+"""Cancellation: of a waiting run at once, of an executing run at its next step boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.db import transaction
+
+from . import clock, serialization
+from .exceptions import RunNotFound, RunStateError
+from .models import FINISHED_STATUSES, Run, RunStatus
+from .runs import Nudge
+
+SUSPENDED = (RunStatus.PENDING, RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING)
+
+
+@dataclass
+class Cancellation:
+    """What a cancel did: runs cancelled now, runs asked to stop, and nudges to publish."""
+
+    cancelled: list[str] = field(default_factory=list)
+    requested: list[str] = field(default_factory=list)
+    nudges: list[Nudge] = field(default_factory=list)
+
+
+def _error(reason: str) -> str:
+    record = {"type": "RunCancelled", "module": "celery_durable.exceptions", "message": reason, "traceback": ""}
+    return serialization.dumps(record, "cancellation")
+
+
+def cancel(run_id: str, reason: str = "", using: str = "default") -> Cancellation:
+    """Cancel a run and its unfinished children, in one transaction.
+
+    Raises ``RunNotFound`` for an unknown id and ``RunStateError`` for a finished run.
+    """
+    outcome = Cancellation()
+    with transaction.atomic(using=using):
+        _cancel(run_id, reason or "cancelled", outcome, using, top=True)
+    return outcome
+
+
+def _cancel(run_id: str, reason: str, outcome: Cancellation, using: str, top: bool) -> None:
+    runs = Run.objects.using(using)
+    now = clock.now()
+    for _ in range(3):  # the status may change under us; each attempt is one compare-and-set
+        row = runs.filter(id=run_id).values("status", "parent_id").first()
+        if row is None:
+            raise RunNotFound(run_id)
+        status = row["status"]
+        if status in FINISHED_STATUSES:
+            if top:
+                raise RunStateError(run_id, status, "cancel")
+            return
+        if status == RunStatus.RUNNING:
+            if runs.filter(id=run_id, status=RunStatus.RUNNING).update(cancel_requested_at=now, cancel_reason=reason):
+                outcome.requested.append(run_id)
+                return
+            continue
+        done = runs.filter(id=run_id, status=status).update(
+            status=RunStatus.CANCELLED,
+            cancel_requested_at=now,
+            cancel_reason=reason,
+            error=_error(reason),
+            finished_at=now,
+            wake_at=None,
+            waiting_for=None,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        if done:
+            outcome.cancelled.append(run_id)
+            _after_cancel(run_id, row["parent_id"], reason, outcome, using)
+            return
+    raise RunStateError(run_id, "changing concurrently", "cancel")
+
+
+def _after_cancel(run_id: str, parent_id: str | None, reason: str, outcome: Cancellation, using: str) -> None:
+    for child in Run.objects.using(using).filter(parent_id=run_id).exclude(status__in=FINISHED_STATUSES):
+        _cancel(child.id, f"parent {run_id} was cancelled", outcome, using, top=False)
+    if parent_id is not None:
+        from .suspend import child_finished
+
+        nudge = child_finished(parent_id, using)
+        if nudge is not None:
+            outcome.nudges.append(nudge)
+
+
+def stop_at_boundary(run_id: str, generation: int, using: str = "default") -> Cancellation | None:
+    """An executing run reached a step boundary with a cancellation requested: cancel it now."""
+    outcome = Cancellation()
+    now = clock.now()
+    with transaction.atomic(using=using):
+        row = (
+            Run.objects.using(using)
+            .filter(id=run_id, generation=generation, status=RunStatus.RUNNING)
+            .values("parent_id", "cancel_reason")
+            .first()
+        )
+        if row is None:
+            return None
+        reason = row["cancel_reason"] or "cancelled"
+        Run.objects.using(using).filter(id=run_id, generation=generation, status=RunStatus.RUNNING).update(
+            status=RunStatus.CANCELLED, error=_error(reason), finished_at=now, lease_owner=None, lease_expires_at=None
+        )
+        outcome.cancelled.append(run_id)
+        _after_cancel(run_id, row["parent_id"], reason, outcome, using)
+    return outcome
+
+
+def take_timed_out(limit: int, using: str = "default") -> Cancellation:
+    """Cancel runs past their ``Timeouts``: not started by ``start_by`` or not finished by ``finish_by``."""
+    now = clock.now()
+    outcome = Cancellation()
+    unfinished = Run.objects.using(using).exclude(status__in=FINISHED_STATUSES)
+    late_finish = unfinished.filter(finish_by__lt=now).values_list("id", flat=True)[:limit]
+    late_start = unfinished.filter(start_by__lt=now, started_at__isnull=True).values_list("id", flat=True)[:limit]
+    for run_id, why in [*((r, "finish") for r in late_finish), *((r, "start") for r in late_start)]:
+        try:
+            with transaction.atomic(using=using):
+                _cancel(run_id, f"timed out (Timeouts.{why})", outcome, using, top=True)
+        except (RunStateError, RunNotFound):
+            continue
+    return outcome

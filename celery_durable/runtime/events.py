@@ -1,0 +1,67 @@
+"""Events as values, and how a wait's ``match`` selects them (no Django, no Celery)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..exceptions import DurableConfigError
+
+MISSING = object()
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event sent with ``send_event``: what ``wait_for_event`` returns and ``on_event`` tasks get."""
+
+    name: str
+    data: dict[str, Any]
+    id: str
+    received_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as a JSON-ready dict (kombu's JSON keeps the datetime)."""
+        return {"name": self.name, "data": self.data, "id": self.id, "received_at": self.received_at}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> Event:
+        """Rebuild an event from :meth:`to_json` output."""
+        return cls(name=value["name"], data=value["data"], id=value["id"], received_at=value["received_at"])
+
+
+def lookup(data: Any, path: str) -> Any:
+    """The value at a dotted ``path`` inside ``data``, or a sentinel when a part is missing."""
+    value = data
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            return MISSING
+    return value
+
+
+def matches(data: dict[str, Any], match: dict[str, Any] | None) -> bool:
+    """Whether every ``match`` path has that value in ``data`` (a missing field never matches)."""
+    if not match:
+        return True
+    return all(lookup(data, path) == expected for path, expected in match.items())
+
+
+def validate_match(match: Any, where: str) -> dict[str, Any] | None:
+    """Check a ``match`` dict: str paths of identifiers to JSON values."""
+    if match is None:
+        return None
+    if not isinstance(match, dict):
+        raise DurableConfigError(f"{where}: match must be a dict of field paths to values, got {match!r}")
+    for path in match:
+        if not isinstance(path, str) or not path or any(not p.isidentifier() for p in path.split(".")):
+            raise DurableConfigError(f"{where}: match key {path!r} is not a field path like 'invoice.id'")
+    return dict(match)
+
+
+def validate_event_name(name: Any, where: str) -> str:
+    """An event name is a non-empty str of at most 255 characters."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 255:
+        raise DurableConfigError(f"{where}: an event name must be a non-empty str (max 255), got {name!r}")
+    return name

@@ -1,0 +1,211 @@
+"""State transitions of suspension: sleeping, waiting for events, waiting for children.
+
+Each function is one transaction of conditional UPDATEs, fenced by the generation the
+suspending execution holds; what must be published afterwards is returned as nudges.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from . import clock, serialization
+from .models import Run, RunStatus, Step, StepStatus
+from .runs import Nudge, nudge_for
+
+CHILD_NAMESPACE = uuid.UUID("6f1e4a52-3c51-4c1e-9d0e-2f0b8a0f5d11")
+
+
+def _pending_step(run_id: str, step_id: str, kind: str, output: str, exists: bool, now: datetime, using: str) -> None:
+    steps = Step.objects.using(using)
+    if exists:
+        steps.filter(run_id=run_id, step_id=step_id).update(output=output, finished_at=now)
+    else:
+        steps.create(
+            run_id=run_id,
+            step_id=step_id,
+            kind=kind,
+            status=StepStatus.PENDING,
+            output=output,
+            attempts=1,
+            started_at=now,
+            finished_at=now,
+        )
+
+
+def _suspend(run_id: str, generation: int, **fields: Any) -> int:
+    return Run.objects.filter(
+        id=run_id, generation=generation, status=RunStatus.RUNNING, cancel_requested_at__isnull=True
+    ).update(lease_owner=None, lease_expires_at=None, **fields)
+
+
+def sleep(
+    run_id: str, generation: int, step_id: str, output: str, wake_at: datetime, exists: bool, using: str = "default"
+) -> bool:
+    """Suspend a run in ``step.sleep`` until ``wake_at``; ``False`` if it is no longer ours."""
+    now = clock.now()
+    with transaction.atomic(using=using):
+        if _suspend(run_id, generation, status=RunStatus.SLEEPING, wake_at=wake_at) != 1:
+            return False
+        _pending_step(run_id, step_id, "sleep", output, exists, now, using)
+    return True
+
+
+def wait(
+    run_id: str,
+    generation: int,
+    step_id: str,
+    output: str,
+    event: str,
+    wake_at: datetime,
+    exists: bool,
+    using: str = "default",
+) -> bool:
+    """Suspend a run in ``step.wait_for_event`` until a matching event or ``wake_at`` (timeout)."""
+    now = clock.now()
+    with transaction.atomic(using=using):
+        if _suspend(run_id, generation, status=RunStatus.WAITING, waiting_for=event, wake_at=wake_at) != 1:
+            return False
+        _pending_step(run_id, step_id, "wait", output, exists, now, using)
+    return True
+
+
+def resolve_wait(run_id: str, step_id: str, event: dict[str, Any], using: str = "default") -> Nudge | None:
+    """Give a waiting run its event: complete the wait step and queue the run (compare-and-set).
+
+    ``None`` if the run is no longer waiting there (another event or its timeout won).
+    """
+    now = clock.now()
+    with transaction.atomic(using=using):
+        step = (
+            Step.objects.using(using)
+            .filter(run_id=run_id, step_id=step_id, kind="wait", status=StepStatus.PENDING)
+            .first()
+        )
+        if step is None:
+            return None
+        state = serialization.loads(step.output or "{}")
+        output = serialization.dumps({**state, "event": event}, f"wait {step_id!r}")
+        resumed = (
+            Run.objects.using(using)
+            .filter(id=run_id, status=RunStatus.WAITING)
+            .update(status=RunStatus.QUEUED, waiting_for=None, wake_at=None, published_at=now)
+        )
+        if resumed != 1:
+            return None
+        Step.objects.using(using).filter(id=step.id, status=StepStatus.PENDING).update(
+            status=StepStatus.COMPLETED, output=output, finished_at=now
+        )
+        return nudge_for(run_id, using)
+
+
+def child_id(run_id: str, step_id: str, index: int) -> str:
+    """The deterministic id of a step's child run (the same on every replay)."""
+    return str(uuid.uuid5(CHILD_NAMESPACE, f"{run_id}/{step_id}/{index}"))
+
+
+def children(
+    run_id: str,
+    generation: int,
+    step_id: str,
+    kind: str,
+    specs: list[dict[str, Any]],
+    durable: list[bool],
+    output: str,
+    wake_at: datetime | None,
+    using: str = "default",
+) -> list[tuple[str, dict[str, Any], bool]] | None:
+    """Record a step's child runs and suspend the parent until they finish.
+
+    Returns ``(child id, spec, durable)`` for each child to publish after commit, or
+    ``None`` if the parent is no longer ours.
+    """
+    now = clock.now()
+    created = []
+    with transaction.atomic(using=using):
+        if _suspend(run_id, generation, status=RunStatus.WAITING, wake_at=wake_at, children_pending=len(specs)) != 1:
+            return None
+        _pending_step(run_id, step_id, kind, output, False, now, using)
+        for index, (spec, is_durable) in enumerate(zip(specs, durable, strict=True)):
+            cid = child_id(run_id, step_id, index)
+            try:
+                with transaction.atomic(using=using):
+                    Run.objects.using(using).create(
+                        id=cid,
+                        task_name=spec["task"],
+                        status=RunStatus.QUEUED,
+                        args=serialization.dumps(spec["args"], "child arguments"),
+                        kwargs=serialization.dumps(spec["kwargs"], "child arguments"),
+                        options=serialization.dumps(spec["options"], "child options"),
+                        parent_id=run_id,
+                        parent_step=step_id,
+                        child_index=index,
+                        durable=is_durable,
+                        published_at=now,
+                        created_at=now,
+                    )
+            except IntegrityError:
+                continue  # created by an earlier attempt of this step
+            created.append((cid, spec, is_durable))
+    return created
+
+
+def children_of(run_id: str, step_id: str, using: str = "default") -> list[dict[str, Any]]:
+    """A step's child runs in order: ``{id, status, result, error}`` (one query)."""
+    rows = (
+        Run.objects.using(using)
+        .filter(parent_id=run_id, parent_step=step_id)
+        .order_by("child_index")
+        .values_list("id", "status", "result", "error")
+    )
+    return [
+        {
+            "id": cid,
+            "status": status,
+            "result": None if result is None else serialization.loads(result),
+            "error": None if error is None else serialization.loads(error),
+        }
+        for cid, status, result, error in rows
+    ]
+
+
+def child_finished(parent_id: str, using: str = "default") -> Nudge | None:
+    """Count a finished child; when it was the last, queue the parent. Call inside the child's transaction."""
+    parents = Run.objects.using(using).filter(id=parent_id, status=RunStatus.WAITING, waiting_for__isnull=True)
+    parents.filter(children_pending__gt=0).update(children_pending=F("children_pending") - 1)
+    resumed = parents.filter(children_pending=0).update(status=RunStatus.QUEUED, wake_at=None, published_at=clock.now())
+    return nudge_for(parent_id, using) if resumed == 1 else None
+
+
+def finish_plain_child(
+    run_id: str, completed: bool, result: str | None, error: str | None, using: str = "default"
+) -> Nudge | None:
+    """A plain Celery task that ran as a child finished: record it and maybe resume its parent."""
+    now = clock.now()
+    with transaction.atomic(using=using):
+        child = Run.objects.using(using).filter(id=run_id, durable=False).values("parent_id", "status").first()
+        if child is None or child["status"] in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
+            return None
+        Run.objects.using(using).filter(id=run_id).update(
+            status=RunStatus.COMPLETED if completed else RunStatus.FAILED,
+            result=result,
+            error=error,
+            finished_at=now,
+        )
+        return child_finished(child["parent_id"], using) if child["parent_id"] else None
+
+
+def mark_plain_child_started(run_id: str, using: str = "default") -> None:
+    """A plain child began executing (status ``running``, for the admin)."""
+    Run.objects.using(using).filter(id=run_id, durable=False, status=RunStatus.QUEUED).update(
+        status=RunStatus.RUNNING, started_at=clock.now(), executions=F("executions") + 1
+    )
+
+
+def wait_again(run_id: str, generation: int, wake_at: datetime | None, using: str = "default") -> bool:
+    """Children still running (woken early): suspend the parent again."""
+    return _suspend(run_id, generation, status=RunStatus.WAITING, wake_at=wake_at) == 1
