@@ -1,0 +1,211 @@
+"""The data of the admin dashboard: a handful of index-backed aggregate queries.
+
+Nothing here scans the whole runs table: unfinished runs are counted through the
+``status``-leading indexes, finished ones only over the chart's window through the
+``finished_at`` index. The chart is drawn server-side as inline SVG (no JavaScript, no CDN).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, Min
+from django.db.models.functions import TruncHour
+
+from .. import clock
+from ..models import Run, RunStatus
+
+ACTIVE = (RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING)
+BACKLOG = (RunStatus.PENDING, RunStatus.QUEUED)
+FINISHED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED)
+STATUS_ORDER = [s.value for s in (*ACTIVE, *FINISHED)]
+
+CHART_WIDTH = 720
+CHART_HEIGHT = 180
+CHART_TOP = 10
+CHART_LEFT = 40
+
+
+@dataclass
+class TaskRow:
+    """One task's line in "runs per status per task"."""
+
+    task: str
+    counts: dict[str, int] = field(default_factory=dict)
+    oldest_backlog: datetime | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Runs waiting to start: pending and queued."""
+        return sum(self.counts.get(s, 0) for s in BACKLOG)
+
+    def cells(self) -> list[int]:
+        """The counts in ``STATUS_ORDER``."""
+        return [self.counts.get(s, 0) for s in STATUS_ORDER]
+
+
+@dataclass
+class Bar:
+    """One hour of the throughput chart, with its SVG geometry."""
+
+    start: datetime
+    completed: int
+    failed: int
+    other: int
+    created: int
+    svg: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def finished(self) -> int:
+        """Runs that finished in this hour."""
+        return self.completed + self.failed + self.other
+
+
+def _hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def throughput(hours: int, now: datetime) -> list[Bar]:
+    """Runs finished (completed / failed / other) and created per hour over the last ``hours``."""
+    first = _hour(now) - timedelta(hours=hours - 1)
+    bars = {first + timedelta(hours=i): Bar(first + timedelta(hours=i), 0, 0, 0, 0) for i in range(hours)}
+    finished = (
+        Run.objects.filter(finished_at__gte=first)
+        .annotate(hour=TruncHour("finished_at", tzinfo=UTC))
+        .values("hour", "status")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    for row in finished:
+        bar = bars.get(_hour(row["hour"]))
+        if bar is None:
+            continue
+        if row["status"] == RunStatus.COMPLETED:
+            bar.completed += row["n"]
+        elif row["status"] == RunStatus.FAILED:
+            bar.failed += row["n"]
+        else:
+            bar.other += row["n"]
+    created = (
+        Run.objects.filter(created_at__gte=first)
+        .annotate(hour=TruncHour("created_at", tzinfo=UTC))
+        .values("hour")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    for row in created:
+        bar = bars.get(_hour(row["hour"]))
+        if bar is not None:
+            bar.created += row["n"]
+    ordered = [bars[key] for key in sorted(bars)]
+    _layout(ordered)
+    return ordered
+
+
+def _num(value: float) -> str:
+    # Geometry goes into SVG attributes as text: never through the template's number
+    # localization (a decimal comma would break the drawing).
+    return f"{value:.1f}"
+
+
+def _layout(bars: list[Bar]) -> None:
+    """Compute the SVG geometry: stacked finished bars, a tick for created runs."""
+    peak = max([1, *(max(b.finished, b.created) for b in bars)])
+    slot = (CHART_WIDTH - CHART_LEFT) / max(1, len(bars))
+    bottom = CHART_TOP + CHART_HEIGHT
+    for i, bar in enumerate(bars):
+        x = CHART_LEFT + i * slot + slot * 0.15
+        width = slot * 0.7
+        y = float(bottom)
+        geometry = {"x": _num(x), "width": _num(width), "x2": _num(x + width), "label_x": _num(x + width / 2)}
+        for name in ("completed", "failed", "other"):
+            height = CHART_HEIGHT * getattr(bar, name) / peak
+            y -= height
+            geometry[f"h_{name}"] = _num(height)
+            geometry[f"y_{name}"] = _num(y)
+        geometry["y_created"] = _num(bottom - CHART_HEIGHT * bar.created / peak)
+        bar.svg = geometry
+        bar.label = bar.start.strftime("%H:00") if i % 3 == 0 else ""
+
+
+def context(hours: int = 24, due_within: timedelta = timedelta(hours=1)) -> dict[str, Any]:
+    """Everything the dashboard template shows."""
+    now = clock.now()
+    since = now - timedelta(hours=hours)
+    rows: dict[str, TaskRow] = defaultdict(lambda: TaskRow(""))
+    active = (
+        Run.objects.filter(status__in=ACTIVE)
+        .values("task_name", "status")
+        .annotate(n=Count("pk"), oldest=Min("created_at"))
+        .order_by()
+    )
+    for row in active:
+        task = rows[row["task_name"]]
+        task.task = row["task_name"]
+        task.counts[row["status"]] = row["n"]
+        if row["status"] in BACKLOG and (task.oldest_backlog is None or row["oldest"] < task.oldest_backlog):
+            task.oldest_backlog = row["oldest"]
+    finished = (
+        Run.objects.filter(finished_at__gte=since).values("task_name", "status").annotate(n=Count("pk")).order_by()
+    )
+    for row in finished:
+        task = rows[row["task_name"]]
+        task.task = row["task_name"]
+        if row["status"] in FINISHED:
+            task.counts[row["status"]] = row["n"]
+    tasks = sorted(rows.values(), key=lambda r: (-r.backlog, r.task))
+    totals = [sum(column) for column in zip(*(t.cells() for t in tasks), strict=True)] if tasks else []
+
+    oldest = None
+    for status in BACKLOG:
+        candidate = (
+            Run.objects.filter(status=status)
+            .order_by("created_at", "pk")
+            .only("id", "task_name", "status", "created_at")
+            .first()
+        )
+        if candidate is not None and (oldest is None or candidate.created_at < oldest.created_at):
+            oldest = candidate
+    due_soon = list(
+        Run.objects.filter(status=RunStatus.SLEEPING, wake_at__lte=now + due_within)
+        .order_by("wake_at", "pk")
+        .only("id", "task_name", "status", "wake_at")[:10]
+    )
+    late = (
+        Run.objects.filter(status__in=(RunStatus.QUEUED, RunStatus.SLEEPING), wake_at__lte=now)
+        .order_by("wake_at")
+        .values_list("wake_at", flat=True)
+        .first()
+    )
+    bars = throughput(hours, now)
+    return {
+        "now": now,
+        "hours": hours,
+        "statuses": STATUS_ORDER,
+        "tasks": tasks,
+        "totals": totals,
+        "backlog_total": sum(t.backlog for t in tasks),
+        "oldest_backlog": oldest,
+        "oldest_backlog_age": None if oldest is None else now - oldest.created_at,
+        "due_soon": due_soon,
+        "due_within": due_within,
+        "waker_lateness": None if late is None else now - late,
+        "bars": bars,
+        "chart": {
+            "width": str(CHART_WIDTH),
+            "height": str(CHART_HEIGHT + CHART_TOP + 20),
+            "top": str(CHART_TOP),
+            "peak_y": str(CHART_TOP + 8),
+            "bottom": str(CHART_TOP + CHART_HEIGHT),
+            "label_y": str(CHART_TOP + CHART_HEIGHT + 14),
+            "left": str(CHART_LEFT),
+            "axis_x": str(CHART_LEFT - 4),
+            "peak": max([0, *(max(b.finished, b.created) for b in bars)]),
+            "finished": sum(b.finished for b in bars),
+            "failed": sum(b.failed for b in bars),
+        },
+    }

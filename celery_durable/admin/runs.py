@@ -1,0 +1,385 @@
+"""``RunAdmin``: the runs changelist, the run page, the dashboard and the run actions.
+
+Every action goes through :mod:`celery_durable.control`, i.e. through the same
+``cancel``/``replay`` functions as the Python API, each behind its own permission
+(``celery_durable.cancel_run``, ``celery_durable.replay_run``). Actions are POST-only and
+CSRF-protected; bulk actions ask for confirmation first and say how many runs they change
+and how many they skip.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
+from django.db.models.functions import Length, Substr
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
+
+from .. import control, serialization
+from ..exceptions import DurableError
+from ..models import Run, RunStatus, Step, StepStatus
+from . import dashboard
+from .changelist import CreatedFilter, EstimatedCountPaginator, RunChangeList, TaskFilter
+
+#: Characters of a step output shown in the timeline.
+OUTPUT_PREVIEW_CHARS = 200
+#: Characters of arguments / result shown on the run page.
+VALUE_DISPLAY_CHARS = 20_000
+#: Steps shown on the run page (a run that loops may record thousands).
+MAX_TIMELINE_STEPS = 500
+#: Child runs listed on the run page.
+MAX_CHILDREN = 200
+
+
+def human_duration(seconds: float | None) -> str:
+    """``"350 ms"``, ``"4.2 s"``, ``"3 min 12 s"``, ``"2 h 5 min"``, ``"3 d 4 h"``; ``""`` for None."""
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def pretty_json(text: str | None, limit: int = VALUE_DISPLAY_CHARS) -> tuple[str, bool]:
+    """Indented JSON for display, cut at ``limit`` characters; returns (text, truncated)."""
+    if text is None:
+        return "", False
+    try:
+        shown = json.dumps(serialization.loads(text), indent=2, ensure_ascii=False, sort_keys=True)
+    except ValueError:
+        shown = text
+    return (shown[:limit], True) if len(shown) > limit else (shown, False)
+
+
+def decode_error(text: str | None) -> dict[str, Any] | None:
+    """A stored error record (``{type, module, message, traceback}``) or ``None``."""
+    if not text:
+        return None
+    try:
+        value = serialization.loads(text)
+    except ValueError:
+        return {"type": "", "module": "", "message": text, "traceback": ""}
+    return value if isinstance(value, dict) else {"type": "", "module": "", "message": str(value), "traceback": ""}
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Durable runs: monitoring, and cancel/replay actions behind their own permissions."""
+
+    list_display = ("run_link", "task_name", "status_badge", "priority", "created_at", "duration", "steps")
+    list_display_links = None
+    list_filter = (TaskFilter, "status", CreatedFilter)
+    search_fields = ("=id", "=task_name")
+    search_help_text = "An exact run id, or an exact task name."
+    ordering = ("-created_at",)
+    list_per_page = 50
+    list_max_show_all = 200
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = EstimatedCountPaginator
+    actions = ("cancel_runs", "replay_failed_step", "replay_from_start")
+    change_list_template = "admin/celery_durable/run/change_list.html"
+
+    # --- permissions ---------------------------------------------------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Runs are removed by retention (durable_prune), never by hand: deleting an
+        # unfinished run would strand its worker, its children and its waiters.
+        return False
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        """``celery_durable.cancel_run``."""
+        return bool(request.user.has_perm(f"{self.opts.app_label}.cancel_run"))
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        """``celery_durable.replay_run``."""
+        return bool(request.user.has_perm(f"{self.opts.app_label}.replay_run"))
+
+    # --- changelist ----------------------------------------------------------------------
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[RunChangeList]:
+        return RunChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Run], search_term: str
+    ) -> tuple[QuerySet[Run], bool]:
+        # Exact, case-sensitive matches only: each one is an index lookup on a million rows
+        # (the stock "=field" search is iexact, which PostgreSQL cannot answer from a b-tree).
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(Q(pk=term) | Q(task_name=term)), False
+
+    @admin.display(description="run", ordering="id")
+    def run_link(self, run: Run) -> str:
+        url = reverse(f"{self.admin_site.name}:celery_durable_run_change", args=[quote(run.pk)])
+        return format_html('<a href="{}" class="durable-run-id">{}</a>', url, run.pk)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, run: Run) -> str:
+        return format_html('<span class="durable-status durable-status--{0}">{0}</span>', run.status)
+
+    @admin.display(description="duration")
+    def duration(self, run: Run) -> str:
+        return human_duration(control.duration(run))
+
+    @admin.display(description="steps done / recorded")
+    def steps(self, run: Run) -> str:
+        return f"{getattr(run, 'steps_done', 0)} / {getattr(run, 'steps_total', 0)}"
+
+    # --- bulk actions --------------------------------------------------------------------
+
+    @admin.action(permissions=["cancel"], description="Cancel selected runs")
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> HttpResponse | None:
+        return self._bulk(request, queryset, "cancel")
+
+    @admin.action(permissions=["replay"], description="Replay selected runs from the failed step")
+    def replay_failed_step(self, request: HttpRequest, queryset: QuerySet[Run]) -> HttpResponse | None:
+        return self._bulk(request, queryset, "replay")
+
+    @admin.action(permissions=["replay"], description="Replay selected runs from the start")
+    def replay_from_start(self, request: HttpRequest, queryset: QuerySet[Run]) -> HttpResponse | None:
+        return self._bulk(request, queryset, "replay_from_start")
+
+    BULK_VERBS = {
+        "cancel": ("cancel", "cancelled", "Only unfinished runs can be cancelled."),
+        "replay": ("replay from the failed step", "replayed", "Only failed or cancelled runs can be replayed."),
+        "replay_from_start": (
+            "replay from the start",
+            "replayed from the start",
+            "Only failed or cancelled runs can be replayed.",
+        ),
+    }
+
+    def _bulk(self, request: HttpRequest, queryset: QuerySet[Run], operation: str) -> HttpResponse | None:
+        verb, done_verb, rule = self.BULK_VERBS[operation]
+        if request.POST.get("confirmed") != "yes":
+            counts = control.preview(operation, queryset)
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": f"Confirm: {verb}",
+                "operation": operation,
+                "verb": verb,
+                "rule": rule,
+                "preview": counts,
+                "action": request.POST.get("action", ""),
+                "select_across": request.POST.get("select_across", "0"),
+                "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+                "media": self.media,
+            }
+            return TemplateResponse(request, "admin/celery_durable/run/confirm_bulk.html", context)
+        result = control.bulk(operation, queryset, reason=request.POST.get("reason", "").strip())
+        self.message_user(request, f"{len(result.done)} run(s) {done_verb}.", messages.SUCCESS)
+        if result.skipped_total:
+            self.message_user(
+                request,
+                f"Skipped {result.skipped_total} run(s): {result.describe_skipped()}. {rule}",
+                messages.WARNING,
+            )
+        if result.errors:
+            sample = "; ".join(f"{run_id}: {error}" for run_id, error in list(result.errors.items())[:5])
+            self.message_user(
+                request,
+                f"{len(result.errors)} run(s) changed state meanwhile and were left alone: {sample}",
+                messages.WARNING,
+            )
+        return None
+
+    # --- URLs: dashboard and single-run actions ------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:  # type: ignore[override]
+        info = self.opts.app_label, self.opts.model_name
+        wrap = self.admin_site.admin_view
+        return [
+            path("dashboard/", wrap(self.dashboard_view), name="{}_{}_dashboard".format(*info)),
+            path("<path:object_id>/cancel/", wrap(require_POST(self.cancel_view)), name="{}_{}_cancel".format(*info)),
+            path("<path:object_id>/replay/", wrap(require_POST(self.replay_view)), name="{}_{}_replay".format(*info)),
+            *super().get_urls(),
+        ]
+
+    def _run_or_404(self, request: HttpRequest, object_id: str) -> Run:
+        run = self.get_object(request, unquote(object_id))
+        if run is None:
+            raise Http404(f"no durable run with id {unquote(object_id)!r}")
+        return run
+
+    def _run_url(self, run_id: str) -> str:
+        return reverse(f"{self.admin_site.name}:celery_durable_run_change", args=[quote(run_id)])
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: cancel one run (``cancel_run`` permission)."""
+        if not self.has_cancel_permission(request):
+            raise PermissionDenied
+        run = self._run_or_404(request, object_id)
+        try:
+            control.cancel(run.pk, reason=request.POST.get("reason", "").strip())
+        except DurableError as exc:
+            self.message_user(request, f"Not cancelled: {exc}", messages.ERROR)
+        else:
+            self.message_user(request, f"Run {run.pk} cancelled.", messages.SUCCESS)
+        return HttpResponseRedirect(self._run_url(run.pk))
+
+    def replay_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: replay one run from its failed step, a given step or the start (``replay_run``)."""
+        if not self.has_replay_permission(request):
+            raise PermissionDenied
+        run = self._run_or_404(request, object_id)
+        mode = request.POST.get("from", "failed")
+        try:
+            if mode == "start":
+                control.replay(run.pk, from_start=True)
+            elif mode == "step":
+                control.replay(run.pk, from_step=request.POST.get("step_id") or None)
+            else:
+                control.replay(run.pk)
+        except DurableError as exc:
+            self.message_user(request, f"Not replayed: {exc}", messages.ERROR)
+        else:
+            where = {"start": "from the start", "step": f"from step {request.POST.get('step_id')!r}"}.get(
+                mode, "from the failed step"
+            )
+            self.message_user(request, f"Run {run.pk} replayed {where}.", messages.SUCCESS)
+        return HttpResponseRedirect(self._run_url(run.pk))
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """Runs per status per task, throughput, backlogs and due sleepers."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Durable runs: dashboard",
+            **dashboard.context(),
+        }
+        return TemplateResponse(request, "admin/celery_durable/run/dashboard.html", context)
+
+    # --- the run page --------------------------------------------------------------------
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        run = self._run_or_404(request, object_id)
+        if not self.has_view_permission(request, run):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Run {run.pk}",
+            "subtitle": run.task_name,
+            "original": run,
+            "has_view_permission": True,
+            **self.run_context(request, run),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/celery_durable/run/run.html", context)
+
+    def run_context(self, request: HttpRequest, run: Run) -> dict[str, Any]:
+        """What the run page shows: values, the step timeline, family, actions."""
+        args, args_cut = pretty_json(run.args)
+        kwargs, kwargs_cut = pretty_json(run.kwargs)
+        result, result_cut = pretty_json(run.result)
+        rows = list(
+            Step.objects.filter(run_id=run.pk)
+            .defer("output")
+            .annotate(output_head=Substr("output", 1, OUTPUT_PREVIEW_CHARS + 1), output_size=Length("output"))
+            .order_by("id")[: MAX_TIMELINE_STEPS + 1]
+        )
+        truncated = len(rows) > MAX_TIMELINE_STEPS
+        rows = rows[:MAX_TIMELINE_STEPS]
+        steps_total = Step.objects.filter(run_id=run.pk).count() if truncated else len(rows)
+        children = list(
+            Run.objects.filter(parent_id=run.pk)
+            .only("id", "task_name", "status", "created_at", "finished_at", "parent_step", "child_index")
+            .order_by("created_at", "pk")[: MAX_CHILDREN + 1]
+        )
+        children_cut = len(children) > MAX_CHILDREN
+        children = children[:MAX_CHILDREN]
+        by_step: dict[str, list[Run]] = {}
+        for child in children:
+            by_step.setdefault(child.parent_step or "", []).append(child)
+        timeline = []
+        for item in rows:
+            head = item.output_head  # type: ignore[attr-defined]
+            size = item.output_size  # type: ignore[attr-defined]
+            finished = item.finished_at
+            entry: dict[str, Any] = {
+                "step": item,
+                "duration": human_duration((finished - item.started_at).total_seconds()) if finished else "",
+                "preview": (head[:OUTPUT_PREVIEW_CHARS] + "…") if size and size > OUTPUT_PREVIEW_CHARS else head,
+                "error": decode_error(item.error),
+                "children": by_step.get(item.step_id, []),
+                "wake_at": None,
+                "waiting_for": None,
+            }
+            if item.status == StepStatus.PENDING:
+                entry["wake_at"] = run.wake_at
+                entry["waiting_for"] = run.waiting_for
+            timeline.append(entry)
+        failed_step = next((e["step"].step_id for e in timeline if e["step"].status == StepStatus.FAILED), None)
+        parent = None
+        if run.parent_id:
+            parent = Run.objects.filter(pk=run.parent_id).only("id", "task_name", "status").first()
+        backlog_ahead = None
+        if run.status in (RunStatus.PENDING, RunStatus.QUEUED):
+            backlog_ahead = Run.objects.filter(
+                task_name=run.task_name, status=run.status, created_at__lt=run.created_at
+            ).count()
+        return {
+            "run": run,
+            "run_duration": human_duration(control.duration(run)),
+            "args_json": args,
+            "args_cut": args_cut,
+            "kwargs_json": kwargs,
+            "kwargs_cut": kwargs_cut,
+            "result_json": result,
+            "result_cut": result_cut,
+            "run_error": decode_error(run.error),
+            "timeline": timeline,
+            "steps_total": steps_total,
+            "steps_truncated": truncated,
+            "failed_step": failed_step,
+            "parent": parent,
+            "parent_missing": bool(run.parent_id) and parent is None,
+            "children": children,
+            "children_cut": children_cut,
+            "backlog_ahead": backlog_ahead,
+            "can_cancel": self.has_cancel_permission(request) and run.status in control.CANCELLABLE,
+            "can_replay": self.has_replay_permission(request) and run.status in control.REPLAYABLE,
+            "cancel_url": reverse(f"{self.admin_site.name}:celery_durable_run_cancel", args=[quote(run.pk)]),
+            "replay_url": reverse(f"{self.admin_site.name}:celery_durable_run_replay", args=[quote(run.pk)]),
+            "dashboard_url": reverse(f"{self.admin_site.name}:celery_durable_run_dashboard"),
+            "lease_remaining": (run.lease_expires_at - control_now() if run.lease_expires_at is not None else None),
+        }
+
+
+def control_now() -> Any:
+    """The clock the library uses (a fake one under the test driver)."""
+    from .. import clock
+
+    return clock.now()
