@@ -17,6 +17,7 @@ column of every row (arguments and results can be a megabyte each). Here:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import datetime, time, timedelta
 from typing import Any
 
@@ -52,7 +53,7 @@ LIST_COLUMNS = (
 )
 
 
-class EstimatedCountPaginator(Paginator):
+class EstimatedCountPaginator(Paginator):  # type: ignore[type-arg]
     """A paginator that never counts more than ``EXACT_COUNT_LIMIT`` rows on PostgreSQL.
 
     ``estimated`` is ``True`` when :attr:`count` is the planner's estimate; the
@@ -192,7 +193,7 @@ class CreatedFilter(admin.ListFilter):
     def has_output(self) -> bool:
         return True
 
-    def expected_parameters(self) -> list[str]:
+    def expected_parameters(self) -> list[str | None]:
         return list(self.parameters)
 
     @property
@@ -225,7 +226,7 @@ class CreatedFilter(admin.ListFilter):
             raise IncorrectLookupParameters(f"invalid created filter: {exc}") from exc
         return queryset
 
-    def choices(self, changelist: Any) -> list[dict[str, Any]]:
+    def choices(self, changelist: Any) -> Iterator[dict[str, Any]]:
         # Hidden fields keep the other filters, the search and the ordering when the
         # from/to form is submitted.
         own = set(self.parameters) | {"p"}
@@ -249,7 +250,7 @@ class CreatedFilter(admin.ListFilter):
                     "display": label,
                 }
             )
-        return choices
+        return iter(choices)
 
 
 class RunChangeList(ChangeList):
@@ -273,5 +274,5 @@ class RunChangeList(ChangeList):
             else {}
         )
         for run in rows:
-            run.steps_done, run.steps_total = counts.get(run.pk, (0, 0))  # type: ignore[attr-defined]
+            run.steps_done, run.steps_total = counts.get(run.pk, (0, 0))
         self.result_list = rows

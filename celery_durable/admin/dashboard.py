@@ -96,11 +96,12 @@ def throughput(hours: int, now: datetime) -> list[Bar]:
         .values("hour")
         .annotate(n=Count("pk"))
         .order_by()
+        .values_list("hour", "n")
     )
-    for row in created:
-        bar = bars.get(_hour(row["hour"]))
+    for hour, n in created:
+        bar = bars.get(_hour(hour))
         if bar is not None:
-            bar.created += row["n"]
+            bar.created += n
     ordered = [bars[key] for key in sorted(bars)]
     _layout(ordered)
     return ordered
@@ -150,13 +151,17 @@ def context(hours: int = 24, due_within: timedelta = timedelta(hours=1)) -> dict
         if row["status"] in BACKLOG and (task.oldest_backlog is None or row["oldest"] < task.oldest_backlog):
             task.oldest_backlog = row["oldest"]
     finished = (
-        Run.objects.filter(finished_at__gte=since).values("task_name", "status").annotate(n=Count("pk")).order_by()
+        Run.objects.filter(finished_at__gte=since)
+        .values("task_name", "status")
+        .annotate(n=Count("pk"))
+        .order_by()
+        .values_list("task_name", "status", "n")
     )
-    for row in finished:
-        task = rows[row["task_name"]]
-        task.task = row["task_name"]
-        if row["status"] in FINISHED:
-            task.counts[row["status"]] = row["n"]
+    for name, status, n in finished:
+        task = rows[name]
+        task.task = name
+        if status in FINISHED:
+            task.counts[status] = n
     tasks = sorted(rows.values(), key=lambda r: (-r.backlog, r.task))
     totals = [sum(column) for column in zip(*(t.cells() for t in tasks), strict=True)] if tasks else []
 

@@ -213,7 +213,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     # --- URLs: dashboard and single-run actions ------------------------------------------
 
-    def get_urls(self) -> list[URLPattern]:  # type: ignore[override]
+    def get_urls(self) -> list[URLPattern]:
         info = self.opts.app_label, self.opts.model_name
         wrap = self.admin_site.admin_view
         return [
@@ -224,7 +224,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         ]
 
     def _run_or_404(self, request: HttpRequest, object_id: str) -> Run:
-        run = self.get_object(request, unquote(object_id))
+        run: Run | None = self.get_object(request, unquote(object_id))
         if run is None:
             raise Http404(f"no durable run with id {unquote(object_id)!r}")
         return run
@@ -325,8 +325,8 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             by_step.setdefault(child.parent_step or "", []).append(child)
         timeline = []
         for item in rows:
-            head = item.output_head  # type: ignore[attr-defined]
-            size = item.output_size  # type: ignore[attr-defined]
+            head = item.output_head
+            size = item.output_size
             finished = item.finished_at
             entry: dict[str, Any] = {
                 "step": item,
