@@ -421,6 +421,10 @@ def replay(run_id: str, from_step: str | None = None, using: str = "default") ->
                 wake_at=None,
                 published_at=now,
                 recoveries=0,
+                cancel_requested_at=None,
+                cancel_reason=None,
+                waiting_for=None,
+                children_pending=0,
             )
         )
         if changed != 1:

@@ -43,7 +43,8 @@ TEMPLATES = [
 ]
 
 DB = os.environ.get("DURABLE_TEST_DB", "sqlite")
-SQLITE_PATH = os.environ.get("DURABLE_TEST_SQLITE", str(BASE_DIR / "var" / "tests.sqlite3"))
+# One file per test process: concurrent pytest runs must not share (and corrupt) it.
+SQLITE_PATH = os.environ.get("DURABLE_TEST_SQLITE", str(BASE_DIR / "var" / f"tests-{os.getpid()}.sqlite3"))
 DATABASES: dict[str, dict[str, Any]]
 if DB == "postgres":
     DATABASES = {

@@ -1,0 +1,298 @@
+"""Sleeps, events, child runs, cancellation and timeouts, driven in-process on a fake clock."""
+
+from datetime import timedelta
+
+import pytest
+
+from celery_durable import DurableConfigError, RunNotFound, SerializationError, cancel, get_run, send_event
+from celery_durable.exceptions import RunStateError
+from celery_durable.models import Run, RunStatus, Step
+from tests.testapp import flows
+from tests.testapp.models import BodyRun
+
+
+def bodies(run_id, name):
+    return BodyRun.objects.filter(run_id=run_id, step=name).count()
+
+
+def test_sleep__suspends_then_resumes_without_rerunning_steps(durable):
+    run = flows.sleepy.delay(3600)
+    durable.run_until_idle(advance_clock=False)
+    record = get_run(run.id)
+    assert record.status == RunStatus.SLEEPING
+    assert record.lease_owner is None  # no worker holds it
+    assert record.wake_at == durable.clock.now() + timedelta(seconds=3600)
+    durable.clock.advance(3599)
+    assert durable.run_until_idle(advance_clock=False) == 0  # never early
+    durable.clock.advance(1)
+    durable.run_until_idle(advance_clock=False)
+    assert durable.result(run.id) == 2
+    assert (bodies(run.id, "before"), bodies(run.id, "after")) == (1, 1)
+    assert durable.history(run.id) == [("before", "completed", 1), ("nap", "completed", 1), ("after", "completed", 1)]
+
+
+def test_multi_day_dunning_flow__runs_in_one_test_on_the_fake_clock(durable):
+    start = durable.clock.now()
+    run = flows.dunning.delay(42)
+    durable.run_until_idle()
+    assert durable.result(run.id) == "paid"
+    assert durable.clock.now() - start >= timedelta(days=4)
+    assert bodies(run.id, "charge") == 3
+    from celery_durable.models import Event
+
+    (receipt,) = Event.objects.filter(name="invoice.paid")  # sent exactly once
+    assert receipt.data_value == {"invoice_id": 42}
+    assert receipt.event_id == f"{run.id}:paid"
+
+
+@pytest.mark.parametrize("bad", [-1, timedelta(seconds=-5), "10", None])
+def test_bad_sleep_duration__is_a_config_error(durable, bad):
+    from celery_durable.options import RetryPolicy
+    from celery_durable.runtime.context import activate, deactivate
+    from celery_durable.runtime.memory import ephemeral_context
+
+    token = activate(ephemeral_context("t", RetryPolicy()))
+    try:
+        with pytest.raises(DurableConfigError):
+            from celery_durable import step
+
+            step.sleep("x", bad)
+    finally:
+        deactivate(token)
+
+
+def test_naive_sleep_until__is_a_config_error():
+    from datetime import datetime
+
+    from celery_durable import step
+    from celery_durable.options import RetryPolicy
+    from celery_durable.runtime.context import activate, deactivate
+    from celery_durable.runtime.memory import ephemeral_context
+
+    token = activate(ephemeral_context("t", RetryPolicy()))
+    try:
+        with pytest.raises(DurableConfigError, match="aware"):
+            step.sleep_until("x", datetime(2030, 1, 1))
+    finally:
+        deactivate(token)
+
+
+def test_wait__resumes_only_the_matching_run(durable):
+    alice = flows.confirm.delay(1)
+    bob = flows.confirm.delay(2)
+    durable.run_until_idle(advance_clock=False)
+    assert get_run(alice.id).status == get_run(bob.id).status == RunStatus.WAITING
+    send_event("user.confirmed", {"user_id": 2})
+    durable.run_until_idle(advance_clock=False)
+    assert durable.result(bob.id) == 2
+    assert get_run(alice.id).status == RunStatus.WAITING
+
+
+def test_event_sent_before_the_wait_is_reached__is_not_lost(durable):
+    run = flows.confirm.delay(7)  # queued, not yet executed
+    send_event("user.confirmed", {"user_id": 7})
+    durable.run_until_idle(advance_clock=False)
+    assert durable.result(run.id) == 7
+
+
+def test_event_sent_before_the_run_started__does_not_count(durable):
+    send_event("user.confirmed", {"user_id": 8})
+    durable.clock.advance(1)
+    run = flows.confirm.delay(8, 60)
+    durable.run_until_idle()
+    assert durable.result(run.id) == "expired"
+
+
+def test_wait_timeout__returns_none(durable):
+    run = flows.confirm.delay(3, 60)
+    durable.run_until_idle()
+    assert durable.result(run.id) == "expired"
+
+
+def test_each_event__is_consumed_by_one_wait_of_a_run(durable):
+    run = flows.two_waits.delay()
+    send_event("tick", {"n": 1})
+    durable.run_until_idle(advance_clock=False)
+    assert get_run(run.id).status == RunStatus.WAITING
+    send_event("tick", {"n": 2})
+    durable.run_until_idle(advance_clock=False)
+    assert durable.result(run.id) == [1, 2]
+
+
+def test_duplicate_event_id__does_nothing_twice(durable):
+    run = flows.two_waits.delay()
+    first = send_event("tick", {"n": 1}, id="evt-1")
+    again = send_event("tick", {"n": 99}, id="evt-1")
+    assert again.data == {"n": 1} and again.id == first.id == "evt-1"
+    durable.run_until_idle(advance_clock=False)
+    assert get_run(run.id).status == RunStatus.WAITING  # only one event exists
+    from celery_durable.models import Event
+
+    assert Event.objects.filter(name="tick").count() == 1
+
+
+def test_event_id__can_be_reused_after_the_window(durable):
+    send_event("tick", {"n": 1}, id="evt-2")
+    durable.clock.advance(timedelta(hours=25))
+    assert send_event("tick", {"n": 2}, id="evt-2").data == {"n": 2}
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: send_event("", {}),
+        lambda: send_event("x", ["not", "a", "dict"]),
+        lambda: send_event("x", {}, id=""),
+    ],
+)
+def test_bad_event__is_a_config_error_and_stores_nothing(durable, call):
+    from celery_durable.models import Event
+
+    with pytest.raises(DurableConfigError):
+        call()
+    assert Event.objects.count() == 0
+
+
+def test_unserializable_event_data__is_a_serialization_error(durable):
+    from celery_durable.models import Event
+
+    with pytest.raises(SerializationError):
+        send_event("x", {"when": object()})
+    assert Event.objects.count() == 0
+
+
+def test_on_event_task__starts_with_the_event(durable):
+    send_event("user.signed_up", {"email": "a@example.com"})
+    durable.run_until_idle()
+    run = Run.objects.get(task_name="f.on_signup")
+    assert durable.result(run.id) == "a@example.com"
+
+
+def test_invoke_and_gather__durable_and_plain_children_in_order(durable):
+    run = flows.parent.delay(5)
+    durable.run_until_idle()
+    assert durable.result(run.id) == {"total": 10, "gathered": [1, 2, 3, 20]}
+    children = Run.objects.filter(parent_id=run.id).order_by("parent_step", "child_index")
+    assert [(c.parent_step, c.task_name, c.durable, c.status) for c in children] == [
+        ("fan", "t.add", True, "completed"),
+        ("fan", "t.add", True, "completed"),
+        ("fan", "t.add", True, "completed"),
+        ("fan", "t.plain", False, "completed"),
+        ("sum", "t.add", True, "completed"),
+    ]
+    assert get_run(run.id).executions == 3  # start, after invoke, after gather
+
+
+def test_failed_child__raises_child_run_failed_in_the_parent(durable):
+    run = flows.parent_of_failure.delay()
+    durable.run_until_idle()
+    assert durable.result(run.id) == "ValueError: plain child broke"
+
+
+def test_invoking_an_unregistered_task__fails_the_run_clearly(durable):
+    run = flows.invoke_unknown.delay()
+    durable.run_until_idle()
+    record = get_run(run.id)
+    assert record.status == RunStatus.FAILED
+    assert "no.such.task" in record.error_value["message"]
+    assert not Run.objects.filter(parent_id=run.id).exists()
+
+
+def test_cancel__a_sleeping_run_at_once(durable):
+    run = flows.sleepy.delay(3600)
+    durable.run_until_idle(advance_clock=False)
+    cancel(run.id, "customer asked")
+    record = get_run(run.id)
+    assert record.status == RunStatus.CANCELLED
+    assert record.cancel_reason == "customer asked"
+    durable.run_until_idle()
+    assert get_run(run.id).status == RunStatus.CANCELLED
+    assert bodies(run.id, "after") == 0
+
+
+def test_cancel__a_queued_run_never_runs(durable):
+    run = flows.sleepy.delay(1)
+    cancel(run.id)
+    assert durable.run_until_idle() == 0
+    assert bodies(run.id, "before") == 0
+
+
+def test_cancel__a_finished_run_is_an_error_and_changes_nothing(durable):
+    run = flows.sleepy.delay(1)
+    durable.run_until_idle()
+    with pytest.raises(RunStateError):
+        cancel(run.id)
+    assert get_run(run.id).status == RunStatus.COMPLETED
+    with pytest.raises(RunNotFound):
+        cancel("nope")
+
+
+def test_cancel__a_waiting_parent_cancels_its_children(durable):
+    run = flows.parent.delay(1)
+    durable.run_next()  # the parent records its child and waits
+    child = Run.objects.get(parent_id=run.id)
+    cancel(run.id)
+    assert get_run(child.id).status == RunStatus.CANCELLED
+    assert durable.run_until_idle() == 0
+
+
+def test_cancel_on__an_event_cancels_matching_runs(durable):
+    keep = flows.cancellable.delay(1)
+    drop = flows.cancellable.delay(2)
+    durable.run_until_idle(advance_clock=False)
+    send_event("order.cancelled", {"order_id": 2})
+    assert get_run(drop.id).status == RunStatus.CANCELLED
+    assert get_run(keep.id).status == RunStatus.SLEEPING
+    durable.run_until_idle()
+    assert durable.result(keep.id) == 1
+
+
+def test_timeouts_finish__cancels_a_run_that_runs_too_long(durable):
+    run = flows.deadline.delay()
+    durable.run_until_idle()
+    record = get_run(run.id)
+    assert record.status == RunStatus.CANCELLED
+    assert "Timeouts.finish" in record.cancel_reason
+
+
+def test_on_failure__is_called_with_the_run_id(durable):
+    from celery import signals
+
+    sent = []
+
+    def seen(sender=None, body=None, **kwargs):
+        sent.append((sender, list(body[0])))
+
+    signals.after_task_publish.connect(seen, weak=False)
+    try:
+        run = flows.with_handler.delay()
+        durable.run_until_idle()
+    finally:
+        signals.after_task_publish.disconnect(seen)
+    assert get_run(run.id).status == RunStatus.FAILED
+    assert sent == [("f.failure_handler", [run.id])]
+
+
+def test_replay__of_a_cancelled_run(durable):
+    run = flows.sleepy.delay(60)
+    durable.run_until_idle(advance_clock=False)
+    cancel(run.id)
+    from celery_durable import replay
+
+    replay(run.id)
+    durable.run_until_idle()
+    assert durable.result(run.id) == 2
+    assert bodies(run.id, "before") == 1
+
+
+def test_sleep_step__is_one_write_when_suspending(durable):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    run = flows.sleep_then_steps.delay(10)
+    with CaptureQueriesContext(connection) as queries:
+        durable.run_next()
+    writes = [q["sql"] for q in queries.captured_queries if q["sql"].split()[0] in ("INSERT", "UPDATE", "DELETE")]
+    # claim, then one transaction: the run sleeps and the sleep step is recorded
+    assert len(writes) == 3, writes
+    assert Step.objects.get(run_id=run.id).status == "pending"

@@ -1,0 +1,107 @@
+"""Durable tasks that suspend: used by the suspension integration and e2e tests."""
+
+from datetime import timedelta
+
+from celery import shared_task
+
+from celery_durable import CancelOn, Timeouts, durable_task, step
+from tests.testapp.tasks import add, counted, plain
+
+
+@durable_task(name="f.sleepy")
+def sleepy(seconds):
+    step.run("before", counted, "before", 1)
+    step.sleep("nap", seconds)
+    return step.run("after", counted, "after", 2)
+
+
+@durable_task(name="f.dunning")
+def dunning(invoice_id):
+    """Charge on the billing date, retry over days, send the receipt (or give up)."""
+    for attempt in range(3):
+        paid = step.run("charge", counted, "charge", attempt == 2)
+        if paid:
+            step.send_event("paid", "invoice.paid", {"invoice_id": invoice_id})
+            return "paid"
+        step.sleep("backoff", timedelta(days=2))
+    return "gave up"
+
+
+@durable_task(name="f.confirm")
+def confirm(user_id, timeout=3600):
+    event = step.wait_for_event("confirmation", "user.confirmed", match={"user_id": user_id}, timeout=timeout)
+    if event is None:
+        return "expired"
+    return step.run("welcome", counted, "welcome", event.data["user_id"])
+
+
+@durable_task(name="f.two_waits")
+def two_waits():
+    first = step.wait_for_event("first", "tick", timeout=60)
+    second = step.wait_for_event("second", "tick", timeout=60)
+    return [first.data["n"] if first else None, second.data["n"] if second else None]
+
+
+@durable_task(name="f.parent")
+def parent(n):
+    total = step.invoke("sum", add.s(n, n))
+    doubled = step.gather("fan", [add.s(i, 1) for i in range(3)] + [plain.s(total)])
+    return {"total": total, "gathered": doubled}
+
+
+@shared_task(name="f.plain_fails")
+def plain_fails():
+    raise ValueError("plain child broke")
+
+
+@durable_task(name="f.parent_of_failure")
+def parent_of_failure():
+    from celery_durable import ChildRunFailed
+
+    try:
+        step.invoke("child", plain_fails.s())
+    except ChildRunFailed as failed:
+        return f"{failed.error_type}: {failed.message}"
+    return "no failure"
+
+
+@durable_task(name="f.invoke_unknown")
+def invoke_unknown():
+    from celery import signature
+
+    return step.invoke("ghost", signature("no.such.task"))
+
+
+@durable_task(name="f.on_signup", on_event="user.signed_up")
+def on_signup(event):
+    return step.run("greet", counted, "greet", event.data["email"])
+
+
+@durable_task(name="f.cancellable", cancel_on=[CancelOn(event="order.cancelled", match={"order_id": "order_id"})])
+def cancellable(order_id):
+    step.sleep("wait-a-day", timedelta(days=1))
+    return step.run("ship", counted, "ship", order_id)
+
+
+@durable_task(name="f.deadline", timeouts=Timeouts(finish=timedelta(hours=1)))
+def deadline():
+    step.sleep("too-long", timedelta(hours=2))
+    return "late"
+
+
+@shared_task(name="f.failure_handler")
+def failure_handler(run_id):
+    from tests.testapp.models import BodyRun
+
+    BodyRun.objects.create(run_id=run_id, step="on_failure")
+
+
+@durable_task(name="f.with_handler", on_failure=failure_handler.s(), retries=0)
+def with_handler():
+    return step.run("boom", lambda: 1 / 0)
+
+
+@durable_task(name="f.sleep_then_steps", bind=True)
+def sleep_then_steps(self, seconds):
+    step.sleep("nap", seconds)
+    return self.step.run_id
