@@ -207,22 +207,21 @@ def prune(
     if dry_run:
         return old.count()
     deleted = 0
-    last: str | None = None
     while True:
-        page = old.order_by("pk") if last is None else old.filter(pk__gt=last).order_by("pk")
-        ids = list(page.values_list("pk", flat=True)[:batch])
+        # Oldest first through the finished_at index; deleted rows drop out of the next batch.
+        ids = list(old.order_by("finished_at", "pk").values_list("pk", flat=True)[:batch])
         if not ids:
             return deleted
-        last = ids[-1]
         with transaction.atomic():
             Step.objects.filter(run_id__in=ids).delete()
             Run.objects.filter(parent_id__in=ids).update(parent=None)
             # Re-check the status: a run replayed since the batch was read is not finished.
-            deleted += (
-                Run.objects.filter(pk__in=ids, status__in=FINISHED).only("pk").delete()[1].get(Run._meta.label, 0)
-            )
+            gone = Run.objects.filter(pk__in=ids, status__in=FINISHED).only("pk").delete()[1].get(Run._meta.label, 0)
+        deleted += gone
         if progress is not None:
             progress(deleted)
+        if gone == 0:
+            return deleted  # every run of the batch changed state meanwhile: stop, don't spin
 
 
 # --- plain-data descriptions (``--json``) ---------------------------------------------------
