@@ -55,7 +55,7 @@ if DB == "postgres":
             "HOST": os.environ.get("DURABLE_TEST_PG_HOST", "127.0.0.1"),
             "PORT": os.environ.get("DURABLE_TEST_PG_PORT", "5432"),
             "CONN_MAX_AGE": None,
-            "TEST": {"NAME": os.environ.get("DURABLE_TEST_PG_TEST_NAME", "celery_durable_test")},
+            "TEST": {"NAME": os.environ.get("DURABLE_TEST_PG_TEST_NAME", f"celery_durable_test_{os.getpid()}")},
         }
     }
 elif DB == "mysql":
@@ -72,7 +72,7 @@ elif DB == "mysql":
             "PORT": os.environ.get("DURABLE_TEST_MYSQL_PORT", "3306"),
             "CONN_MAX_AGE": None,
             "OPTIONS": {"charset": "utf8mb4", "isolation_level": "read committed"},
-            "TEST": {"NAME": os.environ.get("DURABLE_TEST_MYSQL_TEST_NAME", "celery_durable_test"),
+            "TEST": {"NAME": os.environ.get("DURABLE_TEST_MYSQL_TEST_NAME", f"celery_durable_test_{os.getpid()}"),
                      "CHARSET": "utf8mb4"},
         }
     }

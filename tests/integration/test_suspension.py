@@ -296,3 +296,41 @@ def test_sleep_step__is_one_write_when_suspending(durable):
     # claim, then one transaction: the run sleeps and the sleep step is recorded
     assert len(writes) == 3, writes
     assert Step.objects.get(run_id=run.id).status == "pending"
+
+
+def test_no_eta_beyond_the_wakers_horizon__ever_reaches_the_broker(durable, settings):
+    """Every message published for a multi-day flow carries at most a WAKER_INTERVAL countdown."""
+    from datetime import UTC, datetime
+
+    from celery import current_app, signals
+
+    from celery_durable.integration import publish as publish_module
+    from celery_durable.integration.services import tick
+
+    settings.CELERY_DURABLE = {"WAKER_INTERVAL": 1.0}
+    etas = []
+
+    def seen(sender=None, headers=None, **kwargs):
+        if headers.get("eta"):  # Celery turns a countdown into an ETA on the real clock
+            etas.append((datetime.fromisoformat(headers["eta"]) - datetime.now(UTC)).total_seconds())
+        else:
+            etas.append(0.0)
+
+    run = flows.dunning.delay(1)
+    signals.before_task_publish.connect(seen, weak=False)
+    publish_module.dispatch_override = None  # real messages (memory broker); the runner still executes
+    try:
+        for _ in range(10):
+            durable.run_until_idle(advance_clock=False)
+            if get_run(run.id).status == RunStatus.COMPLETED:
+                break
+            wake_at = get_run(run.id).wake_at
+            durable.clock.current = wake_at - timedelta(seconds=0.5)  # the waker ticks just before
+            tick(current_app)
+            durable.clock.current = wake_at
+    finally:
+        signals.before_task_publish.disconnect(seen)
+        publish_module.dispatch_override = durable.published.append
+    assert durable.result(run.id) == "paid"
+    assert len(etas) == 2  # the two wake-ups after two-day sleeps
+    assert max(etas) <= 1.0, etas

@@ -105,3 +105,25 @@ def with_handler():
 def sleep_then_steps(self, seconds):
     step.sleep("nap", seconds)
     return self.step.run_id
+
+
+@durable_task(name="f.child_hold")
+def child_hold(i):
+    """A child whose step holds until the test writes a 'release' row for index i."""
+    import time as _time
+
+    from tests.testapp.models import BodyRun
+
+    def work():
+        counted(f"work-{i}")
+        deadline = _time.monotonic() + 120
+        while _time.monotonic() < deadline and not BodyRun.objects.filter(step=f"release-{i}").exists():
+            _time.sleep(0.05)
+        return i * 10
+
+    return step.run("work", work)
+
+
+@durable_task(name="f.gather_held")
+def gather_held(n):
+    return step.gather("children", [child_hold.s(i) for i in range(n)])
