@@ -132,6 +132,10 @@ def children(
         _pending_step(run_id, step_id, kind, output, False, now, using)
         for index, (spec, is_durable) in enumerate(zip(specs, durable, strict=True)):
             cid = child_id(run_id, step_id, index)
+            if not is_durable:
+                # A plain task reports its end through this header (see integration.install).
+                headers = {**(spec["options"].get("headers") or {}), "durable_parent": run_id}
+                spec = {**spec, "options": {**spec["options"], "headers": headers}}
             try:
                 with transaction.atomic(using=using):
                     Run.objects.using(using).create(

@@ -64,30 +64,18 @@ CHILD_HEADER = "durable_parent"
 
 
 def publish_children(app: Celery, parent_id: str, children: list[tuple[str, dict[str, Any], bool]]) -> None:
-    """Publish the child runs a parent just recorded (durable ones as nudges, plain ones as tasks)."""
+    """Publish the child runs a parent just recorded (plain ones carry ``CHILD_HEADER``)."""
     from ..runs import Nudge
 
-    for child_id, spec, durable in children:
-        if dispatch_override is not None or durable:
-            publish(
-                app,
-                Nudge(
-                    child_id,
-                    spec["task"],
-                    serialization.dumps(spec["args"], "args"),
-                    serialization.dumps(spec["kwargs"], "kwargs"),
-                    serialization.dumps(spec["options"], "options"),
-                ),
-            )
-            continue
-        options = dict(spec["options"])
-        headers = {**(options.pop("headers", None) or {}), CHILD_HEADER: parent_id}
-        try:
-            app.send_task(
-                spec["task"], args=spec["args"], kwargs=spec["kwargs"], task_id=child_id, headers=headers, **options
-            )
-        except Exception:
-            logger.warning("child run %s: publishing failed; the sweeper publishes it again", child_id, exc_info=True)
+    for child_id, spec, _durable in children:
+        nudge = Nudge(
+            child_id,
+            spec["task"],
+            serialization.dumps(spec["args"], "args"),
+            serialization.dumps(spec["kwargs"], "kwargs"),
+            serialization.dumps(spec["options"], "options"),
+        )
+        publish(app, nudge)
 
 
 def publish_on_commit(app: Celery, nudges: list[Nudge], using: str = "default") -> None:

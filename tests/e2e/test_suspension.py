@@ -96,3 +96,17 @@ def test_cancel__at_each_status(e2e_env, workers, status):
     record = get_run(run.id)
     assert record.status == RunStatus.CANCELLED
     assert BodyRun.objects.filter(run_id=run.id, step__in=["after", "welcome", "three"]).count() == 0
+
+
+def test_invoke_and_gather__with_durable_and_plain_children(e2e_env, workers):
+    workers("family", concurrency=4)
+    run = flows.parent.apply_async((5,), queue=e2e_env["queue"])
+    assert run.get(timeout=60) == {"total": 10, "gathered": [1, 2, 3, 20]}
+    plain = Run.objects.get(parent_id=run.id, durable=False)
+    assert (plain.task_name, plain.status, plain.result_value) == ("t.plain", "completed", 20)
+
+
+def test_failed_plain_child__raises_child_run_failed_in_the_parent(e2e_env, workers):
+    workers("failing")
+    run = flows.parent_of_failure.apply_async(queue=e2e_env["queue"])
+    assert run.get(timeout=60) == "ValueError: plain child broke"
