@@ -41,13 +41,13 @@ def databases(session: nox.Session) -> list[str]:
 @nox.session
 @nox.parametrize("python,django", CELLS)
 def tests(session: nox.Session, django: str) -> None:
-    """Unit tests once, integration tests per database, e2e tests (real workers) on PostgreSQL."""
+    """Unit tests once, integration and browser tests per database, e2e tests on PostgreSQL."""
     session.install("-e", ".[dev]", f"django~={django}.0")
     session.run("python", "-c", "import django, celery; print('django', django.__version__, celery.__version__)")
     extra = session.posargs
     session.run("pytest", "tests/unit", *extra, env={"DURABLE_TEST_DB": "sqlite"})
     for db in databases(session):
-        paths = ["tests/integration"]
+        paths = ["tests/integration", "tests/browser"]
         if db == "postgres" and not os.environ.get("CELERY_DURABLE_SKIP_E2E"):
             paths.append("tests/e2e")
         session.run("pytest", *paths, *extra, env={"DURABLE_TEST_DB": db})

@@ -121,6 +121,9 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     # --- changelist ----------------------------------------------------------------------
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        return super().changelist_view(request, {"title": "Durable runs", **(extra_context or {})})
+
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[RunChangeList]:
         return RunChangeList
 
@@ -137,7 +140,8 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description="run", ordering="id")
     def run_link(self, run: Run) -> str:
         url = reverse(f"{self.admin_site.name}:celery_durable_run_change", args=[quote(run.pk)])
-        return format_html('<a href="{}" class="durable-run-id">{}</a>', url, run.pk)
+        shown = run.pk if len(run.pk) <= 16 else f"{run.pk[:13]}…"
+        return format_html('<a href="{}" class="durable-run-id" title="{}">{}</a>', url, run.pk, shown)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, run: Run) -> str:
