@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Coalesce
 
@@ -88,6 +88,12 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
     Zero rows changed means a duplicate or stale message: the caller drops it.
     """
     now = clock.now()
+    if _can_update_returning(using):
+        run = _claim_returning(run_id, owner, now, now + timedelta(seconds=lease_seconds), using)
+        if run is None:
+            return None
+        loaded = load_checkpoints(run_id, using) if run.executions > 1 else {}
+        return Claim(run=run, generation=run.generation, checkpoints=loaded)
     runs = Run.objects.using(using)
     claimed = runs.filter(
         Q(id=run_id)
@@ -111,6 +117,66 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
     if run.executions > 1:
         checkpoints = load_checkpoints(run_id, using)
     return Claim(run=run, generation=run.generation, checkpoints=checkpoints)
+
+
+def _can_update_returning(using: str) -> bool:
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        return True
+    if connection.vendor == "sqlite":
+        from sqlite3 import sqlite_version_info
+
+        return sqlite_version_info >= (3, 35)
+    return False  # MySQL/MariaDB: UPDATE ... RETURNING is not available
+
+
+_RETURNED = ("task_name", "args", "kwargs", "generation", "executions", "parent_id")
+
+
+def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: datetime, using: str) -> Run | None:
+    """The claim as one ``UPDATE ... RETURNING`` (PostgreSQL, SQLite): no read after it.
+
+    The same compare-and-set as the ORM path in :func:`claim`, which MySQL uses.
+    """
+    connection = connections[using]
+    q = connection.ops.quote_name
+    table = q(Run._meta.db_table)
+    value = connection.ops.adapt_datetimefield_value
+    sql = (
+        f"UPDATE {table} SET {q('status')} = %s, {q('generation')} = {q('generation')} + 1, "
+        f"{q('executions')} = {q('executions')} + 1, {q('lease_owner')} = %s, {q('lease_expires_at')} = %s, "
+        f"{q('wake_at')} = NULL, {q('started_at')} = COALESCE({q('started_at')}, %s) "
+        f"WHERE {q('id')} = %s AND (({q('status')} = %s AND ({q('wake_at')} IS NULL OR {q('wake_at')} <= %s)) "
+        f"OR ({q('status')} = %s AND {q('lease_expires_at')} < %s)) "
+        f"RETURNING {', '.join(q(c) for c in _RETURNED)}"
+    )
+    params = [
+        RunStatus.RUNNING,
+        owner,
+        value(lease_until),
+        value(now),
+        run_id,
+        RunStatus.QUEUED,
+        value(now),
+        RunStatus.RUNNING,
+        value(now),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    task_name, args, kwargs, generation, executions, parent_id = row
+    return Run(
+        id=run_id,
+        task_name=task_name,
+        args=args,
+        kwargs=kwargs,
+        generation=generation,
+        executions=executions,
+        parent_id=parent_id,
+        status=RunStatus.RUNNING,
+    )
 
 
 def load_checkpoints(run_id: str, using: str = "default") -> dict[str, StoredStep]:

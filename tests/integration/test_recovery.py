@@ -12,6 +12,12 @@ from tests.testapp import tasks
 from tests.testapp.models import BodyRun, Ledger
 
 
+def durable_now():
+    from celery_durable import clock
+
+    return clock.now()
+
+
 def app():
     from celery import current_app
 
@@ -26,7 +32,7 @@ def test_stale_checkpoint_write__is_refused(db):
     # The lease is taken over (as after an expiry): generation moves on.
     Run.objects.filter(id=run.id).update(generation=first.generation + 1)
     with pytest.raises(_LeaseLost):
-        stale.save_output("add", "run", "3", 1, first.run.created_at, exists=False)
+        stale.save_output("add", "run", "3", 1, durable_now(), exists=False)
     assert Step.objects.filter(run_id=run.id).count() == 0
 
 
@@ -40,7 +46,7 @@ def test_expired_lease__is_reaped_and_resumed_without_rerunning_steps(durable):
     run = tasks.three_steps.delay(1)
     claim = runs.claim(run.id, "dead-worker", 30)
     writer = OrmCheckpointWriter(run.id, claim.generation)
-    writer.save_output("one", "run", "2", 1, claim.run.created_at, exists=False)  # step one done, then crash
+    writer.save_output("one", "run", "2", 1, durable_now(), exists=False)  # step one done, then crash
     durable.published.clear()
     assert tick(app()).recovered == 0  # lease still valid
     durable.clock.advance(31)
@@ -187,7 +193,7 @@ def test_atomic_step__of_a_stale_execution_writes_nothing(deliver):
     Run.objects.filter(id=run.id).update(generation=claim.generation + 1)  # taken over
     with pytest.raises(_LeaseLost), writer.atomic():
         Ledger.objects.create(run_id=run.id, amount=99)
-        writer.save_output("write", "run", "99", 1, claim.run.created_at, exists=False)
+        writer.save_output("write", "run", "99", 1, durable_now(), exists=False)
     assert Ledger.objects.filter(run_id=run.id).count() == 0
 
 
