@@ -139,9 +139,17 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description="run", ordering="id")
     def run_link(self, run: Run) -> str:
-        url = reverse(f"{self.admin_site.name}:celery_durable_run_change", args=[quote(run.pk)])
+        url = self._change_url_pattern().replace("__run_id__", quote(run.pk))
         shown = run.pk if len(run.pk) <= 16 else f"{run.pk[:13]}…"
         return format_html('<a href="{}" class="durable-run-id" title="{}">{}</a>', url, run.pk, shown)
+
+    def _change_url_pattern(self) -> str:
+        # One reverse() per admin instance instead of one per listed row.
+        pattern: str | None = getattr(self, "_change_url", None)
+        if pattern is None:
+            pattern = reverse(f"{self.admin_site.name}:celery_durable_run_change", args=["__run_id__"])
+            self._change_url = pattern
+        return pattern
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, run: Run) -> str:
