@@ -36,11 +36,13 @@ class Command(BaseCommand):
             from datetime import timedelta
 
             age = timedelta(days=get_settings().RETENTION_DAYS)
+        seconds = age.total_seconds()
+        shown = f"{seconds / 86400:g} day(s)" if seconds % 86400 == 0 else f"{seconds / 3600:g} hour(s)"
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
         if options["dry_run"]:
             count = control.prune(age, dry_run=True)
-            self.stdout.write(f"would delete {count} finished run(s) older than {age}")
+            self.stdout.write(f"would delete {count} finished run(s) older than {shown}")
             return
 
         def progress(deleted: int) -> None:
@@ -48,4 +50,4 @@ class Command(BaseCommand):
                 self.stdout.write(f"deleted {deleted} so far")
 
         count = control.prune(age, batch=options["batch_size"], progress=progress)
-        self.stdout.write(f"deleted {count} finished run(s) older than {age}")
+        self.stdout.write(f"deleted {count} finished run(s) older than {shown}")
