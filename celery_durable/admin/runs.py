@@ -178,7 +178,11 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return self._bulk(request, queryset, "replay_from_start")
 
     BULK_VERBS = {
-        "cancel": ("cancel", "cancelled", "Only unfinished runs can be cancelled."),
+        "cancel": (
+            "cancel",
+            "cancelled (a running run stops at its next step boundary)",
+            "Only unfinished runs can be cancelled.",
+        ),
         "replay": ("replay from the failed step", "replayed", "Only failed or cancelled runs can be replayed."),
         "replay_from_start": (
             "replay from the start",

@@ -411,7 +411,7 @@ def test_bulk_cancel__cancels_unfinished_and_skips_finished(admin_client, durabl
         follow=True,
     )
     body = response.content.decode()
-    assert "2 run(s) cancelled." in body and "Skipped 1 run(s): 1 completed." in body
+    assert "2 run(s) cancelled" in body and "Skipped 1 run(s): 1 completed." in body
     assert {Run.objects.get(id=i).status for i in queued} == {RunStatus.CANCELLED}
 
 
@@ -447,3 +447,26 @@ def test_dashboard__shows_counts_chart_backlog_and_due_sleepers(admin_client, dj
     assert "t.a" in table and "t.b" in table
     assert 'class="durable-bar-failed"' in body
     assert "celery_durable/admin.css" in body and "https://" not in body.split("<body", 1)[1].split("</svg>")[0]
+
+
+# --- counts on PostgreSQL ------------------------------------------------------------------------
+
+
+def test_changelist__estimates_large_counts_on_postgresql(admin_client, monkeypatch):
+    from django.db import connection
+
+    from celery_durable.admin import changelist
+
+    if connection.vendor != "postgresql":
+        pytest.skip("estimated counts are a PostgreSQL feature; other databases count exactly")
+    make_runs(12, steps=0, task="t.many")
+    make_runs(3, steps=0, task="t.few")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE celery_durable_run")
+    monkeypatch.setattr(changelist, "EXACT_COUNT_LIMIT", 5)
+    body = admin_client.get(reverse(CHANGELIST)).content.decode()
+    assert "about</span> 15 runs" in body  # pg_class.reltuples after ANALYZE
+    body = admin_client.get(reverse(CHANGELIST), {"task": "t.many"}).content.decode()
+    assert "about</span>" in body  # more than the exact limit: the planner's estimate
+    body = admin_client.get(reverse(CHANGELIST), {"task": "t.few"}).content.decode()
+    assert "about" not in body and "3 runs" in body  # under the limit: exact
