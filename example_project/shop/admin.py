@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Charge, Order, Product, Shipment, StepExecution, StockReservation
+from .models import Account, Charge, Invoice, Order, Product, Shipment, StepExecution, StockReservation, Video
 
 
 @admin.register(Product)
@@ -27,3 +27,21 @@ admin.site.register(Shipment)
 class StepExecutionAdmin(admin.ModelAdmin):
     list_display = ("run_id", "step", "pid", "created_at")
     search_fields = ("=run_id",)
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(admin.ModelAdmin):
+    list_display = ("number", "email", "amount", "currency", "due_at", "status", "charge_id", "paid_at")
+    list_filter = ("status",)
+
+
+@admin.register(Account)
+class AccountAdmin(admin.ModelAdmin):
+    list_display = ("email", "status", "confirmed_at")
+    list_filter = ("status",)
+
+
+@admin.register(Video)
+class VideoAdmin(admin.ModelAdmin):
+    list_display = ("title", "duration_seconds", "status", "thumbnail_url")
+    list_filter = ("status",)

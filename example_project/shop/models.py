@@ -83,3 +83,60 @@ class StepExecution(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id}/{self.step} in pid {self.pid}"
+
+
+# --- suspension: a dunning flow, an onboarding flow and a video pipeline ----------------
+
+
+class Invoice(models.Model):
+    """A subscription invoice, charged on its billing date by the ``collect_invoice`` flow."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        PAID = "paid"
+        UNCOLLECTIBLE = "uncollectible"
+
+    number = models.CharField(max_length=32, unique=True)
+    email = models.EmailField()
+    amount = models.DecimalField(max_digits=10, decimal_places=2)
+    currency = models.CharField(max_length=3, default="EUR")
+    due_at = models.DateTimeField(help_text="the billing date: the card is charged then, not before")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    charge_id = models.CharField(max_length=64, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"invoice {self.number} ({self.status})"
+
+
+class Account(models.Model):
+    """A sign-up that the ``onboard_user`` flow activates once the e-mail address is confirmed."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        ACTIVE = "active"
+        EXPIRED = "expired"
+
+    email = models.EmailField(unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.email} ({self.status})"
+
+
+class Video(models.Model):
+    """An uploaded video that the ``publish_video`` pipeline transcodes and publishes."""
+
+    class Status(models.TextChoices):
+        UPLOADED = "uploaded"
+        PUBLISHED = "published"
+
+    title = models.CharField(max_length=200)
+    duration_seconds = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.UPLOADED)
+    renditions = models.JSONField(default=list, blank=True)
+    thumbnail_url = models.URLField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.status})"

@@ -3,24 +3,34 @@
 Each task body is a sequence of named steps. A step's result is checkpointed in the
 database when it returns; if the task is retried, its worker crashes or the code is
 redeployed, the run resumes after the last completed step instead of starting over.
+
+The second half shows runs that **suspend**: a dunning flow that sleeps until the billing
+date and between charge attempts (``step.sleep_until``, ``step.sleep``), an onboarding flow
+that waits for an event (``step.wait_for_event``), and a video pipeline that fans out to
+child runs and joins them (``step.gather``). A suspended run holds no worker and no broker
+message: its state is in the database until its time, event or children come.
 """
 
 import functools
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
+from celery import shared_task
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db.models import F
+from django.utils import timezone
 
-from celery_durable import NonRetriableError, durable_task, step
+from celery_durable import Event, NonRetriableError, durable_task, step
 
 from . import services
-from .models import Order, Product, Shipment, StepExecution, StockReservation
+from .models import Account, Invoice, Order, Product, Shipment, StepExecution, StockReservation, Video
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +39,17 @@ T = TypeVar("T")
 
 
 def audited(fn: Callable[P, T]) -> Callable[P, T]:
-    """Record each execution of a step body (``StepExecution``), for the demo's checks."""
+    """Record each execution of a step body (``StepExecution``), for the demo's checks.
+
+    The steps of this module are named after their functions, so inside the body
+    ``step.idempotency_key(fn.__name__)`` is ``"<run id>:<stored step id>"``, occurrence
+    suffix included (``charge_invoice#2`` in a loop).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        StepExecution.objects.create(run_id=step.run_id, step=fn.__name__, pid=os.getpid())
+        step_id = step.idempotency_key(fn.__name__).split(":", 1)[1]
+        StepExecution.objects.create(run_id=step.run_id, step=step_id, pid=os.getpid())
         return fn(*args, **kwargs)
 
     return wrapper
@@ -169,6 +185,218 @@ def fulfil_order(order_id: int, crash_once: bool = False) -> dict[str, Any]:
     parcel = step.run("pack_parcel", pack_parcel, order_id, crash_once)
     shipment = step.run("book_courier", book_courier, order_id, parcel, atomic=True)
     return {"order": order_id, "items": picked["quantity"], **shipment}
+
+
+# --- dunning: charge on the billing date, retry the charge over days, send the receipt ---
+
+
+@audited
+def load_invoice(invoice_id: int) -> dict[str, Any]:
+    invoice = Invoice.objects.get(pk=invoice_id)
+    return {
+        "number": invoice.number,
+        "amount": str(invoice.amount),
+        "currency": invoice.currency,
+        "due_at": invoice.due_at,
+    }
+
+
+@audited
+def charge_invoice(invoice_id: int, attempt: int, declines: int, idempotency_key: str) -> dict[str, str]:
+    invoice = Invoice.objects.get(pk=invoice_id)
+    charge = services.charge_saved_card(
+        invoice.amount, invoice.currency, idempotency_key=idempotency_key, funds_available=attempt > declines
+    )
+    if charge is None:
+        return {"status": "declined", "reason": "insufficient_funds"}
+    return {"status": "succeeded", "charge_id": charge.charge_id}
+
+
+@audited
+def mark_invoice_paid(invoice_id: int, charge_id: str) -> str:
+    Invoice.objects.filter(pk=invoice_id).update(
+        status=Invoice.Status.PAID, charge_id=charge_id, paid_at=timezone.now()
+    )
+    return Invoice.Status.PAID
+
+
+@audited
+def mark_invoice_uncollectible(invoice_id: int) -> str:
+    Invoice.objects.filter(pk=invoice_id).update(status=Invoice.Status.UNCOLLECTIBLE)
+    return Invoice.Status.UNCOLLECTIBLE
+
+
+@audited
+def send_invoice_receipt(invoice_id: int, charge_id: str) -> dict[str, str]:
+    invoice = Invoice.objects.get(pk=invoice_id)
+    subject = f"Receipt for invoice {invoice.number}"
+    body = f"We charged {invoice.amount} {invoice.currency} to your card ({charge_id}). Thank you!"
+    send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [invoice.email])
+    return {"to": invoice.email, "subject": subject}
+
+
+MAX_CHARGE_ATTEMPTS = 4
+
+
+@durable_task(name="shop.collect_invoice")
+def collect_invoice(
+    invoice_id: int, declines: int = 0, retry_every_seconds: float = timedelta(days=2).total_seconds()
+) -> dict[str, Any]:
+    """Charge an invoice on its billing date; if the card is declined, retry every two days.
+
+    The run sleeps in the database (status ``sleeping``) until the billing date and between
+    attempts: no worker, no broker message and no cron job holds it meanwhile. ``declines``
+    makes the fake bank decline the first attempts; the demo passes a retry interval of
+    seconds instead of days.
+    """
+    invoice = step.run("load_invoice", load_invoice, invoice_id)
+    step.sleep_until("billing-date", invoice["due_at"])
+    for attempt in range(1, MAX_CHARGE_ATTEMPTS + 1):
+        # One step per attempt ("charge_invoice", "charge_invoice#2", ...), each with its own
+        # idempotency key: a retried attempt never charges twice, a new attempt may charge.
+        charge = step.run(
+            "charge_invoice", charge_invoice, invoice_id, attempt, declines, step.idempotency_key("charge_invoice")
+        )
+        if charge["status"] == "succeeded":
+            step.run("mark_invoice_paid", mark_invoice_paid, invoice_id, charge["charge_id"], atomic=True)
+            step.run("send_invoice_receipt", send_invoice_receipt, invoice_id, charge["charge_id"])
+            # Exactly once per run, however often this run is replayed: starts notify_accounting.
+            step.send_event(
+                "announce-payment", "invoice.paid", {"invoice": invoice["number"], "amount": invoice["amount"]}
+            )
+            return {"invoice": invoice["number"], "status": "paid", "charge": charge["charge_id"], "attempts": attempt}
+        if attempt < MAX_CHARGE_ATTEMPTS:
+            step.sleep("retry-wait", retry_every_seconds)
+    step.run("mark_invoice_uncollectible", mark_invoice_uncollectible, invoice_id, atomic=True)
+    return {"invoice": invoice["number"], "status": "uncollectible", "attempts": MAX_CHARGE_ATTEMPTS}
+
+
+@audited
+def email_accounting(number: str, amount: str, received_at: datetime) -> dict[str, str]:
+    subject = f"Invoice {number} paid: {amount}"
+    body = f"Payment recorded at {received_at.isoformat()}."
+    send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, ["accounting@example.com"])
+    return {"to": "accounting@example.com", "subject": subject}
+
+
+@durable_task(name="shop.notify_accounting", on_event="invoice.paid")
+def notify_accounting(event: Event) -> dict[str, str]:
+    """Started by every ``invoice.paid`` event (``on_event``), with the event as argument."""
+    return step.run(
+        "email_accounting", email_accounting, event.data["invoice"], event.data["amount"], event.received_at
+    )
+
+
+# --- onboarding: wait (days) for the user to confirm the e-mail address ----------------
+
+
+@audited
+def send_confirmation_email(account_id: int) -> dict[str, str]:
+    account = Account.objects.get(pk=account_id)
+    subject = "Confirm your e-mail address"
+    body = f"Click https://shop.example.com/confirm/{account.pk}/ within three days."
+    send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [account.email])
+    return {"to": account.email, "subject": subject}
+
+
+@audited
+def activate_account(account_id: int, confirmed_at: datetime) -> str:
+    Account.objects.filter(pk=account_id).update(status=Account.Status.ACTIVE, confirmed_at=confirmed_at)
+    return Account.Status.ACTIVE
+
+
+@audited
+def send_welcome_email(account_id: int) -> dict[str, str]:
+    account = Account.objects.get(pk=account_id)
+    subject = "Welcome to the shop!"
+    send_mail(subject, "Your account is active.", settings.DEFAULT_FROM_EMAIL, [account.email])
+    return {"to": account.email, "subject": subject}
+
+
+@audited
+def expire_signup(account_id: int) -> str:
+    Account.objects.filter(pk=account_id).update(status=Account.Status.EXPIRED)
+    return Account.Status.EXPIRED
+
+
+@durable_task(name="shop.onboard_user")
+def onboard_user(account_id: int, confirm_within_seconds: float = timedelta(days=3).total_seconds()) -> dict[str, Any]:
+    """Send the confirmation e-mail, wait for ``user.confirmed`` (up to three days), activate.
+
+    While it waits the run is ``waiting``: it holds no worker. ``send_event("user.confirmed",
+    {"account_id": ...})`` from the web view that handles the link resumes it; an event
+    sent before the run reached the wait is not lost.
+    """
+    step.run("send_confirmation_email", send_confirmation_email, account_id)
+    event = step.wait_for_event(
+        "confirmation", "user.confirmed", match={"account_id": account_id}, timeout=confirm_within_seconds
+    )
+    if event is None:  # nobody clicked the link in time
+        status = step.run("expire_signup", expire_signup, account_id, atomic=True)
+        return {"account": account_id, "status": status}
+    step.run("activate_account", activate_account, account_id, event.received_at, atomic=True)
+    step.run("send_welcome_email", send_welcome_email, account_id)
+    return {"account": account_id, "status": "active", "event": event.id}
+
+
+# --- a video pipeline: fan out to transcoders (durable and plain tasks), fan in --------
+
+
+@audited
+def probe_video(video_id: int) -> dict[str, Any]:
+    video = Video.objects.get(pk=video_id)
+    return {"title": video.title, "duration_seconds": video.duration_seconds}
+
+
+@audited
+def encode(video_id: int, resolution: str, encoder_busy_once: bool) -> dict[str, Any]:
+    if encoder_busy_once and _first_time(f"{step.run_id}.encode"):
+        # A transient error: the step is retried (default_retry_delay=1 s) while the other
+        # children finish; the parent still gets the results in the order it asked for.
+        raise services.EncoderBusy(f"no free encoder for {resolution}")
+    time.sleep(0.1)  # encoding...
+    height = int(resolution.rstrip("p"))
+    return {"resolution": resolution, "url": services.cdn_url(video_id, f"{resolution}.mp4"), "kbps": height * 4}
+
+
+@durable_task(name="shop.transcode", retries=3, retry_backoff=False, default_retry_delay=1)
+def transcode(video_id: int, resolution: str, encoder_busy_once: bool = False) -> dict[str, Any]:
+    """A durable child of ``publish_video``: one rendition."""
+    return step.run("encode", encode, video_id, resolution, encoder_busy_once)
+
+
+@shared_task(name="shop.make_thumbnail")
+def make_thumbnail(video_id: int, at_second: int) -> dict[str, str]:
+    """A plain Celery task (not durable), gathered as a child all the same."""
+    return {"thumbnail": services.cdn_url(video_id, f"thumb-{at_second}s.jpg")}
+
+
+@audited
+def publish_renditions(video_id: int, renditions: list[dict[str, Any]], thumbnail: str) -> str:
+    Video.objects.filter(pk=video_id).update(
+        status=Video.Status.PUBLISHED, renditions=renditions, thumbnail_url=thumbnail
+    )
+    return Video.Status.PUBLISHED
+
+
+RESOLUTIONS = ("1080p", "720p", "480p")
+
+
+@durable_task(name="shop.publish_video")
+def publish_video(video_id: int, encoder_busy_once: bool = False) -> dict[str, Any]:
+    """Transcode a video in parallel (one child run per rendition, plus a thumbnail), then publish.
+
+    The parent is ``waiting`` while its children run; it resumes once, when the last one
+    finishes, and ``step.gather`` returns the results in the order of the signatures.
+    """
+    info = step.run("probe_video", probe_video, video_id)
+    children = [
+        transcode.s(video_id, resolution, encoder_busy_once=encoder_busy_once and resolution == RESOLUTIONS[0])
+        for resolution in RESOLUTIONS
+    ]
+    *renditions, thumbnail = step.gather("transcode", [*children, make_thumbnail.s(video_id, 5)])
+    step.run("publish_renditions", publish_renditions, video_id, renditions, thumbnail["thumbnail"], atomic=True)
+    return {"title": info["title"], "renditions": [r["resolution"] for r in renditions], **thumbnail}
 
 
 def _first_time(name: str) -> bool:

@@ -1,5 +1,6 @@
 """The zero-setup demo: ``manage.py durable_demo`` of example_project passes on SQLite and kombu's
-filesystem transport, with real worker subprocesses, one of them SIGKILLed mid-run.
+filesystem transport, with real worker subprocesses, one of them SIGKILLed mid-run, and runs
+that suspend (a durable sleep, a wait resumed by an event, a gather of child runs).
 
 It runs the same commands as ``scripts/demo.sh`` (minus the venv set-up), with the example
 project's SQLite database, broker folders and logs in a temporary directory. No Redis,
@@ -82,6 +83,16 @@ def test_durable_demo__resumes_the_crashed_run_and_passes(demo_env, tmp_path):
     assert str(tmp_path / "var" / "db.sqlite3") in output  # the temporary database, not the repo's
     assert re.search(r"worker demo-1 \(pid \d+\) died: exit code -9 \(SIGKILL\)", output), output
     assert re.search(r"run \S+ resumed and completed", output), output
+    # Runs that suspend: a durable sleep, an event-resumed wait, a gather.
+    assert re.search(r"run is sleeping until \S+ \(step 'billing-date'\): lease_owner=None", output), output
+    assert re.search(r"bob@example.com's run is waiting for 'user.confirmed'", output), output
+    assert re.search(r'send_event\("user.confirmed", .*\) from this command -> event \w+', output), output
+    assert re.search(r"collect_invoice INV-\S+ -> .*\"status\": \"paid\".*\"attempts\": 3", output), output
+    assert re.search(r"onboard_user bob@example.com -> .*\"status\": \"active\"", output), output
+    assert re.search(r"onboard_user carol@example.com -> .*\"status\": \"expired\"", output), output
+    assert "step.gather returned ['1080p', '720p', '480p', 'thumbnail'], the order asked" in output, output
+    assert "invoice.paid started notify_accounting (on_event)" in output, output
+    assert "sleeping and waiting runs hold no worker" in output, output
     assert "FAIL" not in output
     assert "demo passed" in output
     pids = [int(pid) for pid in re.findall(r"starting worker demo-\d: pid (\d+)", output)]

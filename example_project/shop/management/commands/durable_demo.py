@@ -9,8 +9,14 @@ SQLite and the filesystem transport, nothing to start):
    for their results through Celery's result backend;
 4. enqueues a fulfilment that SIGKILLs its own worker in the middle of a step, watches
    the worker die, starts a fresh one and waits for the run to resume and complete;
-5. prints every run's steps and checks, from the database, that no completed step ran
-   twice; stops the workers (always, also on errors and Ctrl-C).
+5. on that fresh single-process worker, runs that suspend: a dunning flow that sleeps
+   until the billing date and between declined charges (status ``sleeping``), onboarding
+   flows that wait for ``user.confirmed`` (status ``waiting``; one resumed by this
+   command's ``send_event``, one whose event came early, one that times out), and a video
+   pipeline that gathers durable and plain Celery children;
+6. prints every run's steps and checks, from the database, that no completed step ran
+   twice and that the suspended runs behaved; stops the workers (always, also on errors
+   and Ctrl-C).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -37,16 +43,38 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from celery_durable.models import Run, Step
+from celery_durable import send_event
+from celery_durable.models import Event, Run, Step
 from shop import tasks
-from shop.models import Charge, Order, Product, Shipment, StepExecution, StockReservation
+from shop.models import (
+    Account,
+    Charge,
+    Invoice,
+    Order,
+    Product,
+    Shipment,
+    StepExecution,
+    StockReservation,
+    Video,
+)
 
 POLL_SECONDS = 0.1
+FINISHED = ("completed", "failed", "cancelled", "skipped")
+# Events the demo sends (they are deleted with the demo's runs on the next reset).
+DEMO_EVENTS = ("user.confirmed", "invoice.paid")
+# Section 3 in seconds instead of days: the billing date comes 5 s after the invoice is
+# created, a declined card is retried every 2 s (2 days in shop.tasks), and one sign-up
+# expires after 3 s without a confirmation (3 days in shop.tasks).
+BILLING_IN = 5.0
+RETRY_EVERY = 2.0
+CONFIRM_WITHIN = 3.0
+# A woken run starts within about WAKER_INTERVAL (0.5 s here) plus the broker's polling.
+MAX_LATENESS = 2.0
 
 
 class Interrupted(BaseException):
@@ -220,7 +248,7 @@ class Command(BaseCommand):
             f"{_seconds_until(run.lease_expires_at):.1f}s and nobody renews it"
         )
         crashed_at = time.monotonic()
-        self.start_worker("demo-2")
+        second = self.start_worker("demo-2")
         self.say("  waiting for the reaper of demo-2 to requeue the run once its lease expires ...")
         self.watch_run(crash.id)
         value = self.get(crash, "fulfil_order")
@@ -230,10 +258,115 @@ class Command(BaseCommand):
             f"(executions={run.executions}, recoveries={run.recoveries}) -> {_preview(value, 80)}"
         )
 
-        self.section("3. runs and their steps (from the database)")
+        self.section("3. runs that suspend, all on worker demo-2 (one process: the solo pool)")
+        seen = self.suspension(second)
+
+        self.section("4. runs and their steps (from the database)")
         self.show_runs()
-        self.section("4. checks")
-        self.verify(crash.id, first.pid, alice, bob, mug, tee)
+        self.section("5. checks")
+        self.verify(crash.id, first.pid, alice, bob, mug, tee, seen)
+
+    # --- section 3: sleeps, events, child runs ---
+
+    def suspension(self, worker: Worker) -> Seen:
+        seen = Seen(worker_pid=worker.pid)
+
+        # A dunning flow: charge on the billing date, retry the declined card "days" later.
+        invoice = Invoice.objects.create(
+            number="INV-2026-0042",
+            email="erin@example.com",
+            amount=Decimal("49.00"),
+            due_at=timezone.now() + timedelta(seconds=BILLING_IN),
+        )
+        dunning = tasks.collect_invoice.delay(invoice.pk, declines=2, retry_every_seconds=RETRY_EVERY)
+        seen.dunning = dunning.id
+        self.say(
+            f"enqueued collect_invoice {invoice.number}: due in {BILLING_IN:g}s, the bank declines the card twice, "
+            f"retries every {RETRY_EVERY:g}s (2 days in production): run {dunning.id}"
+        )
+        run = self.wait_for_status(dunning.id, "sleeping")
+        seen.dunning_sleeping = run.lease_owner is None and run.wake_at is not None
+        seen.broker_backlog = _broker_backlog()
+        backlog = "" if seen.broker_backlog is None else f", {seen.broker_backlog} message(s) in the broker queue"
+        self.say(
+            f"  run is {run.status} until {_clock(run.wake_at)} (step {_pending_step(dunning.id)!r}): "
+            f"lease_owner={run.lease_owner}{backlog}; the worker is free for the runs below"
+        )
+
+        # Onboarding: three sign-ups wait for their user.confirmed event.
+        bob, carol, dave = (Account.objects.create(email=f"{name}@example.com") for name in ("bob", "carol", "dave"))
+        waiting = tasks.onboard_user.delay(bob.pk)
+        self.say(f"enqueued onboard_user {bob.email} (confirm within 3 days): run {waiting.id}")
+        expiring = tasks.onboard_user.delay(carol.pk, confirm_within_seconds=CONFIRM_WITHIN)
+        self.say(
+            f"enqueued onboard_user {carol.email} (confirm within {CONFIRM_WITHIN:g}s; she never will): "
+            f"run {expiring.id}"
+        )
+        with transaction.atomic():  # the run's message leaves at commit: the event is first
+            early = tasks.onboard_user.delay(dave.pk)
+            dave_event = send_event("user.confirmed", {"account_id": dave.pk})
+        self.say(
+            f"enqueued onboard_user {dave.email} and sent his user.confirmed in the same transaction, "
+            f"before his run even started: run {early.id}"
+        )
+        seen.onboarding = {"bob": waiting.id, "carol": expiring.id, "dave": early.id}
+        seen.accounts = {"bob": bob.pk, "carol": carol.pk, "dave": dave.pk}
+        run = self.wait_for_status(waiting.id, "waiting")
+        seen.bob_waiting = run.lease_owner is None and run.waiting_for == "user.confirmed"
+        self.say(
+            f"  {bob.email}'s run is {run.status} for {run.waiting_for!r} matching "
+            f'{{"account_id": {bob.pk}}} (timeout at {_clock(run.wake_at)}), lease_owner={run.lease_owner}'
+        )
+        bob_event = send_event("user.confirmed", {"account_id": bob.pk, "via": "email link"})
+        seen.events = {"bob": bob_event.id, "dave": dave_event.id}
+        self.say(
+            f'send_event("user.confirmed", {{"account_id": {bob.pk}, "via": "email link"}}) from this command '
+            f"-> event {bob_event.id}; run {waiting.id} is now {Run.objects.get(id=waiting.id).status}"
+        )
+        for label, result in ((bob.email, waiting), (dave.email, early)):
+            self.say(f"onboard_user {label} -> {_preview(self.get(result, f'onboard_user {label}'), 90)}")
+
+        # A video pipeline: gather three durable transcodes and a plain Celery thumbnail task.
+        video = Video.objects.create(title="Durable execution in five minutes", duration_seconds=300)
+        pipeline = tasks.publish_video.delay(video.pk, encoder_busy_once=True)
+        seen.pipeline = pipeline.id
+        self.say(f"enqueued publish_video #{video.pk} (the 1080p encoder is busy once): run {pipeline.id}")
+        run = self.wait_for_status(pipeline.id, "waiting")
+        children = Run.objects.filter(parent_id=pipeline.id).order_by("child_index")
+        seen.pipeline_waiting = run.lease_owner is None and run.waiting_for is None
+        self.say(
+            f"  run is {run.status} for its children ({run.children_pending} of {children.count()} unfinished): "
+            + ", ".join(f"{c.task_name}({_arguments(c)}) [{'durable' if c.durable else 'plain'}]" for c in children)
+        )
+        value = self.get(pipeline, "publish_video")
+        self.say(f"publish_video -> {_preview(value, 110)}")
+        done = [c for c in children.order_by("finished_at")]
+        seen.finish_order = [_child_label(c) for c in done]
+        self.say(f"  children finished in the order {seen.finish_order}; step.gather returned them in the order asked")
+
+        value = self.get(expiring, f"onboard_user {carol.email}")
+        self.say(f"onboard_user {carol.email} -> {_preview(value, 90)} (nobody confirmed: the wait timed out)")
+
+        self.say(f"watching collect_invoice {invoice.number} sleep and wake:")
+        self.watch_sleeps(dunning.id)
+        value = self.get(dunning, "collect_invoice")
+        self.say(f"collect_invoice {invoice.number} -> {_preview(value, 100)}")
+        for sid, wake_at, woke in _sleeps(dunning.id):
+            self.say(
+                f"  {sid:13} due {_clock(wake_at)}, woke {_clock(woke)} (+{(woke - wake_at).total_seconds():.2f}s)"
+            )
+
+        # Its step.send_event("invoice.paid") started the on_event task notify_accounting.
+        found: list[str] = []
+
+        def started() -> bool:
+            found.extend(Run.objects.filter(task_name="shop.notify_accounting").values_list("id", flat=True))
+            return bool(found)
+
+        self.poll_until("invoice.paid to start notify_accounting", started, 30)
+        value = self.get(current_app.AsyncResult(found[0]), "notify_accounting")
+        self.say(f"invoice.paid started notify_accounting (on_event): run {found[0]} -> {_preview(value, 90)}")
+        return seen
 
     def header(self) -> None:
         db = settings.DATABASES["default"]
@@ -256,7 +389,8 @@ class Command(BaseCommand):
         run_ids = list(Run.objects.filter(task_name__startswith="shop.").values_list("id", flat=True))
         TaskResult.objects.filter(task_id__in=run_ids).delete()
         Run.objects.filter(id__in=run_ids).delete()
-        for model in (StepExecution, Shipment, StockReservation, Charge, Order, Product):
+        Event.objects.filter(name__in=DEMO_EVENTS).delete()
+        for model in (StepExecution, Shipment, StockReservation, Charge, Order, Product, Invoice, Account, Video):
             model.objects.all().delete()
         purged = current_app.control.purge()
         for folder in (Path(settings.SHOP_CRASH_MARKER_DIR), Path(settings.EMAIL_FILE_PATH)):
@@ -332,34 +466,86 @@ class Command(BaseCommand):
 
         self.poll_until(f"run {run_id} to resume", finished, 45)
 
+    def wait_for_status(self, run_id: str, status: str) -> Run:
+        """Poll the run until it has ``status``; fail if it finishes first."""
+        found: list[Run] = []
+
+        def reached() -> bool:
+            run = Run.objects.get(id=run_id)
+            if run.status == status:
+                found.append(run)
+                return True
+            if run.status in FINISHED:
+                raise CommandError(f"run {run_id} is {run.status}; expected to see it {status}")
+            return False
+
+        self.poll_until(f"run {run_id} to be {status}", reached, 30)
+        return found[0]
+
+    def watch_sleeps(self, run_id: str) -> None:
+        """Print a sleeping run's transitions (status, and the sleep it is in) until it finishes."""
+        last: tuple[str, str | None] | None = None
+
+        def finished() -> bool:
+            nonlocal last
+            run = Run.objects.only("status", "wake_at", "executions").get(id=run_id)
+            pending = _pending_step(run_id) if run.status == "sleeping" else None
+            if (run.status, pending) != last:
+                last = (run.status, pending)
+                until = f" until {_clock(run.wake_at)} (step {pending!r})" if pending else ""
+                if run.status == "queued":
+                    until = " (due within WAKER_INTERVAL: the waker published it with a short countdown)"
+                self.say(f"  run is {run.status}{until}, executions={run.executions}")
+            return run.status in FINISHED
+
+        self.poll_until(f"run {run_id} to finish", finished, 45)
+
     # --- report ---
 
     def show_runs(self) -> None:
         executions: dict[tuple[str, str], list[int]] = defaultdict(list)
         for run_id, name, pid in StepExecution.objects.order_by("id").values_list("run_id", "step", "pid"):
             executions[(run_id, name)].append(pid)
-        for run in Run.objects.filter(task_name__startswith="shop.").order_by("created_at"):
+        runs = Run.objects.filter(task_name__startswith="shop.", parent__isnull=True).order_by("created_at")
+        for run in runs:
             duration = (run.finished_at - run.created_at).total_seconds() if run.finished_at else 0.0
-            arguments = ", ".join(
-                [json.dumps(a) for a in run.args_value] + [f"{k}={json.dumps(v)}" for k, v in run.kwargs_value.items()]
-            )
             self.stdout.write("")
+            arguments = _arguments(run)
+            arguments = arguments if len(arguments) <= 80 else arguments[:79] + "…"
             self.stdout.write(self.style.HTTP_INFO(f"{run.task_name}({arguments})"))
             self.stdout.write(
                 f"  run {run.id}  {run.status}  executions={run.executions}  "
                 f"recoveries={run.recoveries}  {duration:.2f}s"
             )
-            rows = [("step", "status", "attempts", "body ran", "in pid", "output")]
+            rows = [("step", "kind", "status", "attempts", "body ran", "in pid", "output")]
             for item in Step.objects.filter(run_id=run.id).order_by("id"):
                 pids = executions.get((run.id, item.step_id), [])
                 rows.append((
-                    item.step_id, item.status, str(item.attempts), f"{len(pids)}x",
+                    item.step_id, item.kind, item.status, str(item.attempts),
+                    f"{len(pids)}x" if item.kind == "run" else "-",
                     ",".join(str(p) for p in dict.fromkeys(pids)), _preview(item.output_value, 60),
                 ))  # fmt: skip
             for line in _table(rows):
                 self.stdout.write(f"  {line}")
+            children = list(Run.objects.filter(parent_id=run.id).order_by("parent_step", "child_index"))
+            if children:
+                self.stdout.write(f"  child runs of step {children[0].parent_step!r}:")
+                rows = [("#", "task", "kind", "status", "executions", "finished", "steps", "result")]
+                for child in children:
+                    steps = Step.objects.filter(run_id=child.id).order_by("id")
+                    finished = (child.finished_at - run.created_at).total_seconds() if child.finished_at else 0.0
+                    rows.append((
+                        str(child.child_index), child.task_name, "durable" if child.durable else "plain",
+                        child.status, str(child.executions), f"+{finished:.2f}s",
+                        ", ".join(f"{s.step_id} x{s.attempts}" for s in steps) or "-",
+                        _preview(child.result_value, 50),
+                    ))  # fmt: skip
+                for line in _table(rows):
+                    self.stdout.write(f"    {line}")
 
-    def verify(self, crash_id: str, killed_pid: int, alice: Order, bob: Order, mug: Product, tee: Product) -> None:
+    def verify(
+        self, crash_id: str, killed_pid: int, alice: Order, bob: Order, mug: Product, tee: Product, seen: Seen
+    ) -> None:
         failures = 0
 
         def check(ok: bool, message: str) -> None:
@@ -369,7 +555,7 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(line) if ok else self.style.ERROR(line))
 
         runs = list(Run.objects.filter(task_name__startswith="shop."))
-        check(all(r.status == "completed" for r in runs), f"all {len(runs)} runs completed")
+        check(all(r.status == "completed" for r in runs), f"all {len(runs)} runs completed (child runs included)")
 
         crash = Run.objects.get(id=crash_id)
         body = Counter(StepExecution.objects.filter(run_id=crash_id).values_list("step", flat=True))
@@ -389,15 +575,14 @@ class Command(BaseCommand):
         # Every completed step body ran exactly as often as its recorded attempts (the one
         # interrupted by the crash ran once more: its first execution never finished).
         counts = Counter(StepExecution.objects.values_list("run_id", "step"))
+        completed = Step.objects.filter(status="completed", kind="run").values_list("run_id", "step_id", "attempts")
         mismatched = [
             f"{run_id}/{step_id}: ran {counts[(run_id, step_id)]}x, {attempts} attempt(s)"
-            for run_id, step_id, attempts in Step.objects.filter(status="completed").values_list(
-                "run_id", "step_id", "attempts"
-            )
+            for run_id, step_id, attempts in completed
             if counts[(run_id, step_id)] != attempts + ((run_id, step_id) == (crash_id, "pack_parcel"))
         ]
         check(not mismatched, "no completed step ran more often than its attempts: "
-              + ("; ".join(mismatched) or f"{Step.objects.count()} steps checked"))  # fmt: skip
+              + ("; ".join(mismatched) or f"{len(completed)} steps checked"))  # fmt: skip
 
         flaky = Step.objects.get(run__task_name="shop.sync_supplier_price", step_id="fetch_price")
         loads = StepExecution.objects.filter(step="load_product").count()
@@ -411,20 +596,136 @@ class Command(BaseCommand):
             mug.stock == 8 and tee.stock == 4 and StockReservation.objects.count() == 2,
             f"stock taken exactly once per order (atomic step): MUG-01 10 -> {mug.stock}, TEE-01 5 -> {tee.stock}",
         )
-        charges = {c.charge_id: c for c in Charge.objects.all()}
+        order_charges = {c.charge_id: c for c in Charge.objects.exclude(idempotency_key__startswith=seen.dunning)}
         check(
-            len(charges) == 2 and {alice.charge_id, bob.charge_id} == set(charges),
+            len(order_charges) == 2 and {alice.charge_id, bob.charge_id} == set(order_charges),
             f"one card charge per order, keyed by step.idempotency_key: "
-            f"{', '.join(f'{i} {c.amount} {c.currency}' for i, c in charges.items())}",
+            f"{', '.join(f'{i} {c.amount} {c.currency}' for i, c in order_charges.items())}",
         )
-        mails = sorted(Path(settings.EMAIL_FILE_PATH).glob("*.log"))
-        check(len(mails) == 2, f"{len(mails)} receipts e-mailed (files in {settings.EMAIL_FILE_PATH})")
         check(
             alice.status == "shipped" and bob.status == "paid",
             f"order #{alice.pk} is {alice.status} ({alice.tracking_number}), order #{bob.pk} is {bob.status}",
         )
+        self.verify_suspension(seen, check)
+        mails = Counter(_mail_subjects(Path(settings.EMAIL_FILE_PATH)))
+        expected = {
+            f"Your receipt for order #{alice.pk}": 1,
+            f"Your receipt for order #{bob.pk}": 1,
+            "Confirm your e-mail address": 3,
+            "Welcome to the shop!": 2,
+            "Receipt for invoice INV-2026-0042": 1,
+            "Invoice INV-2026-0042 paid: 49.00": 1,
+        }
+        check(
+            mails == expected,
+            f"{sum(mails.values())} e-mails sent, each once: 2 order receipts, 3 confirmation requests, "
+            f"2 welcomes, 1 invoice receipt, 1 note to accounting (files in {settings.EMAIL_FILE_PATH})",
+        )
+        if mails != expected:
+            self.stdout.write(f"        sent: {dict(mails)}")
         if failures:
             raise CommandError(f"{failures} check(s) failed")
+
+    def verify_suspension(self, seen: Seen, check: Callable[[bool, str], None]) -> None:
+        # The dunning flow: durable sleeps.
+        dunning = Run.objects.get(id=seen.dunning)
+        sleeps = _sleeps(seen.dunning)
+        late = [(woke - wake_at).total_seconds() for _, wake_at, woke in sleeps]
+        waker_interval = settings.CELERY_DURABLE["WAKER_INTERVAL"]
+        check(
+            seen.dunning_sleeping and seen.broker_backlog in (0, None),
+            "the dunning run slept in the database: status sleeping, no lease"
+            + ("" if seen.broker_backlog is None else ", no message in the broker"),
+        )
+        check(
+            len(late) == 3 and all(0 <= s < MAX_LATENESS for s in late),
+            f"it woke {len(late)} times, never early and at most {MAX_LATENESS:g}s late: "
+            f"{', '.join(f'+{s:.2f}s' for s in late)} (WAKER_INTERVAL={waker_interval})",
+        )
+        attempts = list(
+            Step.objects.filter(run_id=seen.dunning, step_id__startswith="charge_invoice")
+            .order_by("id")
+            .values_list("step_id", "output")
+        )
+        outcomes = [json.loads(output)["status"] for _, output in attempts]
+        invoice = Invoice.objects.get()
+        charges = Charge.objects.filter(idempotency_key__startswith=seen.dunning)
+        check(
+            outcomes == ["declined", "declined", "succeeded"]
+            and charges.count() == 1
+            and invoice.status == "paid"
+            and invoice.charge_id == charges[0].charge_id,
+            f"charge attempts {[sid for sid, _ in attempts]}: {outcomes}; one charge "
+            f"({invoice.charge_id}), invoice {invoice.status}",
+        )
+        paid = list(Event.objects.filter(name="invoice.paid"))
+        accounting = list(Run.objects.filter(task_name="shop.notify_accounting"))
+        statuses = ", ".join(r.status for r in accounting) or "-"
+        check(
+            len(paid) == 1
+            and paid[0].event_id == f"{seen.dunning}:announce-payment"
+            and len(accounting) == 1
+            and accounting[0].status == "completed",
+            f"step.send_event sent invoice.paid once ({len(paid)} event), and its on_event task "
+            f"notify_accounting ran once ({len(accounting)} run, {statuses})",
+        )
+        check(
+            dunning.executions == 4, f"each sleep ended the execution: 1 + 3 wake-ups = {dunning.executions} executions"
+        )
+
+        # Onboarding: waits for events.
+        accounts = {name: Account.objects.get(pk=pk) for name, pk in seen.accounts.items()}
+        results = {name: Run.objects.get(id=run_id).result_value for name, run_id in seen.onboarding.items()}
+        check(
+            seen.bob_waiting and accounts["bob"].status == "active" and results["bob"]["event"] == seen.events["bob"],
+            f"{accounts['bob'].email}: waiting with no lease until this command's send_event resumed it: "
+            f"{accounts['bob'].status}",
+        )
+        check(
+            accounts["dave"].status == "active" and results["dave"]["event"] == seen.events["dave"],
+            f"{accounts['dave'].email}: his event, sent before his run reached the wait, was not lost: "
+            f"{accounts['dave'].status}",
+        )
+        carol = Run.objects.get(id=seen.onboarding["carol"])
+        wait = Step.objects.get(run_id=carol.id, step_id="confirmation")
+        waited = (wait.finished_at - wait.started_at).total_seconds()
+        check(
+            accounts["carol"].status == "expired" and wait.finished_at >= wait.output_value["timeout_at"],
+            f"{accounts['carol'].email}: no matching event, the wait timed out after {waited:.2f}s "
+            f"(asked {CONFIRM_WITHIN:g}s): {accounts['carol'].status}",
+        )
+
+        # The video pipeline: child runs.
+        pipeline = Run.objects.get(id=seen.pipeline)
+        children = list(Run.objects.filter(parent_id=seen.pipeline).order_by("child_index"))
+        kinds = Counter("durable" if c.durable else "plain" for c in children)
+        check(
+            seen.pipeline_waiting and pipeline.executions == 2,
+            f"publish_video waited for {len(children)} children ({kinds['durable']} durable, {kinds['plain']} "
+            f"plain Celery) without a lease and resumed once (executions={pipeline.executions})",
+        )
+        gathered = Step.objects.get(run_id=seen.pipeline, step_id="transcode").output_value["results"]
+        asked = [_child_label(c) for c in children]
+        returned = [r.get("resolution", "thumbnail") for r in gathered]
+        check(
+            returned == asked and seen.finish_order != asked,
+            f"step.gather returned {returned}, the order asked, though they finished as {seen.finish_order}",
+        )
+        video = Video.objects.get()
+        check(
+            video.status == "published" and [r["resolution"] for r in video.renditions] == list(tasks.RESOLUTIONS),
+            f"video {video.status} with {len(video.renditions)} renditions and {video.thumbnail_url}",
+        )
+
+        # One single-process worker ran every run of section 3, the suspended ones included.
+        section = [seen.dunning, seen.pipeline, *seen.onboarding.values(), *(c.id for c in children)]
+        section += [r.id for r in Run.objects.filter(task_name="shop.notify_accounting")]
+        pids = set(StepExecution.objects.filter(run_id__in=section).values_list("pid", flat=True))
+        check(
+            pids == {seen.worker_pid},
+            f"{len(section)} runs of section 3 shared one single-process worker (pid {seen.worker_pid}): "
+            f"sleeping and waiting runs hold no worker",
+        )
 
     def show_worker_logs(self) -> None:
         for worker in self.workers.started:
@@ -438,6 +739,69 @@ class Command(BaseCommand):
     def section(self, title: str) -> None:
         self.stdout.write("")
         self.stdout.write(self.style.MIGRATE_HEADING(title))
+
+
+@dataclass
+class Seen:
+    """What section 3 observed while its runs were suspended (checked in section 5)."""
+
+    worker_pid: int
+    dunning: str = ""
+    dunning_sleeping: bool = False
+    broker_backlog: int | None = None
+    onboarding: dict[str, str] = field(default_factory=dict)
+    accounts: dict[str, int] = field(default_factory=dict)
+    events: dict[str, str] = field(default_factory=dict)
+    bob_waiting: bool = False
+    pipeline: str = ""
+    pipeline_waiting: bool = False
+    finish_order: list[str] = field(default_factory=list)
+
+
+def _arguments(run: Run) -> str:
+    return ", ".join(
+        [json.dumps(a, default=str) for a in run.args_value]
+        + [f"{k}={json.dumps(v, default=str)}" for k, v in run.kwargs_value.items()]
+    )
+
+
+def _child_label(child: Run) -> str:
+    return str(child.args_value[1]) if child.task_name == "shop.transcode" else "thumbnail"
+
+
+def _pending_step(run_id: str) -> str | None:
+    return Step.objects.filter(run_id=run_id, status="pending").values_list("step_id", flat=True).first()
+
+
+def _sleeps(run_id: str) -> list[tuple[str, datetime, datetime]]:
+    """A run's completed sleeps: (step id, when it was due, when the resumed run passed it)."""
+    steps = Step.objects.filter(run_id=run_id, kind="sleep", status="completed").order_by("id")
+    return [(s.step_id, s.output_value["wake_at"], s.finished_at) for s in steps]
+
+
+def _clock(when: datetime | None) -> str:
+    """``when`` as a time of day, with the date too when it is not today."""
+    if when is None:
+        return "-"
+    local = timezone.localtime(when)
+    today = local.date() == timezone.localdate()
+    return local.strftime("%H:%M:%S.%f")[:-3] if today else local.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _broker_backlog() -> int | None:
+    """Messages waiting in the filesystem transport's queue folder (``None`` for other brokers)."""
+    conf = current_app.conf
+    if not conf.broker_url.startswith("filesystem://"):
+        return None
+    return sum(1 for _ in Path(conf.broker_transport_options["data_folder_in"]).glob("*.msg"))
+
+
+def _mail_subjects(folder: Path) -> Iterator[str]:
+    """The subject of every e-mail the file-based backend wrote."""
+    for path in sorted(folder.glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("Subject: "):
+                yield line.removeprefix("Subject: ")
 
 
 def _preview(value: Any, width: int) -> str:
