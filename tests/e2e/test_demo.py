@@ -84,7 +84,7 @@ def test_durable_demo__resumes_the_crashed_run_and_passes(demo_env, tmp_path):
     assert re.search(r"worker demo-1 \(pid \d+\) died: exit code -9 \(SIGKILL\)", output), output
     assert re.search(r"run \S+ resumed and completed", output), output
     # Runs that suspend: a durable sleep, an event-resumed wait, a gather.
-    assert re.search(r"run is sleeping until \S+ \(step 'billing-date'\): lease_owner=None", output), output
+    assert re.search(r"run is sleeping until .+? \(step 'billing-date'\): lease_owner=None", output), output
     assert re.search(r"bob@example.com's run is waiting for 'user.confirmed'", output), output
     assert re.search(r'send_event\("user.confirmed", .*\) from this command -> event \w+', output), output
     assert re.search(r"collect_invoice INV-\S+ -> .*\"status\": \"paid\".*\"attempts\": 3", output), output
