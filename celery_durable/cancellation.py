@@ -107,11 +107,34 @@ def stop_at_boundary(run_id: str, generation: int, using: str = "default") -> Ca
     return outcome
 
 
+def stop_abandoned(run_ids: list[str], using: str = "default") -> Cancellation:
+    """Runs asked to stop whose worker died before it could: cancel them (inside the reaper's transaction)."""
+    outcome = Cancellation()
+    now = clock.now()
+    for run_id in run_ids:
+        row = (
+            Run.objects.using(using)
+            .filter(id=run_id, status=RunStatus.RUNNING)
+            .values("parent_id", "cancel_reason")
+            .first()
+        )
+        if row is None:
+            continue
+        reason = row["cancel_reason"] or "cancelled"
+        Run.objects.using(using).filter(id=run_id, status=RunStatus.RUNNING).update(
+            status=RunStatus.CANCELLED, error=_error(reason), finished_at=now, lease_owner=None, lease_expires_at=None
+        )
+        outcome.cancelled.append(run_id)
+        _after_cancel(run_id, row["parent_id"], reason, outcome, using)
+    return outcome
+
+
 def take_timed_out(limit: int, using: str = "default") -> Cancellation:
     """Cancel runs past their ``Timeouts``: not started by ``start_by`` or not finished by ``finish_by``."""
     now = clock.now()
     outcome = Cancellation()
-    unfinished = Run.objects.using(using).exclude(status__in=FINISHED_STATUSES)
+    # A running run already asked to stop is not asked again every tick.
+    unfinished = Run.objects.using(using).exclude(status__in=FINISHED_STATUSES).filter(cancel_requested_at__isnull=True)
     late_finish = unfinished.filter(finish_by__lt=now).values_list("id", flat=True)[:limit]
     late_start = unfinished.filter(start_by__lt=now, started_at__isnull=True).values_list("id", flat=True)[:limit]
     for run_id, why in [*((r, "finish") for r in late_finish), *((r, "start") for r in late_start)]:

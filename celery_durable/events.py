@@ -44,8 +44,9 @@ def send_event(name: str, data: dict[str, Any] | None = None, *, id: str | None 
         event = _as_event(row)
         if not created:
             return event
+        _import_task_modules()
         nudges = _start_triggered(event)
-        nudges += _resume_waiting(event)
+        nudges += _resume_waiting(event, row.pk)
         cancellation = _cancel_matching(event)
         nudges += cancellation.nudges
         publish_on_commit(current_app, nudges)
@@ -80,11 +81,11 @@ def find_event(
     created_at = Run.objects.using(using).values_list("created_at", flat=True).get(id=run_id)
     rows = EventRow.objects.using(using).filter(name=name, received_at__gte=created_at).order_by("received_at", "id")
     for row in rows.iterator(chunk_size=200):
-        if row.event_id in exclude:
+        if f"row:{row.pk}" in exclude:
             continue
         event = _as_event(row)
         if matches(event.data, match):
-            return event.to_json()
+            return {**event.to_json(), "_row": row.pk}
     return None
 
 
@@ -100,7 +101,20 @@ def _start_triggered(event: Event) -> list[Any]:
     return nudges
 
 
-def _resume_waiting(event: Event) -> list[Any]:
+_imported = False
+
+
+def _import_task_modules() -> None:
+    """Make every task known here (a web process has not autodiscovered them yet)."""
+    global _imported
+    if not _imported:
+        from celery import current_app
+
+        current_app.loader.import_default_modules()
+        _imported = True
+
+
+def _resume_waiting(event: Event, row_pk: int) -> list[Any]:
     from .suspend import resolve_wait
 
     nudges = []
@@ -110,7 +124,7 @@ def _resume_waiting(event: Event) -> list[Any]:
             state = serialization.loads(step.output or "{}")
             if state.get("name") != event.name or not matches(event.data, state.get("match")):
                 continue
-            nudge = resolve_wait(run_id, step.step_id, event.to_json())
+            nudge = resolve_wait(run_id, step.step_id, {**event.to_json(), "_row": row_pk})
             if nudge is not None:
                 nudges.append(nudge)
     return nudges

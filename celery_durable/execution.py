@@ -280,14 +280,15 @@ def _event_arrived_meanwhile(run: _Run, step_id: str) -> list[runs.Nudge]:
         return []
     state = serialization.loads(step["output"] or "{}")
     from .events import find_event
+    from .runtime.events import consumption_key
 
-    used = {
-        (serialization.loads(out or "{}").get("event") or {}).get("id")
-        for out in Step.objects.using(run.using)
-        .filter(run_id=run.run_id, kind="wait", status="completed")
-        .values_list("output", flat=True)
-    }
-    found = find_event(run.run_id, state["name"], state.get("match"), {u for u in used if u}, run.using)
+    outputs = Step.objects.using(run.using).filter(run_id=run.run_id, kind="wait", status="completed")
+    used = set()
+    for out in outputs.values_list("output", flat=True):
+        event = serialization.loads(out or "{}").get("event")
+        if event:
+            used.add(consumption_key(event))
+    found = find_event(run.run_id, state["name"], state.get("match"), used, run.using)
     if found is None:
         return []
     nudge = transitions.resolve_wait(run.run_id, step_id, found, run.using)

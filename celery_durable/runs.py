@@ -276,12 +276,16 @@ def retry_step(
     wake_at = now + timedelta(seconds=delay)
     short = delay <= publish_within
     with transaction.atomic(using=using):
-        queued = _held(run_id, generation, using).update(
-            status=RunStatus.QUEUED,
-            wake_at=None if short else wake_at,
-            published_at=now if short else None,
-            lease_owner=None,
-            lease_expires_at=None,
+        queued = (
+            _held(run_id, generation, using)
+            .filter(cancel_requested_at__isnull=True)
+            .update(
+                status=RunStatus.QUEUED,
+                wake_at=None if short else wake_at,
+                published_at=now if short else None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
         )
         if queued != 1:
             return False
@@ -385,11 +389,20 @@ def take_unpublished(republish_after: float, limit: int, using: str = "default")
         return _nudges(ids, using)
 
 
-def take_expired(max_recoveries: int, limit: int, using: str = "default") -> tuple[list[Nudge], list[str]]:
+@dataclass
+class Reaped:
+    """What the reaper did: runs to publish again, runs failed for good, runs cancelled."""
+
+    nudges: list[Nudge]
+    failed: list[str]
+    cancelled: list[str]
+
+
+def take_expired(max_recoveries: int, limit: int, using: str = "default") -> Reaped:
     """Reaper: requeue runs whose lease expired (their worker died).
 
-    Returns the nudges to publish and the ids of runs failed for having lost their worker
-    more than ``max_recoveries`` times (a task that kills its worker every time).
+    A run whose worker died more than ``max_recoveries`` times fails (a task that kills its
+    worker every time); one whose cancellation was requested is cancelled, not requeued.
     """
     now = clock.now()
     with transaction.atomic(using=using):
@@ -400,9 +413,16 @@ def take_expired(max_recoveries: int, limit: int, using: str = "default") -> tup
         )
         ids = _locked_ids(expired, limit, using)
         if not ids:
-            return [], []
+            return Reaped([], [], [])
         runs = Run.objects.using(using).filter(id__in=ids, status=RunStatus.RUNNING, lease_expires_at__lt=now)
+        from .cancellation import stop_abandoned
+
+        stopping = list(runs.filter(cancel_requested_at__isnull=False).values_list("id", flat=True))
+        stopped = stop_abandoned(stopping, using)
+        runs = runs.exclude(id__in=stopping)
+        ids = [run_id for run_id in ids if run_id not in stopping]
         doomed = list(runs.filter(recoveries__gte=max_recoveries).values_list("id", flat=True))
+        parents = list(runs.filter(id__in=doomed, parent_id__isnull=False).values_list("parent_id", flat=True))
         if doomed:
             error = serialization.dumps(
                 {
@@ -425,7 +445,11 @@ def take_expired(max_recoveries: int, limit: int, using: str = "default") -> tup
             lease_expires_at=None,
             published_at=now,
         )
-        return _nudges(requeue, using), doomed
+        from .suspend import child_finished
+
+        resumed = [child_finished(parent, using) for parent in parents]
+        nudges = _nudges(requeue, using) + [n for n in resumed if n is not None] + stopped.nudges
+        return Reaped(nudges, doomed, stopped.cancelled)
 
 
 def fail_unregistered(run_id: str, task_name: str, using: str = "default") -> bool:
@@ -475,6 +499,11 @@ def replay(run_id: str, from_step: str | None = None, using: str = "default") ->
                 raise StepNotFound(run_id, from_step)
             steps.filter(id__gte=anchor.id).delete()
         steps.filter(status=StepStatus.FAILED).delete()
+        # Suspensions in progress are re-entered afresh; children that did not complete run again.
+        steps.filter(status=StepStatus.PENDING).delete()
+        Run.objects.using(using).filter(parent_id=run_id).exclude(status=RunStatus.COMPLETED).exclude(
+            status__in=(RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING, RunStatus.PENDING)
+        ).delete()
         now = clock.now()
         changed = (
             Run.objects.using(using)
@@ -491,6 +520,8 @@ def replay(run_id: str, from_step: str | None = None, using: str = "default") ->
                 cancel_reason=None,
                 waiting_for=None,
                 children_pending=0,
+                start_by=None,
+                finish_by=None,
             )
         )
         if changed != 1:

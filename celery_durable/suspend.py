@@ -127,7 +127,14 @@ def children(
     now = clock.now()
     created = []
     with transaction.atomic(using=using):
-        if _suspend(run_id, generation, status=RunStatus.WAITING, wake_at=wake_at, children_pending=len(specs)) != 1:
+        # Children of an earlier attempt that completed already (a replay) are not waited for.
+        ids = [child_id(run_id, step_id, i) for i in range(len(specs))]
+        done = Run.objects.using(using).filter(id__in=ids, status=RunStatus.COMPLETED).count()
+        pending = len(specs) - done
+        fields: dict[str, Any] = {"status": RunStatus.WAITING, "wake_at": wake_at, "children_pending": pending}
+        if not pending:
+            fields = {"status": RunStatus.QUEUED, "wake_at": None, "children_pending": 0, "published_at": now}
+        if _suspend(run_id, generation, **fields) != 1:
             return None
         _pending_step(run_id, step_id, kind, output, False, now, using)
         for index, (spec, is_durable) in enumerate(zip(specs, durable, strict=True)):
@@ -155,6 +162,12 @@ def children(
             except IntegrityError:
                 continue  # created by an earlier attempt of this step
             created.append((cid, spec, is_durable))
+        if not pending:
+            from celery import current_app
+
+            from .integration.publish import publish
+
+            transaction.on_commit(lambda: publish(current_app, nudge_for(run_id, using)), using=using)
     return created
 
 

@@ -49,14 +49,28 @@ def tick(app: Celery, using: str = "default") -> TickReport:
     report.timed_out = len(timed_out.cancelled) + len(timed_out.requested)
     lost = runs.take_unpublished(settings.REPUBLISH_AFTER_SECONDS, batch, using)
     report.republished = publish_all(app, lost)
-    expired, doomed = runs.take_expired(settings.MAX_RECOVERIES, batch, using)
-    report.recovered = publish_all(app, expired)
-    for run_id in doomed:
-        from ..exceptions import WorkerLost
+    reaped = runs.take_expired(settings.MAX_RECOVERIES, batch, using)
+    report.recovered = publish_all(app, reaped.nudges)
+    from ..cancellation import Cancellation
+    from ..exceptions import WorkerLost
 
+    after_cancel(Cancellation(cancelled=reaped.cancelled))
+    for run_id in reaped.failed:
         app.backend.mark_as_failure(run_id, WorkerLost(run_id))
-    report.failed = len(doomed)
+        _on_failure(app, run_id)
+    report.failed = len(reaped.failed)
     return report
+
+
+def _on_failure(app: Celery, run_id: str) -> None:
+    """A run failed outside any execution (its worker kept dying): call its ``on_failure``."""
+    from ..models import Run
+    from .task import DurableTask
+
+    task_name = Run.objects.filter(id=run_id).values_list("task_name", flat=True).first()
+    task = app.tasks.get(task_name or "")
+    if isinstance(task, DurableTask):
+        task._call_on_failure(run_id)
 
 
 class ServiceThread(threading.Thread):

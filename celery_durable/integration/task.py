@@ -195,6 +195,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     def bound_arguments(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The run's arguments by parameter name, as the task body receives them."""
         bound = inspect.signature(self.run).bind_partial(*args, **kwargs)
+        bound.apply_defaults()
         return dict(bound.arguments)
 
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

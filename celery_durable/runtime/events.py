@@ -30,6 +30,14 @@ class Event:
         return cls(name=value["name"], data=value["data"], id=value["id"], received_at=value["received_at"])
 
 
+def consumption_key(event: dict[str, Any]) -> str:
+    """What identifies an event a wait consumed: its row, or (in memory) its id.
+
+    Ids may be reused after ``IDEMPOTENCY_WINDOW``; rows never are.
+    """
+    return f"row:{event['_row']}" if "_row" in event else f"id:{event['id']}"
+
+
 def lookup(data: Any, path: str) -> Any:
     """The value at a dotted ``path`` inside ``data``, or a sentinel when a part is missing."""
     value = data

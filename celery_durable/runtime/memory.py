@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..options import RetryPolicy
-from .events import Event, matches
+from .events import Event, consumption_key, matches
 from .steps import StepContext, StoredStep
 
 
@@ -43,7 +43,7 @@ class MemoryCheckpointWriter:
     def find_event(self, name: str, match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
         """The first recorded event with that name and matching data."""
         for event in self.events:
-            if event["name"] == name and event["id"] not in exclude and matches(event["data"], match):
+            if event["name"] == name and consumption_key(event) not in exclude and matches(event["data"], match):
                 return event
         return None
 

@@ -20,7 +20,7 @@ from ..exceptions import (
     _Suspend,
 )
 from ..options import Duration, to_seconds
-from .events import Event, validate_event_name, validate_match
+from .events import Event, consumption_key, validate_event_name, validate_match
 
 if TYPE_CHECKING:
     from .steps import CheckpointWriter, StoredStep
@@ -146,7 +146,7 @@ class SuspendingSteps:
             if stored.kind == "wait" and stored.status == "completed" and stored.output:
                 event = serialization.loads(stored.output).get("event")
                 if event:
-                    used.add(event["id"])
+                    used.add(consumption_key(event))
         return used
 
     def send_event(self, step_id: str, name: str, data: dict[str, Any]) -> Event:

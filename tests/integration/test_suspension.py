@@ -334,3 +334,49 @@ def test_no_eta_beyond_the_wakers_horizon__ever_reaches_the_broker(durable, sett
     assert durable.result(run.id) == "paid"
     assert len(etas) == 2  # the two wake-ups after two-day sleeps
     assert max(etas) <= 1.0, etas
+
+
+def test_reused_event_id_after_the_window__is_a_new_event_not_a_second_copy(durable):
+    run = flows.two_long_waits.delay()
+    send_event("tick", {"n": 1}, id="reused")
+    durable.run_until_idle(advance_clock=False)
+    durable.clock.advance(timedelta(hours=25))
+    send_event("tick", {"n": 2}, id="reused")
+    durable.run_until_idle(advance_clock=False)
+    assert durable.result(run.id) == [1, 2]
+
+
+def test_cancel_during_a_failing_step__is_not_retried(durable):
+    run = flows.cancelled_mid_step.delay()
+    durable.run_until_idle()
+    assert get_run(run.id).status == RunStatus.CANCELLED
+    assert bodies(run.id, "body") == 1
+
+
+def test_replay__of_a_run_cancelled_by_its_timeout(durable):
+    from celery_durable import replay
+
+    run = flows.deadline.delay()
+    durable.run_until_idle()
+    assert get_run(run.id).status == RunStatus.CANCELLED
+    replay(run.id)
+    durable.run_until_idle()
+    assert durable.result(run.id) == "late"
+
+
+def test_replay__of_a_parent_cancelled_while_waiting_for_children(durable):
+    from celery_durable import replay
+
+    run = flows.parent.delay(1)
+    durable.run_next()  # waits for its child
+    cancel(run.id)
+    replay(run.id)
+    durable.run_until_idle()
+    assert durable.result(run.id) == {"total": 2, "gathered": [1, 2, 3, 4]}
+
+
+def test_cancel_on__matches_a_parameter_left_at_its_default(durable):
+    run = flows.cancellable_default.delay()
+    durable.run_until_idle(advance_clock=False)
+    send_event("region.closed", {"region": "eu"})
+    assert get_run(run.id).status == RunStatus.CANCELLED

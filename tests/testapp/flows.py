@@ -127,3 +127,28 @@ def child_hold(i):
 @durable_task(name="f.gather_held")
 def gather_held(n):
     return step.gather("children", [child_hold.s(i) for i in range(n)])
+
+
+@durable_task(name="f.two_long_waits")
+def two_long_waits():
+    first = step.wait_for_event("first", "tick", timeout=timedelta(days=2))
+    second = step.wait_for_event("second", "tick", timeout=timedelta(days=2))
+    return [first.data["n"] if first else None, second.data["n"] if second else None]
+
+
+@durable_task(name="f.cancelled_mid_step", retries=3)
+def cancelled_mid_step():
+    from celery_durable import cancel
+
+    def body():
+        counted("body")
+        cancel(step.run_id, "changed my mind")
+        raise ConnectionError("and the step fails too")
+
+    return step.run("work", body)
+
+
+@durable_task(name="f.cancellable_default", cancel_on=[CancelOn(event="region.closed", match={"region": "region"})])
+def cancellable_default(region="eu"):
+    step.sleep("wait", timedelta(days=1))
+    return region
