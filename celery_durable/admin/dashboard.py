@@ -196,7 +196,7 @@ def context(hours: int = 24, due_within: timedelta = timedelta(hours=1)) -> dict
         "oldest_backlog": oldest,
         "oldest_backlog_age": None if oldest is None else now - oldest.created_at,
         "due_soon": due_soon,
-        "due_within": due_within,
+        "due_within_minutes": round(due_within.total_seconds() / 60),
         "waker_lateness": None if late is None else now - late,
         "bars": bars,
         "chart": {

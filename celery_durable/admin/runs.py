@@ -21,6 +21,7 @@ from django.db.models.functions import Length, Substr
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import dateformat, timezone
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
@@ -84,7 +85,7 @@ def decode_error(text: str | None) -> dict[str, Any] | None:
 class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Durable runs: monitoring, and cancel/replay actions behind their own permissions."""
 
-    list_display = ("run_link", "task_name", "status_badge", "priority", "created_at", "duration", "steps")
+    list_display = ("run_link", "task_name", "status_badge", "priority", "created", "duration", "steps")
     list_display_links = None
     list_filter = (TaskFilter, "status", CreatedFilter)
     search_fields = ("=id", "=task_name")
@@ -155,11 +156,15 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def status_badge(self, run: Run) -> str:
         return format_html('<span class="durable-status durable-status--{0}">{0}</span>', run.status)
 
+    @admin.display(description="created", ordering="created_at")
+    def created(self, run: Run) -> str:
+        return dateformat.format(timezone.localtime(run.created_at), "Y-m-d H:i:s")
+
     @admin.display(description="duration")
     def duration(self, run: Run) -> str:
         return human_duration(control.duration(run))
 
-    @admin.display(description="steps done / recorded")
+    @admin.display(description="steps")
     def steps(self, run: Run) -> str:
         return f"{getattr(run, 'steps_done', 0)} / {getattr(run, 'steps_total', 0)}"
 
