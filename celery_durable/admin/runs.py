@@ -255,7 +255,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST: cancel one run (``cancel_run`` permission)."""
-        if not self.has_cancel_permission(request):
+        if not (self.has_view_permission(request) and self.has_cancel_permission(request)):
             raise PermissionDenied
         run = self._run_or_404(request, object_id)
         try:
@@ -268,7 +268,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def replay_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST: replay one run from its failed step, a given step or the start (``replay_run``)."""
-        if not self.has_replay_permission(request):
+        if not (self.has_view_permission(request) and self.has_replay_permission(request)):
             raise PermissionDenied
         run = self._run_or_404(request, object_id)
         mode = request.POST.get("from", "failed")

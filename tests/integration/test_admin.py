@@ -342,11 +342,14 @@ def test_replay_permission_without_cancel(replayer_client, durable):
 
 
 def test_user_without_view_permission__gets_403(db, client):
-    client.force_login(staff("nobody"))
-    run = make_runs(1)[0]
+    client.force_login(staff("nobody", "replay_run", "cancel_run"))
+    run = make_runs(1, status=RunStatus.FAILED)[0]
     assert client.get(reverse(CHANGELIST)).status_code == 403
     assert client.get(run_url(run.id)).status_code == 403
     assert client.get(reverse("admin:celery_durable_run_dashboard")).status_code == 403
+    assert client.post(run_url(run.id, "replay"), {"from": "failed"}).status_code == 403
+    assert client.post(run_url(run.id, "cancel")).status_code == 403
+    assert Run.objects.get(id=run.id).status == RunStatus.FAILED
 
 
 # --- bulk actions ------------------------------------------------------------------------------
