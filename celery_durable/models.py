@@ -163,3 +163,21 @@ class Event(models.Model):
         """The decoded event data."""
         value: dict[str, Any] = serialization.loads(self.data)
         return value
+
+
+class FlowState(models.Model):
+    """Flow-control state per key.
+
+    The run holding an idempotency key, singleton or debounce, or the theoretical arrival
+    time of a rate limit or throttle.
+    """
+
+    name = models.CharField(max_length=255, unique=True)
+    run_id = models.CharField(max_length=255, null=True, blank=True)
+    tat = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    admitted = models.TextField(default="[]", help_text="JSON: a rate limit's admissions in its window")
+
+    def __str__(self) -> str:
+        return self.name

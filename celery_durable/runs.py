@@ -81,6 +81,23 @@ def create(
     return True
 
 
+def create_skipped(*, run_id: str, task_name: str, args: str, kwargs: str, options: str, reason: str) -> None:
+    """Record a run that flow control skipped at ``.delay()`` (status ``skipped``)."""
+    now = clock.now()
+    error = {"type": "RunSkipped", "module": "celery_durable.exceptions", "message": reason, "traceback": ""}
+    Run.objects.create(
+        id=run_id,
+        task_name=task_name,
+        status=RunStatus.SKIPPED,
+        args=args,
+        kwargs=kwargs,
+        options=options,
+        error=serialization.dumps(error, "error record"),
+        created_at=now,
+        finished_at=now,
+    )
+
+
 def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default") -> Claim | None:
     """Take the run's lease with one compare-and-set; ``None`` if it is not ours to run.
 

@@ -15,8 +15,8 @@ from celery.result import AsyncResult
 from celery.utils import uuid
 
 from .. import clock, serialization
-from ..exceptions import DurableConfigError, RetryAfter, RunCancelled, SerializationError, _StepFailed
-from ..options import CancelOn, RetryPolicy, Timeouts, to_seconds
+from ..exceptions import DurableConfigError, DurableError, RetryAfter, RunCancelled, SerializationError, _StepFailed
+from ..options import CancelOn, Debounce, RateLimit, RetryPolicy, Singleton, Throttle, Timeouts, to_seconds
 from ..runtime import context
 from ..runtime.events import Event, validate_event_name
 from ..runtime.steps import StepContext
@@ -25,7 +25,7 @@ from .publish import NUDGE_HEADER
 logger = logging.getLogger("celery_durable")
 
 # Options of SPEC §6 that later releases implement; declaring them now fails loudly.
-NOT_YET_SUPPORTED = ("concurrency", "throttle", "debounce", "idempotency_key", "singleton")
+NOT_YET_SUPPORTED = ("concurrency",)
 RETRY_OPTIONS = ("retries", "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay")
 # Publish options that are not stored with the run (they describe one publication).
 TRANSIENT_OPTIONS = ("producer", "connection", "countdown", "eta", "add_to_parent", "publisher")
@@ -40,9 +40,7 @@ def validate_options(task_name: str, attrs: dict[str, Any]) -> None:
     priority = attrs.get("priority")
     if priority is not None and not isinstance(priority, int):
         raise DurableConfigError(f"{task_name}: option 'priority' must be an int for now, got {priority!r}")
-    rate_limit = attrs.get("rate_limit")
-    if rate_limit is not None and not isinstance(rate_limit, str):
-        raise DurableConfigError(f"{task_name}: option 'rate_limit' (RateLimit) is not available in this version yet")
+    _validate_flow_options(task_name, attrs)
     if attrs.get("autoretry_for"):
         raise DurableConfigError(
             f"{task_name}: option 'autoretry_for' does not apply to durable tasks; "
@@ -52,6 +50,34 @@ def validate_options(task_name: str, attrs: dict[str, Any]) -> None:
         RetryPolicy(**{k: attrs[k] for k in RETRY_OPTIONS if k in attrs})
     except DurableConfigError as exc:
         raise DurableConfigError(f"{task_name}: {exc}") from None
+
+
+def _validate_flow_options(task_name: str, attrs: dict[str, Any]) -> None:
+    from ..flow.keys import check_key_spec
+
+    fn = attrs.get("run")
+    fn = getattr(fn, "__func__", fn)
+    expected: dict[str, type[Throttle | Debounce | Singleton]] = {
+        "throttle": Throttle,
+        "debounce": Debounce,
+        "singleton": Singleton,
+    }
+    for option, cls in expected.items():
+        value = attrs.get(option)
+        if value is not None:
+            if not isinstance(value, cls):
+                raise DurableConfigError(f"{task_name}: option {option!r} must be {cls.__name__}(...), got {value!r}")
+            check_key_spec(task_name, option, value.key, fn)
+    rate_limit = attrs.get("rate_limit")
+    if rate_limit is not None and not isinstance(rate_limit, str | int | float | RateLimit):
+        raise DurableConfigError(f"{task_name}: option 'rate_limit' must be RateLimit(...) or Celery's rate string")
+    if isinstance(rate_limit, RateLimit):
+        check_key_spec(task_name, "rate_limit", rate_limit.key, fn)
+    key = attrs.get("idempotency_key")
+    if key is not None:
+        if not (callable(key) or (isinstance(key, str) and key)):
+            raise DurableConfigError(f"{task_name}: option 'idempotency_key' must be a parameter path or a callable")
+        check_key_spec(task_name, "idempotency_key", key, fn)
 
 
 def _validate_suspension_options(task_name: str, attrs: dict[str, Any]) -> None:
@@ -91,10 +117,20 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     timeouts: Timeouts | None = None
     # ``on_failure=signature`` of the decorator; Celery's own ``on_failure`` is a handler method.
     durable_on_failure: dict[str, Any] | None = None
+    idempotency_key: Any = None
+    debounce: Debounce | None = None
+    singleton: Singleton | None = None
+    throttle: Throttle | None = None
+    # ``rate_limit=RateLimit(...)``; a plain string keeps Celery's per-worker meaning in ``rate_limit``.
+    durable_rate_limit: RateLimit | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         validate_options(str(cls.__dict__.get("name") or cls.__name__), dict(cls.__dict__))
+        rate_limit = cls.__dict__.get("rate_limit")
+        if isinstance(rate_limit, RateLimit):  # Celery's worker reads rate_limit as a rate string
+            cls.durable_rate_limit = rate_limit
+            cls.rate_limit = None
         on_failure = cls.__dict__.get("on_failure")
         if isinstance(on_failure, dict):  # a signature given as an option, not a method override
             cls.durable_on_failure = on_failure
@@ -156,6 +192,9 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             serialization.dumps(stored, f"publish options of {self.name}"),
         )
         using = "default"
+        if self._has_admission():
+            admitted: AsyncResult = self._admit(nudge, args, kwargs, wake_at)  # type: ignore[type-arg]
+            return admitted
         created = runs.create(
             run_id=run_id,
             task_name=self.name,
@@ -169,6 +208,61 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         if created and wake_at is None:
             publish_on_commit(self.app, [nudge], using)
         return self.AsyncResult(run_id)
+
+    def _has_admission(self) -> bool:
+        return any(
+            option is not None
+            for option in (self.idempotency_key, self.debounce, self.singleton, self.throttle, self.durable_rate_limit)
+        )
+
+    def _admit(self, nudge: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wake_at: datetime | None) -> Any:
+        """Intake through flow control (idempotency, debounce, singleton, rate limit, throttle)."""
+        from django.db import transaction
+
+        from .. import admission, cancellation, runs
+        from ..api import after_cancel
+        from .publish import publish_on_commit
+
+        with transaction.atomic():
+            decision = admission.admit(self, nudge.run_id, args, kwargs, wake_at, nudge.args, nudge.kwargs)
+            if decision.kind in ("existing", "debounced"):
+                return self.AsyncResult(decision.run_id)
+            if decision.kind == "skip":
+                runs.create_skipped(
+                    run_id=nudge.run_id,
+                    task_name=self.name,
+                    args=nudge.args,
+                    kwargs=nudge.kwargs,
+                    options=nudge.options,
+                    reason=decision.reason,
+                )
+                transaction.on_commit(lambda: self._mark_skipped(nudge.run_id, decision.reason))
+                return self.AsyncResult(nudge.run_id)
+            replaced = None
+            if decision.cancel is not None:
+                try:
+                    replaced = cancellation.cancel(decision.cancel, "replaced by a newer run (Singleton mode='cancel')")
+                except DurableError:
+                    replaced = None  # it finished meanwhile
+            created = runs.create(
+                run_id=nudge.run_id,
+                task_name=self.name,
+                args=nudge.args,
+                kwargs=nudge.kwargs,
+                options=nudge.options,
+                wake_at=decision.wake_at,
+                deadlines=self._deadlines(),
+            )
+            if created and decision.wake_at is None:
+                publish_on_commit(self.app, [nudge])
+        if replaced is not None:
+            after_cancel(replaced)
+        return self.AsyncResult(nudge.run_id)
+
+    def _mark_skipped(self, run_id: str, reason: str) -> None:
+        from ..exceptions import RunSkipped
+
+        self.backend.mark_as_failure(run_id, RunSkipped(reason))
 
     def _deadlines(self) -> dict[str, Any]:
         if self.timeouts is None:
@@ -349,7 +443,7 @@ def durable_task(*args: Any, **options: Any) -> Any:
 
     def decorate(fun: Callable[..., Any]) -> Any:
         name = options.get("name") or f"{fun.__module__}.{fun.__name__}"
-        validate_options(name, options)
+        validate_options(name, {**options, "run": fun})
         base = options.pop("base", DurableTask)
         if not (isinstance(base, type) and issubclass(base, DurableTask)):
             raise DurableConfigError(f"{name}: base must be DurableTask or a subclass of it")

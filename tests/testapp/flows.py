@@ -152,3 +152,43 @@ def cancelled_mid_step():
 def cancellable_default(region="eu"):
     step.sleep("wait", timedelta(days=1))
     return region
+
+
+from celery_durable import Debounce, RateLimit, Singleton, Throttle  # noqa: E402
+
+
+@durable_task(name="f.idempotent", idempotency_key="order_id")
+def idempotent(order_id, note=""):
+    return step.run("charge", counted, "charge", f"{order_id}{note}")
+
+
+@durable_task(name="f.debounced", debounce=Debounce(period=60, key="account", timeout=300))
+def debounced(account, version):
+    return step.run("reindex", counted, "reindex", version)
+
+
+@durable_task(name="f.singleton_skip", singleton=Singleton(key="user_id", mode="skip"))
+def singleton_skip(user_id):
+    step.sleep("work", 60)
+    return user_id
+
+
+@durable_task(name="f.singleton_cancel", singleton=Singleton(key="user_id", mode="cancel"))
+def singleton_cancel(user_id, n):
+    step.sleep("work", 60)
+    return n
+
+
+@durable_task(name="f.rate_limited", rate_limit=RateLimit(limit=2, period=3600, key="user_id"))
+def rate_limited(user_id):
+    return user_id
+
+
+@durable_task(name="f.throttled", throttle=Throttle(limit=1, period=10, key="team"))
+def throttled(team, n):
+    return n
+
+
+@durable_task(name="f.celery_rate", rate_limit="10/m")
+def celery_rate(x):
+    return x
