@@ -132,6 +132,25 @@ def task_names(using: str = "default") -> list[str]:
     return list(names[:MAX_TASK_CHOICES])
 
 
+#: Flow-control options whose key names a run (``FlowState.name`` = ``option:task:key``).
+KEYED_OPTIONS = ("idempotency_key", "singleton", "debounce")
+
+
+def runs_by_flow_key(key: str) -> list[str]:
+    """Ids of the runs that hold ``key`` as idempotency key, singleton or debounce key.
+
+    One exact lookup per (option, task) on the unique ``FlowState.name`` index, with the
+    task names from :func:`task_names`: no pattern match over the table.
+    """
+    from ..models import FlowState
+
+    names = [f"{option}:{task}:{key}" for option in KEYED_OPTIONS for task in task_names()]
+    if not names:
+        return []
+    rows = FlowState.objects.filter(name__in=names, run_id__isnull=False).values_list("run_id", flat=True)
+    return [run_id for run_id in rows if run_id]
+
+
 class TaskFilter(admin.SimpleListFilter):
     """Filter by task name (exact)."""
 

@@ -29,7 +29,7 @@ from .. import control, serialization
 from ..exceptions import DurableError
 from ..models import Run, RunStatus, Step, StepStatus
 from . import dashboard
-from .changelist import CreatedFilter, EstimatedCountPaginator, RunChangeList, TaskFilter
+from .changelist import CreatedFilter, EstimatedCountPaginator, RunChangeList, TaskFilter, runs_by_flow_key
 
 #: Characters of a step output shown in the timeline.
 OUTPUT_PREVIEW_CHARS = 200
@@ -89,7 +89,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display_links = None
     list_filter = (TaskFilter, "status", CreatedFilter)
     search_fields = ("=id", "=task_name")
-    search_help_text = "An exact run id, or an exact task name."
+    search_help_text = "An exact run id, task name, or idempotency / singleton / debounce key."
     ordering = ("-created_at",)
     list_per_page = 50
     list_max_show_all = 200
@@ -136,7 +136,11 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         term = search_term.strip()
         if not term:
             return queryset, False
-        return queryset.filter(Q(pk=term) | Q(task_name=term)), False
+        match = Q(pk=term) | Q(task_name=term)
+        held = runs_by_flow_key(term)
+        if held:
+            match |= Q(pk__in=held)
+        return queryset.filter(match), False
 
     @admin.display(description="run", ordering="id")
     def run_link(self, run: Run) -> str:

@@ -155,6 +155,15 @@ def test_changelist__search_by_exact_run_id_or_task(admin_client):
     assert c.id in body and a.id not in body
 
 
+def test_changelist__search_by_idempotency_key(admin_client, durable):
+    from tests.testapp import flows
+
+    run = flows.idempotent.delay(order_id="A-17")
+    other = flows.idempotent.delay(order_id="B-2")
+    body = admin_client.get(reverse(CHANGELIST), {"q": "A-17"}).content.decode()
+    assert run.id in body and other.id not in body
+
+
 def test_changelist__has_no_delete_action(admin_client):
     body = admin_client.get(reverse(CHANGELIST)).content.decode()
     assert "delete_selected" not in body
