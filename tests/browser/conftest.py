@@ -32,9 +32,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-# Playwright's sync API runs an event loop in this thread; the test's own ORM calls between
-# browser steps are ordinary synchronous code.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 def free_port() -> int:
@@ -131,13 +128,16 @@ def _release_test_database(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture
-def browser():
+def browser(monkeypatch):
     if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
         service_unavailable(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         service_unavailable("the playwright Python package is not installed (pip install playwright)")
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls
+    # between browser steps are ordinary synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
