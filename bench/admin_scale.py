@@ -108,6 +108,14 @@ def generate(runs: int) -> None:
         "wake_at": f"CASE WHEN {status} = 'sleeping' THEN now() + mod(i, 7200) * interval '1 second' END",
         "lease_owner": f"CASE WHEN {status} = 'running' THEN 'bench-host:1' END",
         "lease_expires_at": f"CASE WHEN {status} = 'running' THEN now() + interval '30 seconds' END",
+        # Concurrency (used only if the model has these columns): half the tasks are keyed per
+        # user, 5,000 users; pending runs wait in the keys' backlogs.
+        "slot_key1": (
+            f"CASE WHEN mod(i, {TASKS}) < {TASKS // 2} THEN "
+            f"'bench.task_' || lpad(mod(i, {TASKS})::text, 2, '0') || ':user-' || mod(i, 5000) END"
+        ),
+        "backlog_at": created,
+        "holds_slots": f"(mod(i, {TASKS}) < {TASKS // 2} AND {status} IN ('queued', 'running'))",
     }
     columns, expressions, params = column_values(Run, explicit)
     with connection.cursor() as cursor:
@@ -161,6 +169,8 @@ def measure(repeat: int) -> list[tuple[str, float, float, int, float]]:
     failed_id = Run.objects.filter(status="failed").order_by("-created_at").values_list("id", flat=True).first()
     some_id = Run.objects.order_by("created_at").values_list("id", flat=True).first()
     changelist = reverse("admin:celery_durable_run_changelist")
+    keyed = any(field.name == "slot_key1" for field in Run._meta.concrete_fields)
+    some_key = "bench.task_03:user-4003"
     pages = [
         ("changelist", changelist, {}),
         ("changelist, page 200", changelist, {"p": "200"}),
@@ -170,6 +180,14 @@ def measure(repeat: int) -> list[tuple[str, float, float, int, float]]:
         ("filter created last 24 h", changelist, {"created_since": "24h"}),
         ("filter status=running (rare)", changelist, {"status": "running"}),
         ("search by run id", changelist, {"q": some_id}),
+        *(
+            [
+                ("filter concurrency key", changelist, {"key": some_key}),
+                ("search by concurrency key", changelist, {"q": "user-4003"}),
+            ]
+            if keyed
+            else []
+        ),
         ("run page (failed, 10 steps)", reverse("admin:celery_durable_run_change", args=[failed_id]), {}),
         ("dashboard", reverse("admin:celery_durable_run_dashboard"), {}),
     ]
