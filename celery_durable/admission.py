@@ -56,6 +56,7 @@ def admit(
     """Decide a call's fate; call inside the intake transaction."""
     now = clock.now()
     bound = task.bound_arguments(list(args), kwargs)
+    args, kwargs = task.call_arguments(args, kwargs)
 
     def key(option: str, spec: Any) -> str:
         return f"{option}:{task.name}:{resolve_key(task.name, option, spec, bound, args, kwargs)}"

@@ -69,10 +69,13 @@ def after_cancel(outcome: Cancellation) -> None:
     """Tell the result backend (``.get()`` raises ``RunCancelled``) and signal receivers."""
     from celery import current_app
 
-    from . import signals
+    from . import signals, slots
     from .exceptions import RunCancelled
+    from .integration.publish import publish_all
     from .models import Run
 
+    for run_id in outcome.cancelled:
+        publish_all(current_app, slots.release(run_id))
     rows = Run.objects.filter(id__in=outcome.cancelled).values_list("id", "task_name", "cancel_reason", "durable")
     for run_id, task_name, reason, durable in rows:
         if durable:

@@ -79,9 +79,14 @@ def execute(
     task_name: str,
     body: Callable[..., Any],
     policy: RetryPolicy,
+    slot_limits: dict[str, int] | None = None,
     using: str = "default",
 ) -> Outcome:
-    """Claim ``run_id`` and run ``body`` with the run's stored arguments under a step context."""
+    """Claim ``run_id`` and run ``body`` with the run's stored arguments under a step context.
+
+    With ``slot_limits`` (a task with ``concurrency``), a run that does not hold its slots
+    (resumed after a sleep, wait or retry) takes them first, or goes back to the backlog.
+    """
     settings = get_settings()
     owner = lease_owner()
     try:
@@ -95,6 +100,11 @@ def execute(
             return _abandon(run_id, "claim", exc, using)
     if claim is None:
         return Outcome("dropped")
+    if slot_limits and not claim.run.holds_slots:
+        from . import slots
+
+        if not slots.reclaim(run_id, claim.generation, slot_limits):
+            return Outcome("dropped")
     if claim.run.executions == 1:
         signals.send(signals.run_started, task_name, run_id, execution=1)
     else:

@@ -68,6 +68,12 @@ class Run(models.Model):
     cancel_reason = models.TextField(null=True, blank=True)
     start_by = models.DateTimeField(null=True, blank=True)
     finish_by = models.DateTimeField(null=True, blank=True)
+    # Concurrency: up to two slot keys, whether the run holds their slots, and its place in
+    # the backlog (created_at minus its priority in seconds).
+    slot_key1 = models.CharField(max_length=255, null=True, blank=True)
+    slot_key2 = models.CharField(max_length=255, null=True, blank=True)
+    holds_slots = models.BooleanField(default=False)
+    backlog_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [
@@ -79,6 +85,9 @@ class Run(models.Model):
             models.Index(fields=["status", "waiting_for"], name="durable_run_waiting"),
             models.Index(fields=["finish_by"], name="durable_run_finish_by"),
             models.Index(fields=["start_by"], name="durable_run_start_by"),
+            models.Index(fields=["status", "slot_key1", "backlog_at"], name="durable_run_backlog1"),
+            models.Index(fields=["status", "slot_key2", "backlog_at"], name="durable_run_backlog2"),
+            models.Index(fields=["holds_slots", "status"], name="durable_run_holds"),
         ]
         permissions = [
             ("cancel_run", "Can cancel durable runs"),
@@ -181,3 +190,14 @@ class FlowState(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Slot(models.Model):
+    """A concurrency key: at most ``limit`` of its runs hold a slot (queued or executing)."""
+
+    key = models.CharField(max_length=255, unique=True)
+    limit = models.PositiveIntegerField()
+    in_use = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.in_use}/{self.limit}"

@@ -56,23 +56,22 @@ def create(
     options: str,
     wake_at: datetime | None = None,
     deadlines: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
     using: str = "default",
 ) -> bool:
     """Insert a queued run; ``False`` if a run with that id exists already."""
     now = clock.now()
     try:
         with transaction.atomic(using=using):
-            Run.objects.using(using).create(
-                id=run_id,
-                task_name=task_name,
-                status=RunStatus.QUEUED,
-                args=args,
-                kwargs=kwargs,
-                options=options,
-                wake_at=wake_at,
-                published_at=None if wake_at else now,
-                created_at=now,
+            fields: dict[str, Any] = {
+                "status": RunStatus.QUEUED,
+                "wake_at": wake_at,
+                "published_at": None if wake_at else now,
                 **(deadlines or {}),
+                **(extra or {}),
+            }
+            Run.objects.using(using).create(
+                id=run_id, task_name=task_name, args=args, kwargs=kwargs, options=options, created_at=now, **fields
             )
     except IntegrityError:
         if Run.objects.using(using).filter(id=run_id).exists():
@@ -147,7 +146,7 @@ def _can_update_returning(using: str) -> bool:
     return False  # MySQL/MariaDB: UPDATE ... RETURNING is not available
 
 
-_RETURNED = ("task_name", "args", "kwargs", "generation", "executions", "parent_id")
+_RETURNED = ("task_name", "args", "kwargs", "generation", "executions", "parent_id", "holds_slots")
 
 
 def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: datetime, using: str) -> Run | None:
@@ -183,8 +182,9 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
         row = cursor.fetchone()
     if row is None:
         return None
-    task_name, args, kwargs, generation, executions, parent_id = row
+    task_name, args, kwargs, generation, executions, parent_id, holds_slots = row
     return Run(
+        holds_slots=bool(holds_slots),
         id=run_id,
         task_name=task_name,
         args=args,

@@ -50,6 +50,8 @@ LIST_COLUMNS = (
     "wake_at",
     "waiting_for",
     "executions",
+    "slot_key1",
+    "slot_key2",
 )
 
 
@@ -167,6 +169,47 @@ class TaskFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
         value = self.value()
         return queryset.filter(task_name=value) if value else queryset
+
+
+def key_candidates(term: str) -> list[str]:
+    """Concurrency slot keys ``term`` may mean: itself, or ``<task>:<term>`` for every task."""
+    return [term, *(f"{task}:{term}" for task in task_names())]
+
+
+class KeyFilter(admin.ListFilter):
+    """Runs of one concurrency key (``?key=``, set by the links in the keys column)."""
+
+    title = "concurrency key"
+    parameter_name = "key"
+
+    def __init__(self, request: HttpRequest, params: dict[str, Any], model: Any, model_admin: Any) -> None:
+        super().__init__(request, params, model, model_admin)
+        if self.parameter_name in params:
+            value = params.pop(self.parameter_name)
+            self.used_parameters[self.parameter_name] = value[-1] if isinstance(value, list) else value
+
+    def value(self) -> str:
+        """The selected key ("" for none)."""
+        return str(self.used_parameters.get(self.parameter_name) or "")
+
+    def has_output(self) -> bool:
+        # Keys are unbounded (one per user, say): offered by the list's links, not here.
+        return bool(self.value())
+
+    def expected_parameters(self) -> list[str | None]:
+        return [self.parameter_name]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        key = self.value()
+        return queryset.filter(Q(slot_key1=key) | Q(slot_key2=key)) if key else queryset
+
+    def choices(self, changelist: Any) -> Iterator[dict[str, Any]]:
+        yield {
+            "selected": False,
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+            "display": "All",
+        }
+        yield {"selected": True, "query_string": changelist.get_query_string(), "display": self.value()}
 
 
 SINCE_CHOICES = (

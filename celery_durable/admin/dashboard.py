@@ -140,6 +140,41 @@ def _layout(bars: list[Bar]) -> None:
         bar.label = bar.start.strftime("%H:00") if i % 3 == 0 else ""
 
 
+#: Concurrency keys shown on the dashboard (the longest backlogs).
+TOP_KEYS = 15
+
+
+def key_backlogs(limit: int = TOP_KEYS) -> list[dict[str, Any]]:
+    """The concurrency keys with the most pending runs: count, oldest place, slots in use.
+
+    Pending runs are grouped through the ``(status, slot_key, backlog_at)`` indexes of the
+    concurrency backlog (index-only); their slots come from the ``Slot`` rows.
+    """
+    from ..models import Slot
+
+    pending: dict[str, dict[str, Any]] = {}
+    for column in ("slot_key1", "slot_key2"):
+        rows = (
+            Run.objects.filter(status=RunStatus.PENDING, **{f"{column}__isnull": False})
+            .values(column)
+            .annotate(n=Count("pk"), first=Min("backlog_at"))
+            .order_by()
+            .values_list(column, "n", "first")
+        )
+        for key, n, first in rows:
+            entry = pending.setdefault(key, {"key": key, "pending": 0, "oldest": first})
+            entry["pending"] += n
+            if first is not None and (entry["oldest"] is None or first < entry["oldest"]):
+                entry["oldest"] = first
+    top = sorted(pending.values(), key=lambda e: (-e["pending"], e["key"]))[:limit]
+    slots = {s.key: s for s in Slot.objects.filter(key__in=[e["key"] for e in top])} if top else {}
+    for entry in top:
+        slot = slots.get(entry["key"])
+        entry["in_use"] = slot.in_use if slot else None
+        entry["limit"] = slot.limit if slot else None
+    return top
+
+
 def context(hours: int = 24, due_within: timedelta = timedelta(hours=1)) -> dict[str, Any]:
     """Everything the dashboard template shows."""
     now = clock.now()
@@ -187,6 +222,7 @@ def context(hours: int = 24, due_within: timedelta = timedelta(hours=1)) -> dict
         .first()
     )
     return {
+        "key_backlogs": key_backlogs(),
         "now": now,
         "hours": hours,
         "statuses": STATUS_ORDER,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote_plus
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -22,14 +23,22 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import dateformat, timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from .. import control, serialization
 from ..exceptions import DurableError
-from ..models import Run, RunStatus, Step, StepStatus
+from ..models import Run, RunStatus, Slot, Step, StepStatus
 from . import dashboard
-from .changelist import CreatedFilter, EstimatedCountPaginator, RunChangeList, TaskFilter, runs_by_flow_key
+from .changelist import (
+    CreatedFilter,
+    EstimatedCountPaginator,
+    KeyFilter,
+    RunChangeList,
+    TaskFilter,
+    key_candidates,
+    runs_by_flow_key,
+)
 
 #: Characters of a step output shown in the timeline.
 OUTPUT_PREVIEW_CHARS = 200
@@ -85,11 +94,11 @@ def decode_error(text: str | None) -> dict[str, Any] | None:
 class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Durable runs: monitoring, and cancel/replay actions behind their own permissions."""
 
-    list_display = ("run_link", "task_name", "status_badge", "priority", "created", "duration", "steps")
+    list_display = ("run_link", "task_name", "status_badge", "keys", "priority", "created", "duration", "steps")
     list_display_links = None
-    list_filter = (TaskFilter, "status", CreatedFilter)
+    list_filter = (TaskFilter, "status", CreatedFilter, KeyFilter)
     search_fields = ("=id", "=task_name")
-    search_help_text = "An exact run id, task name, or idempotency / singleton / debounce key."
+    search_help_text = "An exact run id, task name, concurrency key, or idempotency / singleton / debounce key."
     ordering = ("-created_at",)
     list_per_page = 50
     list_max_show_all = 200
@@ -136,7 +145,8 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         term = search_term.strip()
         if not term:
             return queryset, False
-        match = Q(pk=term) | Q(task_name=term)
+        keys = key_candidates(term)
+        match = Q(pk=term) | Q(task_name=term) | Q(slot_key1__in=keys) | Q(slot_key2__in=keys)
         held = runs_by_flow_key(term)
         if held:
             match |= Q(pk__in=held)
@@ -163,6 +173,17 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description="created", ordering="created_at")
     def created(self, run: Run) -> str:
         return dateformat.format(timezone.localtime(run.created_at), "Y-m-d H:i:s")
+
+    @admin.display(description="keys")
+    def keys(self, run: Run) -> str:
+        keys = [key for key in (run.slot_key1, run.slot_key2) if key]
+        if not keys:
+            return ""
+        return format_html_join(
+            " ",
+            '<a href="?key={}" class="durable-key-link">{}</a>',
+            ((quote_plus(key), key) for key in keys),
+        )
 
     @admin.display(description="duration")
     def duration(self, run: Run) -> str:
@@ -371,7 +392,20 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if run.parent_id:
             parent = Run.objects.filter(pk=run.parent_id).only("id", "task_name", "status").first()
         backlog_ahead = None
-        if run.status in (RunStatus.PENDING, RunStatus.QUEUED):
+        run_keys = [key for key in (run.slot_key1, run.slot_key2) if key]
+        slots = list(Slot.objects.filter(key__in=run_keys).order_by("key")) if run_keys else []
+        key_backlog: dict[str, int] = {}
+        if run.status == RunStatus.PENDING and run_keys and run.backlog_at is not None:
+            # Its place in each key's backlog: pending runs ordered by (backlog_at, id).
+            ahead = Q(backlog_at__lt=run.backlog_at) | Q(backlog_at=run.backlog_at, pk__lt=run.pk)
+            for key in run_keys:
+                key_backlog[key] = (
+                    Run.objects.filter(status=RunStatus.PENDING)
+                    .filter(Q(slot_key1=key) | Q(slot_key2=key))
+                    .filter(ahead)
+                    .count()
+                )
+        elif run.status in (RunStatus.PENDING, RunStatus.QUEUED):
             backlog_ahead = Run.objects.filter(
                 task_name=run.task_name, status=run.status, created_at__lt=run.created_at
             ).count()
@@ -394,6 +428,11 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             "children": children,
             "children_cut": children_cut,
             "backlog_ahead": backlog_ahead,
+            "slots": [
+                {"key": slot.key, "in_use": slot.in_use, "limit": slot.limit, "ahead": key_backlog.get(slot.key)}
+                for slot in slots
+            ],
+            "changelist_url": reverse(f"{self.admin_site.name}:celery_durable_run_changelist"),
             "can_cancel": self.has_cancel_permission(request) and run.status in control.CANCELLABLE,
             "can_replay": self.has_replay_permission(request) and run.status in control.REPLAYABLE,
             "cancel_url": reverse(f"{self.admin_site.name}:celery_durable_run_cancel", args=[quote(run.pk)]),

@@ -30,6 +30,7 @@ class TickReport:
     recovered: int = 0
     failed: int = 0
     timed_out: int = 0
+    promoted: int = 0
 
 
 def tick(app: Celery, using: str = "default") -> TickReport:
@@ -59,6 +60,11 @@ def tick(app: Celery, using: str = "default") -> TickReport:
         app.backend.mark_as_failure(run_id, WorkerLost(run_id))
         _on_failure(app, run_id)
     report.failed = len(reaped.failed)
+    from .. import slots
+
+    # Backstops: slots held by runs that are no longer queued or running, and backlogs whose
+    # slots are free (each normally handled in the transition itself).
+    report.promoted = publish_all(app, slots.repair(batch)) + publish_all(app, slots.promote_stranded(batch))
     return report
 
 

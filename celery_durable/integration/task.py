@@ -16,7 +16,17 @@ from celery.utils import uuid
 
 from .. import clock, serialization
 from ..exceptions import DurableConfigError, DurableError, RetryAfter, RunCancelled, SerializationError, _StepFailed
-from ..options import CancelOn, Debounce, RateLimit, RetryPolicy, Singleton, Throttle, Timeouts, to_seconds
+from ..options import (
+    CancelOn,
+    Concurrency,
+    Debounce,
+    RateLimit,
+    RetryPolicy,
+    Singleton,
+    Throttle,
+    Timeouts,
+    to_seconds,
+)
 from ..runtime import context
 from ..runtime.events import Event, validate_event_name
 from ..runtime.steps import StepContext
@@ -25,7 +35,7 @@ from .publish import NUDGE_HEADER
 logger = logging.getLogger("celery_durable")
 
 # Options of SPEC §6 that later releases implement; declaring them now fails loudly.
-NOT_YET_SUPPORTED = ("concurrency",)
+NOT_YET_SUPPORTED: tuple[str, ...] = ()
 RETRY_OPTIONS = ("retries", "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay")
 # Publish options that are not stored with the run (they describe one publication).
 TRANSIENT_OPTIONS = ("producer", "connection", "countdown", "eta", "add_to_parent", "publisher")
@@ -38,8 +48,13 @@ def validate_options(task_name: str, attrs: dict[str, Any]) -> None:
             raise DurableConfigError(f"{task_name}: option {name!r} is not available in this version yet")
     _validate_suspension_options(task_name, attrs)
     priority = attrs.get("priority")
-    if priority is not None and not isinstance(priority, int):
-        raise DurableConfigError(f"{task_name}: option 'priority' must be an int for now, got {priority!r}")
+    if (
+        priority is not None
+        and not callable(priority)
+        and (isinstance(priority, bool) or not isinstance(priority, int) or not -600 <= priority <= 600)
+    ):
+        raise DurableConfigError(f"{task_name}: option 'priority' must be an int in -600..600 or a callable")
+    _validate_concurrency(task_name, attrs.get("concurrency"), attrs.get("run"))
     _validate_flow_options(task_name, attrs)
     if attrs.get("autoretry_for"):
         raise DurableConfigError(
@@ -50,6 +65,24 @@ def validate_options(task_name: str, attrs: dict[str, Any]) -> None:
         RetryPolicy(**{k: attrs[k] for k in RETRY_OPTIONS if k in attrs})
     except DurableConfigError as exc:
         raise DurableConfigError(f"{task_name}: {exc}") from None
+
+
+def _validate_concurrency(task_name: str, concurrency: Any, fn: Any) -> None:
+    from ..flow.keys import check_key_spec
+
+    if concurrency is None:
+        return
+    entries = list(concurrency) if isinstance(concurrency, list | tuple) else [concurrency]
+    if not entries or len(entries) > 2 or not all(isinstance(e, Concurrency) for e in entries):
+        raise DurableConfigError(f"{task_name}: option 'concurrency' must be Concurrency(...) or a list of two")
+    if len(entries) == 2 and (entries[0].key, entries[0].scope, entries[0].name) == (
+        entries[1].key,
+        entries[1].scope,
+        entries[1].name,
+    ):
+        raise DurableConfigError(f"{task_name}: option 'concurrency' has two entries with the same key")
+    for entry in entries:
+        check_key_spec(task_name, "concurrency", entry.key, getattr(fn, "__func__", fn))
 
 
 def _validate_flow_options(task_name: str, attrs: dict[str, Any]) -> None:
@@ -123,10 +156,20 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     throttle: Throttle | None = None
     # ``rate_limit=RateLimit(...)``; a plain string keeps Celery's per-worker meaning in ``rate_limit``.
     durable_rate_limit: RateLimit | None = None
+    concurrency: Concurrency | list[Concurrency] | None = None
+    # ``priority=`` (-600..600 s or a callable); Celery's own ``priority`` is the message priority.
+    durable_priority: int | Callable[..., int] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         validate_options(str(cls.__dict__.get("name") or cls.__name__), dict(cls.__dict__))
+        priority = cls.__dict__.get("priority")
+        if priority is not None:  # ours: a head start in seconds, not a broker priority level
+            cls.durable_priority = staticmethod(priority) if callable(priority) else priority
+            cls.priority = None
+        key = cls.__dict__.get("idempotency_key")
+        if callable(key) and not isinstance(key, staticmethod):  # a function attribute would bind self
+            cls.idempotency_key = staticmethod(key)
         rate_limit = cls.__dict__.get("rate_limit")
         if isinstance(rate_limit, RateLimit):  # Celery's worker reads rate_limit as a rate string
             cls.durable_rate_limit = rate_limit
@@ -212,7 +255,15 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     def _has_admission(self) -> bool:
         return any(
             option is not None
-            for option in (self.idempotency_key, self.debounce, self.singleton, self.throttle, self.durable_rate_limit)
+            for option in (
+                self.idempotency_key,
+                self.debounce,
+                self.singleton,
+                self.throttle,
+                self.durable_rate_limit,
+                self.concurrency,
+                self.durable_priority,
+            )
         )
 
     def _admit(self, nudge: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wake_at: datetime | None) -> Any:
@@ -221,6 +272,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
 
         from .. import admission, cancellation, runs
         from ..api import after_cancel
+        from ..models import Run, RunStatus
         from .publish import publish_on_commit
 
         with transaction.atomic():
@@ -244,6 +296,12 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
                     replaced = cancellation.cancel(decision.cancel, "replaced by a newer run (Singleton mode='cancel')")
                 except DurableError:
                     replaced = None  # it finished meanwhile
+            from .. import slots
+
+            priority = slots.priority_of(self, args, kwargs)
+            limits = slots.slot_limits(self, args, kwargs)
+            keys = sorted(limits)
+            backlogged = bool(limits) and decision.wake_at is None
             created = runs.create(
                 run_id=nudge.run_id,
                 task_name=self.name,
@@ -252,8 +310,20 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
                 options=nudge.options,
                 wake_at=decision.wake_at,
                 deadlines=self._deadlines(),
+                extra={
+                    "priority": priority,
+                    "backlog_at": slots.backlog_time(priority),
+                    "slot_key1": keys[0] if keys else None,
+                    "slot_key2": keys[1] if len(keys) > 1 else None,
+                    "status": RunStatus.PENDING if backlogged else RunStatus.QUEUED,
+                },
             )
-            if created and decision.wake_at is None:
+            if created and backlogged:
+                # Admitted now if every slot is free; otherwise it waits in the backlog.
+                if slots.acquire(nudge.run_id, dict(limits)):
+                    Run.objects.filter(id=nudge.run_id).update(status=RunStatus.QUEUED, published_at=clock.now())
+                    publish_on_commit(self.app, [nudge])
+            elif created and decision.wake_at is None:
                 publish_on_commit(self.app, [nudge])
         if replaced is not None:
             after_cancel(replaced)
@@ -285,6 +355,12 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             run_id=run_id, task_name=self.name, args="[]", kwargs=kwargs, options="{}", deadlines=self._deadlines()
         )
         return [runs.Nudge(run_id, self.name, "[]", kwargs, "{}")] if created else []
+
+    def call_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments as the task body receives them (defaults filled in), for key callables."""
+        bound = inspect.signature(self.run).bind_partial(*args, **kwargs)
+        bound.apply_defaults()
+        return tuple(bound.args), dict(bound.kwargs)
 
     def bound_arguments(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The run's arguments by parameter name, as the task body receives them."""
@@ -327,7 +403,15 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         from .publish import publish_all
 
         run_id = str(request.id)
-        outcome = execution.execute(run_id=run_id, task_name=self.name, body=self._body(), policy=self.retry_policy())
+        if self.concurrency is not None:
+            from .. import slots
+
+            limits = slots.slot_limits(self, args, kwargs)
+        else:
+            limits = None
+        outcome = execution.execute(
+            slot_limits=limits, run_id=run_id, task_name=self.name, body=self._body(), policy=self.retry_policy()
+        )
         if outcome.kind == "dropped" and not runs.exists(run_id):
             # Published by a producer that did not record the run (e.g. send_task from
             # another codebase): record it from the message and execute it.
@@ -345,6 +429,10 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
 
         publish_all(self.app, outcome.nudges)
         publish_children(self.app, run_id, outcome.children)
+        if self.concurrency is not None and outcome.kind != "dropped":
+            from .. import slots
+
+            publish_all(self.app, slots.release(run_id))
         if outcome.kind == "completed":
             return outcome.value
         if outcome.kind == "failed":

@@ -192,3 +192,46 @@ def throttled(team, n):
 @durable_task(name="f.celery_rate", rate_limit="10/m")
 def celery_rate(x):
     return x
+
+
+from celery_durable import Concurrency  # noqa: E402
+
+
+@durable_task(
+    name="f.per_user",
+    concurrency=Concurrency(limit=1, key="user_id"),
+    priority=lambda user_id, plan: 600 if plan == "paid" else 0,
+)
+def per_user(user_id, plan="free"):
+    return step.run("work", counted, "work", user_id)
+
+
+@durable_task(name="f.per_user_sleeps", concurrency=Concurrency(limit=1, key="user_id"))
+def per_user_sleeps(user_id, n):
+    step.run("start", counted, f"start-{n}", n)
+    step.sleep("nap", 60)
+    return step.run("end", counted, f"end-{n}", n)
+
+
+@durable_task(name="f.quota_a", concurrency=Concurrency(limit=2, scope="global", name="api-quota"))
+def quota_a(n):
+    return n
+
+
+@durable_task(name="f.quota_b", concurrency=Concurrency(limit=2, scope="global", name="api-quota"))
+def quota_b(n):
+    return n
+
+
+@durable_task(
+    name="f.two_limits",
+    concurrency=[Concurrency(limit=1, key="user_id"), Concurrency(limit=2, key="team")],
+)
+def two_limits(user_id, team):
+    return user_id
+
+
+@durable_task(name="f.no_steps_limited", concurrency=Concurrency(limit=1, key="account"))
+def no_steps_limited(account):
+    """Adopting flow control needs no steps: only the decorator changed."""
+    return account

@@ -1,0 +1,188 @@
+"""Per-key concurrency: slot rows counted with conditional UPDATEs, a backlog in ``pending`` runs.
+
+A run takes its slots when it is admitted (``pending`` -> ``queued``) or, after a suspension,
+when it is claimed again; it gives them back when it finishes or suspends, and that same
+transaction promotes the next pending run of the key in (``backlog_at``, id) order, so no
+polling loop waits for slots. A slot held by a run that is neither queued nor running
+(a crash between its transition and the release) is given back by the services' backstop.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from . import clock
+from .exceptions import DurableConfigError
+from .flow.keys import resolve_key
+from .models import Run, RunStatus, Slot
+from .runs import Nudge, nudge_for
+
+if TYPE_CHECKING:
+    from .integration.task import DurableTask
+
+PROMOTION_CANDIDATES = 10
+HOLDING = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+def slot_limits(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, int]:
+    """The slot keys of one call with their limits (``{"task:user-7": 1}``)."""
+    concurrency = task.concurrency
+    if concurrency is None:
+        return {}
+    entries = list(concurrency) if isinstance(concurrency, list | tuple) else [concurrency]
+    bound = task.bound_arguments(list(args), kwargs)
+    args, kwargs = task.call_arguments(args, kwargs)
+    limits: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        value = resolve_key(task.name, "concurrency", entry.key, bound, args, kwargs)
+        if entry.scope == "global":
+            key = f"{entry.name}:{value}"
+        else:  # the key's path (or position) keeps two dimensions of one task apart
+            key = f"{task.name}:{entry.key if isinstance(entry.key, str) else f'#{index}'}:{value}"
+        limits[key[:255]] = entry.limit
+    return limits
+
+
+def priority_of(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """The run's priority (-600..600 seconds of head start), from an int or a callable."""
+    priority = task.durable_priority
+    if priority is None:
+        return 0
+    if callable(priority):
+        call_args, call_kwargs = task.call_arguments(args, kwargs)
+        try:
+            priority = priority(*call_args, **call_kwargs)
+        except Exception as exc:
+            raise DurableConfigError(f"{task.name}: the priority function raised {exc!r}") from exc
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -600 <= priority <= 600:
+        raise DurableConfigError(f"{task.name}: priority must be an int in -600..600, got {priority!r}")
+    return priority
+
+
+_last_call: Any = None
+
+
+def backlog_time(priority: int) -> Any:
+    """Where a run with ``priority`` stands in every backlog: as if enqueued that much earlier.
+
+    Calls from one process get strictly increasing times, so equal priorities keep call order.
+    """
+    global _last_call
+    now = clock.now()
+    if _last_call is not None and now <= _last_call and now.tzinfo == _last_call.tzinfo:
+        now = _last_call + timedelta(microseconds=1)
+    _last_call = now
+    return now - timedelta(seconds=priority)
+
+
+def _ensure(key: str, limit: int) -> None:
+    """The slot row exists with the limit the code declares now (a deploy may change it)."""
+    try:
+        with transaction.atomic():
+            Slot.objects.get_or_create(key=key, defaults={"limit": limit})
+    except IntegrityError:
+        pass  # created concurrently
+    Slot.objects.filter(key=key).exclude(limit=limit).update(limit=limit)
+
+
+def _take(key: str) -> bool:
+    return Slot.objects.filter(key=key, in_use__lt=F("limit")).update(in_use=F("in_use") + 1) == 1
+
+
+def _give(key: str) -> None:
+    Slot.objects.filter(key=key, in_use__gt=0).update(in_use=F("in_use") - 1)
+
+
+def acquire(run_id: str, limits: dict[str, int | None]) -> bool:
+    """Take every slot of the run or none (call inside a transaction)."""
+    for key, limit in limits.items():
+        if limit is not None:  # every row first: a promotion later knows only the keys
+            _ensure(key, limit)
+    taken: list[str] = []
+    for key in sorted(limits):  # a fixed order: no deadlock between two runs sharing keys
+        if not _take(key):
+            for held in taken:
+                _give(held)
+            return False
+        taken.append(key)
+    Run.objects.filter(id=run_id).update(holds_slots=True)
+    return True
+
+
+def release(run_id: str) -> list[Nudge]:
+    """Give back a finished or suspended run's slots and promote the next pending runs."""
+    with transaction.atomic():
+        row = (
+            Run.objects.filter(id=run_id, holds_slots=True)
+            .exclude(status__in=HOLDING)
+            .values_list("slot_key1", "slot_key2")
+            .first()
+        )
+        if row is None:
+            return []
+        if Run.objects.filter(id=run_id, holds_slots=True).update(holds_slots=False) != 1:
+            return []
+        keys = [key for key in row if key]
+        for key in keys:
+            _give(key)
+        return promote(keys)
+
+
+def promote(keys: list[str]) -> list[Nudge]:
+    """Start the next pending run of each key that can take all its slots (inside a transaction)."""
+    nudges: list[Nudge] = []
+    now = clock.now()
+    for key in keys:
+        candidates: list[tuple[Any, str]] = []
+        for field in ("slot_key1", "slot_key2"):
+            pending = Run.objects.filter(status=RunStatus.PENDING, **{field: key}).order_by("backlog_at", "id")
+            candidates += list(pending.values_list("backlog_at", "id")[:PROMOTION_CANDIDATES])
+        for _at, run_id in sorted(candidates):
+            keys_of = Run.objects.filter(id=run_id).values_list("slot_key1", "slot_key2").first()
+            if keys_of is None:
+                continue
+            if acquire(run_id, {k: None for k in keys_of if k}):
+                if Run.objects.filter(id=run_id, status=RunStatus.PENDING).update(
+                    status=RunStatus.QUEUED, published_at=now
+                ):
+                    nudges.append(nudge_for(run_id))
+                break
+    return nudges
+
+
+def reclaim(run_id: str, generation: int, limits: dict[str, int]) -> bool:
+    """A resumed run (after a sleep, wait or retry) takes its slots again, or waits in the backlog."""
+    with transaction.atomic():
+        if acquire(run_id, dict(limits)):
+            return True
+        Run.objects.filter(id=run_id, generation=generation, status=RunStatus.RUNNING).update(
+            status=RunStatus.PENDING, lease_owner=None, lease_expires_at=None
+        )
+        return False
+
+
+def repair(limit: int) -> list[Nudge]:
+    """Backstop: runs that hold slots but are neither queued nor running give them back."""
+    leaked = Run.objects.filter(holds_slots=True).exclude(status__in=HOLDING).values_list("id", flat=True)[:limit]
+    nudges: list[Nudge] = []
+    for run_id in list(leaked):
+        nudges += release(run_id)
+    return nudges
+
+
+def promote_stranded(limit: int) -> list[Nudge]:
+    """Backstop: pending runs whose keys have free slots (a release raced their suspension)."""
+    keys = set(
+        Run.objects.filter(status=RunStatus.PENDING, slot_key1__isnull=False)
+        .values_list("slot_key1", flat=True)
+        .distinct()[:limit]
+    )
+    free = set(Slot.objects.filter(key__in=keys, in_use__lt=F("limit")).values_list("key", flat=True))
+    if not free:
+        return []
+    with transaction.atomic():
+        return promote(sorted(free))
