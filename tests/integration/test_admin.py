@@ -164,6 +164,38 @@ def test_changelist__search_by_idempotency_key(admin_client, durable):
     assert run.id in body and other.id not in body
 
 
+def test_concurrency_keys__column_filter_search_run_page_and_dashboard(admin_client):
+    from celery_durable.models import Slot
+
+    now = timezone.now()
+    Slot.objects.create(key="t.video:user-7", limit=1, in_use=1)
+    video = {"task": "t.video", "steps": 0}
+    holder = make_runs(1, status=RunStatus.RUNNING, slot_key1="t.video:user-7", holds_slots=True, **video)[0]
+    waiting = [
+        make_runs(
+            1, status=RunStatus.PENDING, slot_key1="t.video:user-7", backlog_at=now + timedelta(seconds=i), **video
+        )[0]
+        for i in range(3)
+    ]
+    other = make_runs(1, status=RunStatus.PENDING, slot_key1="t.video:user-8", backlog_at=now, **video)[0]
+
+    body = admin_client.get(reverse(CHANGELIST)).content.decode()
+    assert 'href="?key=t.video%3Auser-7"' in body
+    body = admin_client.get(reverse(CHANGELIST), {"key": "t.video:user-7"}).content.decode()
+    assert holder.id in body and waiting[0].id in body and other.id not in body
+    assert "By concurrency key" in body
+    body = admin_client.get(reverse(CHANGELIST), {"q": "user-8"}).content.decode()  # the key's value
+    assert other.id in body and holder.id not in body
+
+    body = admin_client.get(run_url(waiting[2].id)).content.decode()
+    assert "1 of 1 slot in use; 2 pending runs ahead of this one" in body
+
+    body = admin_client.get(reverse("admin:celery_durable_run_dashboard")).content.decode()
+    table = body[body.index('id="durable-per-key"') :]
+    assert table.index("t.video:user-7") < table.index("t.video:user-8")
+    assert "1 / 1" in table
+
+
 def test_changelist__has_no_delete_action(admin_client):
     body = admin_client.get(reverse(CHANGELIST)).content.decode()
     assert "delete_selected" not in body
