@@ -256,6 +256,7 @@ def describe_run(run: Run, *, full: bool = False) -> dict[str, Any]:
         "wake_at": _iso(run.wake_at),
         "waiting_for": run.waiting_for,
         "parent": run.parent_id,
+        "concurrency_keys": [key for key in (run.slot_key1, run.slot_key2) if key],
     }
     if full:
         data.update(

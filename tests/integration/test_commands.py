@@ -61,6 +61,7 @@ def test_show__text_and_json(durable):
     assert [(s["step_id"], s["status"]) for s in data["steps"]] == [("one", "completed"), ("two", "failed")]
     assert data["steps"][1]["error"]["type"] == "NonRetriableError"
     assert data["steps"][0]["output"] == 6
+    assert data["run"]["concurrency_keys"] == []
 
 
 def test_show__unknown_run__is_a_command_error(db):

@@ -73,7 +73,19 @@ class Command(BaseCommand):
         if options["limit"] < 1:
             raise CommandError("--limit must be at least 1")
         runs = Run.objects.order_by("-created_at", "-pk").only(
-            "id", "task_name", "status", "priority", "created_at", "started_at", "finished_at", "executions"
+            "id",
+            "task_name",
+            "status",
+            "priority",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "executions",
+            "wake_at",
+            "waiting_for",
+            "parent",
+            "slot_key1",
+            "slot_key2",
         )
         if options["status"]:
             runs = runs.filter(status__in=_statuses(options["status"]))
@@ -109,6 +121,8 @@ class Command(BaseCommand):
         data: dict[str, Any] = {"run": control.describe_run(run, full=True), "steps": control.describe_steps(run.pk)}
         info = data["run"]
         lines = [f"{key:20} {info[key]}" for key in ("id", "task", "status", "created_at", "started_at", "finished_at")]
+        if info["concurrency_keys"]:
+            lines.append(f"{'concurrency keys':20} {', '.join(info['concurrency_keys'])}")
         lines.append(f"{'args':20} {json.dumps(info['args'])}")
         lines.append(f"{'kwargs':20} {json.dumps(info['kwargs'])}")
         if info["wake_at"]:
