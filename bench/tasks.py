@@ -1,0 +1,55 @@
+"""Benchmark tasks: the plain baselines and their durable counterparts do the same work."""
+
+from celery import shared_task
+
+from celery_durable import durable_task, step
+
+
+def inc(x):
+    return x + 1
+
+
+@shared_task(name="bench.noop")
+def noop():
+    """The wake-up message of a drain measurement."""
+
+
+@shared_task(name="bench.one")
+def one(x):
+    """Plain Celery baseline of a 1-step run (also each link of the chain of 3)."""
+    return inc(x)
+
+
+@durable_task(name="bench.durable1")
+def durable1(x):
+    return step.run("one", inc, x)
+
+
+@durable_task(name="bench.durable3")
+def durable3(x):
+    a = step.run("one", inc, x)
+    b = step.run("two", inc, a)
+    return step.run("three", inc, b)
+
+
+# --- in-process statement counting (bench/statements.py) ---------------------------------
+
+MARK_HOOK = None
+
+
+def mark(label):
+    """Tell the statement counter where the body is (a no-op in workers)."""
+    if MARK_HOOK is not None:
+        MARK_HOOK(label)
+
+
+@durable_task(name="bench.probe3")
+def probe3(x):
+    mark("step one")
+    a = step.run("one", inc, x)
+    mark("step two")
+    b = step.run("two", inc, a)
+    mark("step three")
+    c = step.run("three", inc, b)
+    mark("finish")
+    return c
