@@ -204,6 +204,22 @@ def load_checkpoints(run_id: str, using: str = "default") -> dict[str, StoredSte
     return {row[0]: StoredStep(*row) for row in rows}
 
 
+def finished_outcome(run_id: str, using: str = "default") -> tuple[str, Any] | None:
+    """``(status, result or error record)`` if the run has ended, else ``None``."""
+    row = (
+        Run.objects.using(using)
+        .filter(id=run_id, status__in=FINISHED_STATUSES)
+        .values_list("status", "result", "error")
+        .first()
+    )
+    if row is None:
+        return None
+    status, result, error = row
+    if status == RunStatus.COMPLETED:
+        return status, None if result is None else serialization.loads(result)
+    return status, None if error is None else serialization.loads(error)
+
+
 def exists(run_id: str, using: str = "default") -> bool:
     """Whether a run with this id exists."""
     return Run.objects.using(using).filter(id=run_id).exists()

@@ -126,32 +126,41 @@ def release(run_id: str) -> list[Nudge]:
             return []
         if Run.objects.filter(id=run_id, holds_slots=True).update(holds_slots=False) != 1:
             return []
-        keys = [key for key in row if key]
+        keys = sorted(key for key in row if key)
         for key in keys:
             _give(key)
-        return promote(keys)
+    # Promotions run in their own transactions: holding a released slot row while taking
+    # another key's row could deadlock with a concurrent release.
+    return promote(keys)
 
 
 def promote(keys: list[str]) -> list[Nudge]:
-    """Start the next pending run of each key that can take all its slots (inside a transaction)."""
+    """Start the next pending run of each key that can take all its slots (a transaction each)."""
     nudges: list[Nudge] = []
-    now = clock.now()
     for key in keys:
-        candidates: list[tuple[Any, str]] = []
-        for field in ("slot_key1", "slot_key2"):
-            pending = Run.objects.filter(status=RunStatus.PENDING, **{field: key}).order_by("backlog_at", "id")
-            candidates += list(pending.values_list("backlog_at", "id")[:PROMOTION_CANDIDATES])
-        for _at, run_id in sorted(candidates):
-            keys_of = Run.objects.filter(id=run_id).values_list("slot_key1", "slot_key2").first()
-            if keys_of is None:
-                continue
-            if acquire(run_id, {k: None for k in keys_of if k}):
-                if Run.objects.filter(id=run_id, status=RunStatus.PENDING).update(
-                    status=RunStatus.QUEUED, published_at=now
-                ):
-                    nudges.append(nudge_for(run_id))
-                break
+        with transaction.atomic():
+            nudges += _promote_one(key)
     return nudges
+
+
+def _promote_one(key: str) -> list[Nudge]:
+    now = clock.now()
+    candidates: list[tuple[Any, str]] = []
+    for field in ("slot_key1", "slot_key2"):
+        pending = Run.objects.filter(status=RunStatus.PENDING, **{field: key}).order_by("backlog_at", "id")
+        candidates += list(pending.values_list("backlog_at", "id")[:PROMOTION_CANDIDATES])
+    for _at, run_id in sorted(candidates):
+        # Take the candidate first (its row lock makes a concurrent promoter skip it), then its
+        # slots; it goes back to the backlog if a slot is missing.
+        if not Run.objects.filter(id=run_id, status=RunStatus.PENDING, holds_slots=False).update(
+            status=RunStatus.QUEUED, published_at=now
+        ):
+            continue
+        keys_of = Run.objects.filter(id=run_id).values_list("slot_key1", "slot_key2").get()
+        if acquire(run_id, {k: None for k in keys_of if k}):
+            return [nudge_for(run_id)]
+        Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING, published_at=None)
+    return []
 
 
 def reclaim(run_id: str, generation: int, limits: dict[str, int]) -> bool:
@@ -182,7 +191,4 @@ def promote_stranded(limit: int) -> list[Nudge]:
         .distinct()[:limit]
     )
     free = set(Slot.objects.filter(key__in=keys, in_use__lt=F("limit")).values_list("key", flat=True))
-    if not free:
-        return []
-    with transaction.atomic():
-        return promote(sorted(free))
+    return promote(sorted(free)) if free else []

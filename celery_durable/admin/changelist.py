@@ -138,7 +138,7 @@ def task_names(using: str = "default") -> list[str]:
 KEYED_OPTIONS = ("idempotency_key", "singleton", "debounce")
 
 
-def runs_by_flow_key(key: str) -> list[str]:
+def runs_by_flow_key(key: str, names: list[str] | None = None) -> list[str]:
     """Ids of the runs that hold ``key`` as idempotency key, singleton or debounce key.
 
     One exact lookup per (option, task) on the unique ``FlowState.name`` index, with the
@@ -146,11 +146,42 @@ def runs_by_flow_key(key: str) -> list[str]:
     """
     from ..models import FlowState
 
-    names = [f"{option}:{task}:{key}" for option in KEYED_OPTIONS for task in task_names()]
-    if not names:
+    tasks = task_names() if names is None else names
+    states = [f"{option}:{task}:{key}" for option in KEYED_OPTIONS for task in tasks]
+    if not states:
         return []
-    rows = FlowState.objects.filter(name__in=names, run_id__isnull=False).values_list("run_id", flat=True)
+    rows = FlowState.objects.filter(name__in=states, run_id__isnull=False).values_list("run_id", flat=True)
     return [run_id for run_id in rows if run_id]
+
+
+def request_task_names(request: HttpRequest) -> list[str]:
+    """:func:`task_names`, queried once per request (the filter and the search both need it)."""
+    cached: list[str] | None = getattr(request, "_durable_task_names", None)
+    if cached is None:
+        cached = task_names()
+        request._durable_task_names = cached  # type: ignore[attr-defined]
+    return list(cached)
+
+
+#: A search matching more runs than this by key falls back to a plain filter.
+MAX_SEARCH_IDS = 10_000
+
+
+def search_ids(term: str, names: list[str]) -> list[str] | None:
+    """Ids of runs that ``term`` names: as run id, concurrency key or flow-control key.
+
+    Each lookup is an exact match on an index, so the changelist then filters on a short
+    list of primary keys. ``None`` if a key matches more than ``MAX_SEARCH_IDS`` runs.
+    """
+    keys = [term, *(f"{task}:{term}" for task in names)]
+    by_key = list(
+        Run.objects.filter(Q(slot_key1__in=keys) | Q(slot_key2__in=keys))
+        .order_by()
+        .values_list("pk", flat=True)[: MAX_SEARCH_IDS + 1]
+    )
+    if len(by_key) > MAX_SEARCH_IDS:
+        return None
+    return [term, *by_key, *runs_by_flow_key(term, names)]
 
 
 class TaskFilter(admin.SimpleListFilter):
@@ -160,7 +191,7 @@ class TaskFilter(admin.SimpleListFilter):
     parameter_name = "task"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        names = task_names()
+        names = request_task_names(request)
         current = self.value()
         if current and current not in names:
             names.append(current)
@@ -169,11 +200,6 @@ class TaskFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
         value = self.value()
         return queryset.filter(task_name=value) if value else queryset
-
-
-def key_candidates(term: str) -> list[str]:
-    """Concurrency slot keys ``term`` may mean: itself, or ``<task>:<term>`` for every task."""
-    return [term, *(f"{task}:{term}" for task in task_names())]
 
 
 class KeyFilter(admin.ListFilter):

@@ -36,8 +36,8 @@ from .changelist import (
     KeyFilter,
     RunChangeList,
     TaskFilter,
-    key_candidates,
-    runs_by_flow_key,
+    request_task_names,
+    search_ids,
 )
 
 #: Characters of a step output shown in the timeline.
@@ -145,11 +145,20 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         term = search_term.strip()
         if not term:
             return queryset, False
-        keys = key_candidates(term)
-        match = Q(pk=term) | Q(task_name=term) | Q(slot_key1__in=keys) | Q(slot_key2__in=keys)
-        held = runs_by_flow_key(term)
-        if held:
-            match |= Q(pk__in=held)
+        names = request_task_names(request)
+        if term in names:
+            return queryset.filter(task_name=term), False
+        cached: dict[str, list[str] | None] = getattr(request, "_durable_search", {})
+        if term not in cached:
+            # The changelist builds its queryset more than once per request: look up once.
+            cached[term] = search_ids(term, names)
+            request._durable_search = cached  # type: ignore[attr-defined]
+        ids = cached[term]
+        if ids is None:  # a key with very many runs: filter on the key itself
+            keys = [term, *(f"{task}:{term}" for task in names)]
+            match = Q(pk=term) | Q(slot_key1__in=keys) | Q(slot_key2__in=keys)
+        else:
+            match = Q(pk__in=ids)
         return queryset.filter(match), False
 
     @admin.display(description="run", ordering="id")

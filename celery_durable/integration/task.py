@@ -412,6 +412,15 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         outcome = execution.execute(
             slot_limits=limits, run_id=run_id, task_name=self.name, body=self._body(), policy=self.retry_policy()
         )
+        finished = runs.finished_outcome(run_id) if outcome.kind == "dropped" else None
+        if finished is not None:
+            # A redelivery of a run that already ended (its worker may have died before the
+            # result backend heard of it): answer with the stored outcome again.
+            status, value = finished
+            if status == "completed":
+                return value
+            if status != "failed":  # a failure's original error type is in the backend already
+                raise _stored_error(status, value)
         if outcome.kind == "dropped" and not runs.exists(run_id):
             # Published by a producer that did not record the run (e.g. send_task from
             # another codebase): record it from the message and execute it.
@@ -430,9 +439,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         publish_all(self.app, outcome.nudges)
         publish_children(self.app, run_id, outcome.children)
         if self.concurrency is not None and outcome.kind != "dropped":
-            from .. import slots
-
-            publish_all(self.app, slots.release(run_id))
+            self._release_slots(run_id)
         if outcome.kind == "completed":
             return outcome.value
         if outcome.kind == "failed":
@@ -446,6 +453,18 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             after_cancel(Cancellation(cancelled=outcome.cancelled))
             raise RunCancelled(f"run {run_id} was cancelled")
         raise Ignore()
+
+    def _release_slots(self, run_id: str) -> None:
+        from django.db import DatabaseError
+
+        from .. import slots
+        from .publish import publish_all
+
+        try:
+            publish_all(self.app, slots.release(run_id))
+        except DatabaseError:
+            # The services' backstop gives the slots back and promotes the backlog.
+            logger.warning("durable run %s: releasing its slots failed; the backstop will", run_id, exc_info=True)
 
     def _body(self) -> Callable[..., Any]:
         if self.on_event is None:
@@ -496,6 +515,16 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         if eta is not None:
             delay = max(0.0, (eta - clock.now()).total_seconds())
         raise RetryAfter(delay, str(exc) if exc else "")
+
+
+def _stored_error(status: str, error: dict[str, Any] | None) -> Exception:
+    """The error of a cancelled or skipped run, from its stored record."""
+    from ..exceptions import RunSkipped
+
+    message = (error or {}).get("message", status)
+    if status == "cancelled":
+        return RunCancelled(message)
+    return RunSkipped(message)
 
 
 def is_durable_task_name(name: str) -> bool | None:

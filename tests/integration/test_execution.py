@@ -68,11 +68,24 @@ def test_second_execution__loads_all_checkpoints_in_one_query(db, deliver):
     assert [s.split()[0] for s in ours] == [*claim, "SELECT", "UPDATE", "UPDATE"], ours
 
 
-def test_duplicate_delivery__is_dropped(db, deliver):
+def test_duplicate_delivery__runs_nothing_and_answers_with_the_stored_result(db, deliver):
     run = tasks.add.delay(1, 2)
     assert deliver(run.id) == 3
-    assert isinstance(deliver(run.id), Ignore)
+    assert deliver(run.id) == 3  # e.g. redelivered after its worker died before storing the result
     assert get_run(run.id).executions == 1
+    assert len(durable_steps(run.id)) == 1
+
+
+def durable_steps(run_id):
+    return list(Step.objects.filter(run_id=run_id))
+
+
+def test_duplicate_delivery__of_a_running_run_is_dropped(db, deliver):
+    from celery_durable import runs
+
+    run = tasks.add.delay(1, 2)
+    assert runs.claim(run.id, "another-worker", 30) is not None
+    assert isinstance(deliver(run.id), Ignore)
 
 
 def test_loop__steps_get_occurrence_suffixes(durable):

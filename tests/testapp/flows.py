@@ -235,3 +235,25 @@ def two_limits(user_id, team):
 def no_steps_limited(account):
     """Adopting flow control needs no steps: only the decorator changed."""
     return account
+
+
+@durable_task(
+    name="f.limited_work",
+    concurrency=Concurrency(limit=2, key="key"),
+    priority=lambda key, n, urgent=False: 600 if urgent else 0,
+)
+def limited_work(key, n, urgent=False):
+    """Records the interval its step body executed in, for the limit checker."""
+    import time as _time
+
+    from django.utils import timezone
+
+    from tests.testapp.models import Interval
+
+    def work():
+        interval = Interval.objects.create(run_id=step.run_id, key=key, started=timezone.now())
+        _time.sleep(0.15)
+        Interval.objects.filter(id=interval.id).update(ended=timezone.now())
+        return n
+
+    return step.run("work", work)

@@ -14,3 +14,12 @@ class Ledger(models.Model):
 
     run_id = models.CharField(max_length=255)
     amount = models.IntegerField()
+
+
+class Interval(models.Model):
+    """When a step body executed, per concurrency key: checked against the key's limit."""
+
+    run_id = models.CharField(max_length=255)
+    key = models.CharField(max_length=255)
+    started = models.DateTimeField()
+    ended = models.DateTimeField(null=True)
