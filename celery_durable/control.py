@@ -84,7 +84,7 @@ def preview(operation: str, runs: QuerySet[Run]) -> Preview:
 
     eligible_statuses = _eligible(operation)
     counts = Counter(
-        {row["status"]: row["n"] for row in runs.order_by().values("status").annotate(n=Count("pk")).order_by()}
+        {row["status"]: row["n"] for row in runs.order_by().values("status").annotate(n=Count("*")).order_by()}
     )
     eligible = sum(n for status, n in counts.items() if status in eligible_statuses)
     skipped = Counter({status: n for status, n in counts.items() if status not in eligible_statuses})

@@ -192,7 +192,7 @@ class DurableCollector:
                 Run.objects.using(self.using)
                 .filter(status__in=UNFINISHED)
                 .values("task_name", "status")
-                .annotate(n=Count("pk"), first=Min("created_at"))
+                .annotate(n=Count("*"), first=Min("created_at"))
                 .order_by()
                 .values_list("task_name", "status", "n", "first")
             )

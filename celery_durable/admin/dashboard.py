@@ -82,7 +82,7 @@ def throughput(hours: int, now: datetime) -> tuple[list[Bar], dict[tuple[str, st
         Run.objects.filter(finished_at__gte=first)
         .annotate(hour=TruncHour("finished_at", tzinfo=UTC))
         .values("hour", "task_name", "status")
-        .annotate(n=Count("pk"))
+        .annotate(n=Count("*"))
         .order_by()
         .values_list("hour", "task_name", "status", "n")
     )
@@ -101,7 +101,7 @@ def throughput(hours: int, now: datetime) -> tuple[list[Bar], dict[tuple[str, st
         Run.objects.filter(created_at__gte=first)
         .annotate(hour=TruncHour("created_at", tzinfo=UTC))
         .values("hour")
-        .annotate(n=Count("pk"))
+        .annotate(n=Count("*"))
         .order_by()
         .values_list("hour", "n")
     )
@@ -157,7 +157,7 @@ def key_backlogs(limit: int = TOP_KEYS) -> list[dict[str, Any]]:
         rows = (
             Run.objects.filter(status=RunStatus.PENDING, **{f"{column}__isnull": False})
             .values(column)
-            .annotate(n=Count("pk"), first=Min("backlog_at"))
+            .annotate(n=Count("*"), first=Min("backlog_at"))
             .order_by()
             .values_list(column, "n", "first")
         )
@@ -182,7 +182,7 @@ def context(hours: int = 24, due_within: timedelta = timedelta(hours=1)) -> dict
     active = (
         Run.objects.filter(status__in=ACTIVE)
         .values("task_name", "status")
-        .annotate(n=Count("pk"), oldest=Min("created_at"))
+        .annotate(n=Count("*"), oldest=Min("created_at"))
         .order_by()
     )
     for row in active:
