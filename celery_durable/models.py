@@ -56,7 +56,13 @@ class Run(models.Model):
     # Suspension: the event a waiting run waits for; its parent and children.
     waiting_for = models.CharField(max_length=255, null=True, blank=True)
     parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children", db_constraint=False
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
+        db_constraint=False,
+        db_index=False,  # the (parent, parent_step) index below serves it
     )
     parent_step = models.CharField(max_length=255, null=True, blank=True)
     child_index = models.PositiveIntegerField(null=True, blank=True)
@@ -88,6 +94,7 @@ class Run(models.Model):
             models.Index(fields=["status", "slot_key1", "backlog_at"], name="durable_run_backlog1"),
             models.Index(fields=["status", "slot_key2", "backlog_at"], name="durable_run_backlog2"),
             models.Index(fields=["holds_slots", "status"], name="durable_run_holds"),
+            models.Index(fields=["parent", "parent_step"], name="durable_run_parent"),
         ]
         permissions = [
             ("cancel_run", "Can cancel durable runs"),
@@ -131,7 +138,8 @@ class StepStatus(models.TextChoices):
 class Step(models.Model):
     """A step checkpoint: one row per step id per run, written once when the step completes."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    # No index of its own: the unique (run, step_id) constraint serves lookups by run.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps", db_index=False)
     step_id = models.CharField(max_length=255)
     kind = models.CharField(max_length=16, default="run")
     status = models.CharField(max_length=16, choices=StepStatus.choices)
