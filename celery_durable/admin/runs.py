@@ -24,6 +24,8 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import dateformat, timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext
 from django.views.decorators.http import require_POST
 
 from .. import control, serialization
@@ -166,6 +168,16 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         url = self._change_url_pattern().replace("__run_id__", quote(run.pk))
         shown = run.pk if len(run.pk) <= 16 else f"{run.pk[:13]}…"
         return format_html('<a href="{}" class="durable-run-id" title="{}">{}</a>', url, run.pk, shown)
+
+    def action_checkbox(self, obj: Run) -> SafeString:
+        # Django's markup, without a form widget rendered through a template for every row:
+        # that was half of the changelist's rendering time.
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
+            helpers.ACTION_CHECKBOX_NAME,
+            str(obj.pk),
+            format_html(gettext("Select this object for an action - {}"), str(obj)),
+        )
 
     def _change_url_pattern(self) -> str:
         # One reverse() per admin instance instead of one per listed row.
