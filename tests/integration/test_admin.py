@@ -514,3 +514,29 @@ def test_changelist__estimates_large_counts_on_postgresql(admin_client, monkeypa
     assert "about</span>" in body  # more than the exact limit: the planner's estimate
     body = admin_client.get(reverse(CHANGELIST), {"task": "t.few"}).content.decode()
     assert "about" not in body and "3 runs" in body  # under the limit: exact
+
+
+# --- real suspended runs ---------------------------------------------------------------------
+
+
+def test_run_page__real_sleep_wait_and_children(admin_client, durable):
+    from tests.testapp import flows
+
+    sleeper = flows.sleepy.delay(3600).id
+    waiter = flows.confirm.delay(7).id
+    parent = flows.parent.delay(2).id
+    durable.run_until_idle(advance_clock=False, max_executions=3)
+    assert Run.objects.get(id=sleeper).status == RunStatus.SLEEPING
+    assert Run.objects.get(id=waiter).status == RunStatus.WAITING
+
+    body = admin_client.get(run_url(sleeper)).content.decode()
+    nap = body[body.index('data-step-id="nap"') :]
+    assert "sleep" in nap[:400] and "sleeps until" in nap
+    body = admin_client.get(run_url(waiter)).content.decode()
+    assert "waits for event" in body and "user.confirmed" in body
+    body = admin_client.get(run_url(parent)).content.decode()
+    child = Run.objects.filter(parent_id=parent).first()
+    assert child is not None and child.id in body and "Child runs" in body
+
+    body = admin_client.get(reverse("admin:celery_durable_run_dashboard")).content.decode()
+    assert sleeper[:20] in body  # due within the hour
