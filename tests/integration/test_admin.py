@@ -525,7 +525,7 @@ def test_run_page__real_sleep_wait_and_children(admin_client, durable):
     sleeper = flows.sleepy.delay(3600).id
     waiter = flows.confirm.delay(7).id
     parent = flows.parent.delay(2).id
-    durable.run_until_idle(advance_clock=False, max_executions=3)
+    durable.run_until_idle(advance_clock=False)
     assert Run.objects.get(id=sleeper).status == RunStatus.SLEEPING
     assert Run.objects.get(id=waiter).status == RunStatus.WAITING
 
