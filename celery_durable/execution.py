@@ -71,6 +71,14 @@ class _Run:
     generation: int
     parent_id: str | None
     using: str
+    started_at: Any = None
+
+    def duration(self) -> float | None:
+        """Seconds since the run first started (``None`` if unknown)."""
+        try:
+            return None if self.started_at is None else (clock.now() - self.started_at).total_seconds()
+        except TypeError:  # naive and aware datetimes mixed by a backend: no duration, no failure
+            return None
 
 
 def execute(
@@ -109,7 +117,7 @@ def execute(
         signals.send(signals.run_started, task_name, run_id, execution=1)
     else:
         signals.send(signals.run_resumed, task_name, run_id, execution=claim.run.executions)
-    run = _Run(run_id, task_name, claim.generation, claim.run.parent_id, using)
+    run = _Run(run_id, task_name, claim.generation, claim.run.parent_id, using, claim.run.started_at)
     ctx = StepContext(
         run_id=run_id,
         task_name=task_name,
@@ -169,7 +177,7 @@ def _finish(run: _Run, value: Any) -> Outcome:
     if done is False:
         return _not_held(run)
     value = serialization.loads(result)
-    signals.send(signals.run_completed, run.task_name, run.run_id, result=value)
+    signals.send(signals.run_completed, run.task_name, run.run_id, result=value, duration=run.duration())
     return Outcome("completed", value=value, nudges=[done] if isinstance(done, runs.Nudge) else [])
 
 

@@ -150,7 +150,7 @@ def _can_update_returning(using: str) -> bool:
     return False  # MySQL/MariaDB: UPDATE ... RETURNING is not available
 
 
-_RETURNED = ("task_name", "args", "kwargs", "generation", "executions", "parent_id", "holds_slots")
+_RETURNED = ("task_name", "args", "kwargs", "generation", "executions", "parent_id", "holds_slots", "started_at")
 
 
 def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: datetime, using: str) -> Run | None:
@@ -186,8 +186,15 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
         row = cursor.fetchone()
     if row is None:
         return None
-    task_name, args, kwargs, generation, executions, parent_id, holds_slots = row
+    task_name, args, kwargs, generation, executions, parent_id, holds_slots, started_at = row
+    if isinstance(started_at, str):  # SQLite may return text
+        from django.utils.dateparse import parse_datetime
+
+        started_at = parse_datetime(started_at)
+    if isinstance(started_at, datetime) and started_at.tzinfo is None and now.tzinfo is not None:
+        started_at = started_at.replace(tzinfo=now.tzinfo)  # SQLite stores UTC without an offset
     return Run(
+        started_at=started_at,
         holds_slots=bool(holds_slots),
         id=run_id,
         task_name=task_name,
