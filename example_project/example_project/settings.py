@@ -121,6 +121,8 @@ DEFAULT_FROM_EMAIL = "shop@example.com"
 BROKER_DIR = VAR_DIR / "broker"
 CELERY_BROKER_URL = os.environ.get("EXAMPLE_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's transport with atomic message files (see fs_transport.py).
+    CELERY_BROKER_TRANSPORT = "example_project.fs_transport:Transport"
     # One folder is both "in" and "out": producer and workers share it on this machine.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),

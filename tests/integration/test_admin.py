@@ -523,7 +523,7 @@ def test_run_page__real_sleep_wait_and_children(admin_client, durable):
     from tests.testapp import flows
 
     sleeper = flows.sleepy.delay(3600).id
-    waiter = flows.confirm.delay(7).id
+    waiter = flows.confirm.delay(770077).id  # a user id no other test sends an event for
     parent = flows.parent.delay(2).id
     durable.run_until_idle(advance_clock=False)
     assert Run.objects.get(id=sleeper).status == RunStatus.SLEEPING
