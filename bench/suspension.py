@@ -1,7 +1,11 @@
 """celery-durable suspension benchmarks (issue 3): waker lateness, waker query cost, event fan-in.
 
-    .venv/bin/python bench/suspension.py --quick   # ~4 min on 2 cores
-    .venv/bin/python bench/suspension.py           # full: 10,000 runs due at once, 1,000,000 sleeping rows
+    .venv/bin/python bench/suspension.py --quick   # ~4 min on 2 cores (2,000 runs due at once)
+    .venv/bin/python bench/suspension.py           # ~15 min: 10,000 runs due at once
+
+Both use 1,000,000 sleeping rows for the query phase: generating them takes ~4 min more the
+first time (and after a migration); later runs reuse them (``--regenerate`` forces it).
+Results are recorded in docs/benchmarks.md, section "Suspension (issue 3)".
 
 Three phases, each in its own subprocess under ``timeout`` (``--only`` picks some):
 
@@ -1190,7 +1194,7 @@ SIZES = {
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (~4 min)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (~4 min, 2,000 runs due at once)")
     parser.add_argument("--only", action="append", choices=list(PHASES), help="run only this phase (repeatable)")
     parser.add_argument("--force", action="store_true", help="measure even while issue 2's benchmark runs")
     parser.add_argument("--wait", type=float, default=3600, help="wait this long at most for another benchmark (s)")
