@@ -9,6 +9,9 @@ date and between charge attempts (``step.sleep_until``, ``step.sleep``), an onbo
 that waits for an event (``step.wait_for_event``), and a video pipeline that fans out to
 child runs and joins them (``step.gather``). A suspended run holds no worker and no broker
 message: its state is in the database until its time, event or children come.
+
+The last part shows flow control: ``transcode_video`` runs one upload per user at a time,
+across all workers, and a paid plan's upload goes ahead of the user's free ones.
 """
 
 import functools
@@ -27,7 +30,7 @@ from django.core.mail import send_mail
 from django.db.models import F
 from django.utils import timezone
 
-from celery_durable import Event, NonRetriableError, durable_task, step
+from celery_durable import Concurrency, Event, NonRetriableError, durable_task, step
 
 from . import services
 from .models import Account, Invoice, Order, Product, Shipment, StepExecution, StockReservation, Video
@@ -397,6 +400,45 @@ def publish_video(video_id: int, encoder_busy_once: bool = False) -> dict[str, A
     *renditions, thumbnail = step.gather("transcode", [*children, make_thumbnail.s(video_id, 5)])
     step.run("publish_renditions", publish_renditions, video_id, renditions, thumbnail["thumbnail"], atomic=True)
     return {"title": info["title"], "renditions": [r["resolution"] for r in renditions], **thumbnail}
+
+
+# --- per-user concurrency, paid plans first: one transcode per user at a time -----------
+
+# How long the demo's fake encoder takes per upload.
+ENCODE_SECONDS = 0.5
+
+
+@audited
+def encode_upload(video_id: int) -> dict[str, Any]:
+    time.sleep(ENCODE_SECONDS)  # encoding...
+    return {"resolution": "1080p", "url": services.cdn_url(video_id, "1080p.mp4")}
+
+
+@audited
+def publish_upload(video_id: int, rendition: dict[str, Any]) -> str:
+    Video.objects.filter(pk=video_id).update(status=Video.Status.PUBLISHED, renditions=[rendition])
+    return Video.Status.PUBLISHED
+
+
+def paid_first(video_id: int, user_id: int, plan: str) -> int:
+    """Priority of a transcode: a paid plan stands 600 s ahead in its user's backlog."""
+    return 600 if plan != "free" else 0
+
+
+@durable_task(
+    name="shop.transcode_video",
+    # At most one transcode per user at a time, across every worker: a user who uploads
+    # ten videos does not take ten encoders from everybody else. The other uploads wait
+    # in the database (status "pending"), not in the broker and not on a worker.
+    concurrency=Concurrency(limit=1, key="user_id"),
+    # Called with the task's arguments; a paid upload goes ahead of the user's free ones.
+    priority=paid_first,
+)
+def transcode_video(video_id: int, user_id: int, plan: str = "free") -> dict[str, Any]:
+    """Transcode a user's upload and publish it."""
+    rendition = step.run("encode_upload", encode_upload, video_id)
+    status = step.run("publish_upload", publish_upload, video_id, rendition, atomic=True)
+    return {"video": video_id, "user": user_id, "plan": plan, "status": status}
 
 
 def _first_time(name: str) -> bool:

@@ -1,17 +1,21 @@
 """The zero-setup demo: ``manage.py durable_demo`` of example_project passes on SQLite and kombu's
-filesystem transport, with real worker subprocesses, one of them SIGKILLed mid-run, and runs
-that suspend (a durable sleep, a wait resumed by an event, a gather of child runs).
+filesystem transport, with real worker subprocesses, one of them SIGKILLed mid-run, runs
+that suspend (a durable sleep, a wait resumed by an event, a gather of child runs), and
+per-user concurrency with a paid upload jumping its user's backlog on two workers.
 
 It runs the same commands as ``scripts/demo.sh`` (minus the venv set-up), with the example
 project's SQLite database, broker folders and logs in a temporary directory. No Redis,
 RabbitMQ or PostgreSQL involved.
 """
 
+import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -93,11 +97,46 @@ def test_durable_demo__resumes_the_crashed_run_and_passes(demo_env, tmp_path):
     assert "step.gather returned ['1080p', '720p', '480p', 'thumbnail'], the order asked" in output, output
     assert "invoice.paid started notify_accounting (on_event)" in output, output
     assert "sleeping and waiting runs hold no worker" in output, output
+    # Per-user concurrency with paid plans first (shop.transcode_video), on two workers.
+    assert re.search(r"erin #1 \(free\): run \S+ is queued", output), output
+    assert re.search(r"erin #4 \(pro\): run \S+ is pending", output), output
+    assert re.search(r"frank #1 \(free\): run \S+ is queued", output), output
+    assert (
+        "erin's uploads started in the order ['erin #1 (free)', 'erin #4 (pro)', 'erin #2 (free)', 'erin #3 (free)']"
+        in output
+    ), output
+    assert "erin's 4 uploads ran one at a time across two workers" in output, output
+    assert "(no overlap)" in output, output
+    assert "frank's upload was not held up by erin's backlog" in output, output
+    assert "every slot was handed back: in use [0, 0]" in output, output
     assert "FAIL" not in output
     assert "demo passed" in output
     pids = [int(pid) for pid in re.findall(r"starting worker demo-\d: pid (\d+)", output)]
-    assert len(pids) == 2, output
+    assert len(pids) == 3, output
     assert not [pid for pid in pids if is_demo_worker(pid)], "the demo left worker processes behind"
+    assert_one_transcode_per_user_paid_first(tmp_path / "var" / "db.sqlite3")
+
+
+def assert_one_transcode_per_user_paid_first(database: Path) -> None:
+    """The demo's own database: user 7's transcodes never overlapped, and the paid one went second."""
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute(
+            "SELECT args, priority, status, started_at, finished_at FROM celery_durable_run "
+            "WHERE task_name = 'shop.transcode_video' ORDER BY started_at"
+        ).fetchall()
+    runs = [
+        (json.loads(args), priority, status, started, finished) for args, priority, status, started, finished in rows
+    ]
+    assert len(runs) == 5 and {status for *_, status, _, _ in runs} == {"completed"}, runs
+    erin = [run for run in runs if run[0][1] == 7]
+    assert [(args[2], priority) for args, priority, *_ in erin] == [("free", 0), ("pro", 600), ("free", 0), ("free", 0)]
+    # ISO timestamps of one host's clock: each run started after the one before it finished.
+    assert all(later[3] >= earlier[4] for earlier, later in pairwise(erin)), erin
+    with sqlite3.connect(database) as connection:
+        in_use = connection.execute(
+            "SELECT in_use FROM celery_durable_slot WHERE key LIKE 'shop.transcode_video:%'"
+        ).fetchall()
+    assert in_use == [(0,), (0,)]
 
 
 def test_durable_demo__sigterm_stops_its_workers(demo_env):

@@ -14,9 +14,13 @@ SQLite and the filesystem transport, nothing to start):
    flows that wait for ``user.confirmed`` (status ``waiting``; one resumed by this
    command's ``send_event``, one whose event came early, one that times out), and a video
    pipeline that gathers durable and plain Celery children;
-6. prints every run's steps and checks, from the database, that no completed step ran
-   twice and that the suspended runs behaved; stops the workers (always, also on errors
-   and Ctrl-C).
+6. starts a second worker and shows per-user concurrency with paid plans first: one
+   user's four uploads (``transcode_video``, ``Concurrency(limit=1, key="user_id")``), the
+   last one on a paid plan (priority 600), and another user's upload; the paid upload
+   starts next, the user's uploads never overlap, the other user is not held up;
+7. prints every run's steps and checks, from the database, that no completed step ran
+   twice and that the suspended and the concurrency-limited runs behaved; stops the
+   workers (always, also on errors and Ctrl-C).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,7 +54,7 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from celery_durable import send_event
-from celery_durable.models import Event, Run, Step
+from celery_durable.models import Event, Run, Slot, Step
 from shop import tasks
 from shop.models import (
     Account,
@@ -261,10 +266,15 @@ class Command(BaseCommand):
         self.section("3. runs that suspend, all on worker demo-2 (one process: the solo pool)")
         seen = self.suspension(second)
 
-        self.section("4. runs and their steps (from the database)")
+        self.section("4. one transcode per user at a time, paid plans first, on workers demo-2 and demo-3")
+        self.start_worker("demo-3")
+        uploads = self.per_user_concurrency()
+
+        self.section("5. runs and their steps (from the database)")
         self.show_runs()
-        self.section("5. checks")
+        self.section("6. checks")
         self.verify(crash.id, first.pid, alice, bob, mug, tee, seen)
+        self.verify_per_user_concurrency(uploads)
 
     # --- section 3: sleeps, events, child runs ---
 
@@ -328,6 +338,7 @@ class Command(BaseCommand):
 
         # A video pipeline: gather three durable transcodes and a plain Celery thumbnail task.
         video = Video.objects.create(title="Durable execution in five minutes", duration_seconds=300)
+        seen.video = video.pk
         pipeline = tasks.publish_video.delay(video.pk, encoder_busy_once=True)
         seen.pipeline = pipeline.id
         self.say(f"enqueued publish_video #{video.pk} (the 1080p encoder is busy once): run {pipeline.id}")
@@ -368,6 +379,97 @@ class Command(BaseCommand):
         self.say(f"invoice.paid started notify_accounting (on_event): run {found[0]} -> {_preview(value, 90)}")
         return seen
 
+    # --- section 4: per-user concurrency and priority ---
+
+    def per_user_concurrency(self) -> Uploads:
+        """Erin uploads three videos on the free plan, then upgrades and uploads a fourth; Frank uploads one."""
+        erin, frank = ERIN, FRANK
+        videos = [
+            Video.objects.create(title=f"{name} #{n}", duration_seconds=60)
+            for name, n in (("erin", 1), ("erin", 2), ("erin", 3), ("frank", 1), ("erin", 4))
+        ]
+        plans = ["free", "free", "free", "free", "pro"]
+        users = [erin, erin, erin, frank, erin]
+        labels = ["erin #1 (free)", "erin #2 (free)", "erin #3 (free)", "frank #1 (free)", "erin #4 (pro)"]
+        # One transaction: every run is admitted (or backlogged) before any message leaves at
+        # the commit, so what this command reads below is not racing the workers.
+        with transaction.atomic():
+            results = [
+                tasks.transcode_video.delay(video.pk, user, plan)
+                for video, user, plan in zip(videos, users, plans, strict=True)
+            ]
+            admitted = {r.id: r.status for r in Run.objects.filter(id__in=[r.id for r in results])}
+            slots = dict(Slot.objects.filter(key__startswith="shop.transcode_video:").values_list("key", "in_use"))
+        uploads = Uploads(runs=dict(zip(labels, (r.id for r in results), strict=True)))
+        uploads.admitted = {label: admitted[run_id] for label, run_id in uploads.runs.items()}
+        uploads.slots_in_use = slots
+        for label, result in zip(labels, results, strict=True):
+            self.say(f"enqueued transcode_video {label}: run {result.id} is {uploads.admitted[label]}")
+        self.say(
+            "  slots in use: "
+            + ", ".join(f"{key} {in_use}/1" for key, in_use in sorted(slots.items()))
+            + "; the pending runs wait in the database, not in the broker"
+        )
+        for label, result in zip(labels, results, strict=True):
+            self.get(result, f"transcode_video {label}")
+        t0 = min(Run.objects.filter(id__in=uploads.runs.values()).values_list("started_at", flat=True))
+        runs = {r.id: r for r in Run.objects.filter(id__in=uploads.runs.values())}
+        pids = dict(
+            StepExecution.objects.filter(run_id__in=uploads.runs.values(), step="encode_upload").values_list(
+                "run_id", "pid"
+            )
+        )
+        by_start = sorted(uploads.runs.items(), key=lambda item: runs[item[1]].started_at)
+        self.say("started and finished (from the runs' started_at / finished_at):")
+        for label, run_id in by_start:
+            run = runs[run_id]
+            self.say(
+                f"  {label:16} priority {run.priority:3}  started +{(run.started_at - t0).total_seconds():.2f}s  "
+                f"finished +{(run.finished_at - t0).total_seconds():.2f}s  in pid {pids.get(run_id)}"
+            )
+        uploads.erin_order = [label for label, _ in by_start if label.startswith("erin")]
+        self.say(f"erin's uploads started in the order {uploads.erin_order}")
+        return uploads
+
+    def verify_per_user_concurrency(self, uploads: Uploads) -> None:
+        failures = 0
+
+        def check(ok: bool, message: str) -> None:
+            nonlocal failures
+            failures += not ok
+            line = f"  {'ok  ' if ok else 'FAIL'}  {message}"
+            self.stdout.write(self.style.SUCCESS(line) if ok else self.style.ERROR(line))
+
+        runs = {label: Run.objects.get(id=run_id) for label, run_id in uploads.runs.items()}
+        erin = sorted((run for label, run in runs.items() if label.startswith("erin")), key=lambda r: r.started_at)
+        statuses = [uploads.admitted[label] for label in runs]
+        check(
+            statuses == ["queued", "pending", "pending", "queued", "pending"]
+            and uploads.slots_in_use
+            == {f"shop.transcode_video:user_id:{ERIN}": 1, f"shop.transcode_video:user_id:{FRANK}": 1},
+            f"at enqueue: erin's first upload and frank's took their user's slot (queued), erin's other three "
+            f"waited in the backlog: {statuses}",
+        )
+        overlaps = [f"{a.id} and {b.id}" for a, b in pairwise(erin) if b.started_at < a.finished_at]
+        check(
+            all(r.status == "completed" for r in runs.values()) and not overlaps,
+            f"erin's {len(erin)} uploads ran one at a time across two workers: each started after the one "
+            f"before it finished ({'overlaps: ' + ', '.join(overlaps) if overlaps else 'no overlap'})",
+        )
+        expected = ["erin #1 (free)", "erin #4 (pro)", "erin #2 (free)", "erin #3 (free)"]
+        check(
+            uploads.erin_order == expected and runs["erin #4 (pro)"].priority == 600,
+            f"the paid upload (priority 600), enqueued last, started next after the running one: {uploads.erin_order}",
+        )
+        check(
+            runs["frank #1 (free)"].started_at < runs["erin #4 (pro)"].started_at,
+            "frank's upload was not held up by erin's backlog (another key): it started before erin's second",
+        )
+        in_use = list(Slot.objects.filter(key__startswith="shop.transcode_video:").values_list("in_use", flat=True))
+        check(in_use and not any(in_use), f"every slot was handed back: in use {in_use}")
+        if failures:
+            raise CommandError(f"{failures} check(s) failed")
+
     def header(self) -> None:
         db = settings.DATABASES["default"]
         conf = current_app.conf
@@ -390,6 +492,8 @@ class Command(BaseCommand):
         TaskResult.objects.filter(task_id__in=run_ids).delete()
         Run.objects.filter(id__in=run_ids).delete()
         Event.objects.filter(name__in=DEMO_EVENTS).delete()
+        # Slot counters of the demo's concurrency keys: an interrupted demo may have left one in use.
+        Slot.objects.filter(key__startswith="shop.").delete()
         for model in (StepExecution, Shipment, StockReservation, Charge, Order, Product, Invoice, Account, Video):
             model.objects.all().delete()
         purged = current_app.control.purge()
@@ -711,7 +815,7 @@ class Command(BaseCommand):
             returned == asked and seen.finish_order != asked,
             f"step.gather returned {returned}, the order asked, though they finished as {seen.finish_order}",
         )
-        video = Video.objects.get()
+        video = Video.objects.get(pk=seen.video)
         check(
             video.status == "published" and [r["resolution"] for r in video.renditions] == list(tasks.RESOLUTIONS),
             f"video {video.status} with {len(video.renditions)} renditions and {video.thumbnail_url}",
@@ -741,6 +845,19 @@ class Command(BaseCommand):
         self.stdout.write(self.style.MIGRATE_HEADING(title))
 
 
+ERIN, FRANK = 7, 8  # user ids of section 4
+
+
+@dataclass
+class Uploads:
+    """Section 4's runs by label, and what was seen when they were enqueued."""
+
+    runs: dict[str, str]
+    admitted: dict[str, str] = field(default_factory=dict)
+    slots_in_use: dict[str, int] = field(default_factory=dict)
+    erin_order: list[str] = field(default_factory=list)
+
+
 @dataclass
 class Seen:
     """What section 3 observed while its runs were suspended (checked in section 5)."""
@@ -755,6 +872,7 @@ class Seen:
     bob_waiting: bool = False
     pipeline: str = ""
     pipeline_waiting: bool = False
+    video: int = 0
     finish_order: list[str] = field(default_factory=list)
 
 
