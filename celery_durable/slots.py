@@ -166,6 +166,13 @@ def _promote_one(key: str) -> list[Nudge]:
 def reclaim(run_id: str, generation: int, limits: dict[str, int]) -> bool:
     """A resumed run (after a sleep, wait or retry) takes its slots again, or waits in the backlog."""
     with transaction.atomic():
+        # A run recorded without intake (``send_task``, or created before its task declared
+        # ``concurrency``) has no keys yet: without them its release would give nothing back.
+        keys = sorted(limits)
+        if keys:
+            runs = Run.objects.filter(id=run_id)
+            runs.filter(slot_key1__isnull=True).update(slot_key1=keys[0], slot_key2=keys[1] if len(keys) > 1 else None)
+            runs.filter(backlog_at__isnull=True).update(backlog_at=clock.now())
         if acquire(run_id, dict(limits)):
             return True
         Run.objects.filter(id=run_id, generation=generation, status=RunStatus.RUNNING).update(

@@ -152,3 +152,15 @@ def test_priority_callable_out_of_range__fails_the_delay(durable):
     with pytest.raises(DurableConfigError, match=r"t\.bad_priority"):
         bad_priority.delay(1)
     assert not Run.objects.filter(task_name="t.bad_priority").exists()
+
+
+def test_run_recorded_without_intake__gives_its_slot_back(durable):
+    from celery_durable import runs
+
+    # What install(app) records for app.send_task(): no admission, so no concurrency keys.
+    runs.create(run_id="sent-by-name", task_name="f.per_user", args="[6]", kwargs="{}", options="{}")
+    holder = flows.per_user.delay(6)
+    durable.run_until_idle()
+    assert get_run("sent-by-name").status == "completed" and durable.result(holder.id) == 6
+    assert Slot.objects.get(key="f.per_user:user_id:6").in_use == 0
+    assert get_run(flows.per_user.delay(6).id).status == "queued"
