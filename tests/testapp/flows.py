@@ -237,6 +237,24 @@ def no_steps_limited(account):
     return account
 
 
+def record_interval(run_id, key, hold=0.0):
+    """One row per execution of a body, with start and end from the database clock.
+
+    A worker killed inside the body leaves ``ended`` null.
+    """
+    import os
+    import time as _time
+
+    from django.db.models.functions import Now
+
+    from tests.testapp.models import Interval
+
+    interval = Interval.objects.create(run_id=run_id, key=key, started=Now(), pid=os.getpid())
+    if hold:
+        _time.sleep(hold)
+    Interval.objects.filter(id=interval.id).update(ended=Now())
+
+
 @durable_task(
     name="f.limited_work",
     concurrency=Concurrency(limit=2, key="key"),
@@ -244,16 +262,33 @@ def no_steps_limited(account):
 )
 def limited_work(key, n, urgent=False):
     """Records the interval its step body executed in, for the limit checker."""
-    import time as _time
-
-    from django.utils import timezone
-
-    from tests.testapp.models import Interval
 
     def work():
-        interval = Interval.objects.create(run_id=step.run_id, key=key, started=timezone.now())
-        _time.sleep(0.15)
-        Interval.objects.filter(id=interval.id).update(ended=timezone.now())
+        record_interval(step.run_id, key, hold=0.05)
         return n
 
     return step.run("work", work)
+
+
+@durable_task(name="f.throttled_fast", throttle=Throttle(limit=2, period=1, key="team"))
+def throttled_fast(team, n):
+    """No steps: the body records when it started (0.5 s apart at the steady rate)."""
+    record_interval(step.run_id, team)
+    return n
+
+
+@durable_task(name="f.debounced_fast", debounce=Debounce(period=1.5, key="account", timeout=30))
+def debounced_fast(account, version):
+    return step.run("reindex", counted, "reindex", version)
+
+
+@durable_task(name="f.singleton_skip_nap", singleton=Singleton(key="user_id", mode="skip"))
+def singleton_skip_nap(user_id, seconds):
+    step.sleep("nap", seconds)
+    return [user_id, seconds]
+
+
+@durable_task(name="f.singleton_cancel_nap", singleton=Singleton(key="user_id", mode="cancel"))
+def singleton_cancel_nap(user_id, seconds):
+    step.sleep("nap", seconds)
+    return [user_id, seconds]

@@ -22,4 +22,5 @@ class Interval(models.Model):
     run_id = models.CharField(max_length=255)
     key = models.CharField(max_length=255)
     started = models.DateTimeField()
-    ended = models.DateTimeField(null=True)
+    ended = models.DateTimeField(null=True)  # null: the attempt was killed inside the body
+    pid = models.IntegerField(default=0)
