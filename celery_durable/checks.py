@@ -64,20 +64,11 @@ def _celery_app() -> Any:
 
 @checks.register()
 def check_celery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """E004/W005/W006: durable tasks need acks_late; priority defaults break routing."""
+    """E004/W006: durable tasks need acks_late and install(app); W007-W009: broker priority."""
     from .integration.task import DurableTask
 
     app = _celery_app()
     messages: list[checks.CheckMessage] = []
-    if app.conf.task_default_priority is not None:
-        messages.append(
-            checks.Warning(
-                f"task_default_priority is {app.conf.task_default_priority!r}",
-                hint="A non-None default priority overrides the priority celery-durable gives "
-                "each run's message. Set CELERY_TASK_DEFAULT_PRIORITY = None.",
-                id="celery_durable.W005",
-            )
-        )
     durable = [task for task in app.tasks.values() if isinstance(task, DurableTask)]
     for task in durable:
         if not task.acks_late:
@@ -89,13 +80,55 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
                     id="celery_durable.E004",
                 )
             )
-    if durable and not getattr(app, "_celery_durable_installed", False):
+    installed = getattr(app, "_celery_durable_installed", False)
+    if durable and not installed:
         messages.append(
             checks.Warning(
                 "durable tasks are declared but celery_durable.install(app) was not called",
                 hint="Call celery_durable.install(app) in your Celery module so workers run the "
                 "waker and reaper and keep their database connection.",
                 id="celery_durable.W006",
+            )
+        )
+    prioritized = [task.name for task in durable if task.durable_priority is not None]
+    if prioritized and installed:
+        messages.extend(priority_messages(app, prioritized))
+    return messages
+
+
+def priority_messages(app: Any, prioritized: list[str]) -> list[checks.CheckMessage]:
+    """W007-W009: the settings without which ``priority=`` cannot order the broker's queue."""
+    from .integration.routing import broker_driver, router_installed
+
+    names = ", ".join(sorted(prioritized)[:3]) + (", ..." if len(prioritized) > 3 else "")
+    messages: list[checks.CheckMessage] = []
+    if broker_driver(str(app.conf.broker_url)) == "amqp" and not app.conf.task_queue_max_priority:
+        messages.append(
+            checks.Warning(
+                f"tasks with priority= ({names}) on RabbitMQ without task_queue_max_priority",
+                hint="Set CELERY_TASK_QUEUE_MAX_PRIORITY = 10 so queues are declared with "
+                "x-max-priority (RabbitMQ cannot add it to an existing queue: use a new queue "
+                "name). Until then priority= orders the database backlogs only.",
+                id="celery_durable.W007",
+            )
+        )
+    if app.conf.worker_prefetch_multiplier != 1:
+        messages.append(
+            checks.Warning(
+                f"tasks with priority= ({names}) and worker_prefetch_multiplier = "
+                f"{app.conf.worker_prefetch_multiplier!r}",
+                hint="A worker that prefetches several messages runs them in arrival order. Set "
+                "CELERY_WORKER_PREFETCH_MULTIPLIER = 1.",
+                id="celery_durable.W008",
+            )
+        )
+    if not router_installed(app):
+        messages.append(
+            checks.Warning(
+                f"tasks with priority= ({names}) but task_routes was replaced after install(app)",
+                hint="celery_durable.install(app) puts its priority router in front of "
+                "task_routes; set task_routes before calling it.",
+                id="celery_durable.W009",
             )
         )
     return messages

@@ -72,8 +72,10 @@ elif DB == "mysql":
             "PORT": os.environ.get("DURABLE_TEST_MYSQL_PORT", "3306"),
             "CONN_MAX_AGE": None,
             "OPTIONS": {"charset": "utf8mb4", "isolation_level": "read committed"},
-            "TEST": {"NAME": os.environ.get("DURABLE_TEST_MYSQL_TEST_NAME", f"celery_durable_test_{os.getpid()}"),
-                     "CHARSET": "utf8mb4"},
+            "TEST": {
+                "NAME": os.environ.get("DURABLE_TEST_MYSQL_TEST_NAME", f"celery_durable_test_{os.getpid()}"),
+                "CHARSET": "utf8mb4",
+            },
         }
     }
 else:
@@ -97,6 +99,8 @@ CELERY_RESULT_BACKEND = os.environ.get("DURABLE_TEST_RESULT_BACKEND", "django-db
 CELERY_TASK_DEFAULT_PRIORITY = None
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("DURABLE_TEST_QUEUE", "celery")
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Queues declared with x-max-priority on RabbitMQ, so priority= also orders the broker queue.
+CELERY_TASK_QUEUE_MAX_PRIORITY = 10
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 CELERY_DURABLE = {

@@ -11,6 +11,7 @@ from celery import Celery, bootsteps, signals
 from django.db import DatabaseError, connections
 
 from .publish import CHILD_HEADER, NUDGE_HEADER
+from .routing import install_router
 
 logger = logging.getLogger("celery_durable")
 
@@ -208,12 +209,15 @@ def _cancel_on_revoke(app: Celery) -> None:
 def install(app: Celery) -> None:
     """Plug celery-durable into a Celery app: worker services, connection reuse, intake hooks.
 
+    It also puts a router in front of ``task_routes`` that gives each run's message the broker
+    priority of its ``priority=`` (see ``integration/routing.py``).
     Plain tasks are untouched. Call it once, after ``config_from_object``.
     """
     if getattr(app, "_celery_durable_installed", False):
         return
     app._celery_durable_installed = True  # type: ignore[attr-defined]
     app.steps["worker"].add(DurableServicesStep)
+    install_router(app)
 
     def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
         from ..conf import get_settings

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
+from celery.app.task import extract_exec_options  # type: ignore[attr-defined]
 from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore
 from celery.result import AsyncResult
@@ -195,6 +196,13 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         )
 
     # --- intake -------------------------------------------------------------------------
+
+    def _get_exec_options(self) -> dict[str, Any]:
+        # ``task_default_priority`` is for plain tasks: a durable run's broker level comes
+        # from its ``priority=`` through the router of install(app) (or an explicit option).
+        options: dict[str, Any] = dict(extract_exec_options(self))
+        options.pop("priority", None)
+        return options
 
     def apply_async(
         self,

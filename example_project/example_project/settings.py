@@ -142,8 +142,6 @@ CELERY_RESULT_EXTENDED = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-# celery-durable gives each run's message its own priority (check celery_durable.W005).
-CELERY_TASK_DEFAULT_PRIORITY = None
 # Durable tasks are acks_late; fetch one message at a time per process.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

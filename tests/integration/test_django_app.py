@@ -44,17 +44,6 @@ def test_invalid_settings__are_reported_by_a_check():
         get_settings()
 
 
-def test_default_priority__is_warned_about():
-    from celery import current_app
-
-    current_app.conf.task_default_priority = 5
-    try:
-        assert "celery_durable.W005" in [m.id for m in checks.check_celery()]
-    finally:
-        current_app.conf.task_default_priority = None
-    assert checks.check_celery() == []
-
-
 def test_durable_task_without_acks_late__is_an_error():
     from celery import current_app
 
