@@ -34,6 +34,8 @@ INSTALLED_APPS = [
     "django_celery_results",
     "celery_durable",
     "shop",
+    # The migration guide's before/after example (docs/howto/migrate.md); no models.
+    "migration",
 ]
 
 MIDDLEWARE = [
