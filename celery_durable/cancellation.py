@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from . import clock, serialization
-from .exceptions import RunNotFound, RunStateError
+from .exceptions import DurableConfigError, RunNotFound, RunStateError
 from .models import FINISHED_STATUSES, Run, RunStatus
-from .runs import Nudge
+from .runs import Nudge, check_id
 
 SUSPENDED = (RunStatus.PENDING, RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING)
 
@@ -33,6 +33,9 @@ def cancel(run_id: str, reason: str = "", using: str = "default") -> Cancellatio
 
     Raises ``RunNotFound`` for an unknown id and ``RunStateError`` for a finished run.
     """
+    if reason is not None and (not isinstance(reason, str) or "\x00" in reason):
+        raise DurableConfigError(f"cancel({run_id!r}): reason must be a str without NUL, got {reason!r}")
+    check_id(run_id)
     outcome = Cancellation()
     with transaction.atomic(using=using):
         _cancel(run_id, reason or "cancelled", outcome, using, top=True)

@@ -12,15 +12,22 @@ from .exceptions import DurableConfigError
 
 Key = str | Callable[..., Any] | None
 Duration = timedelta | int | float
+#: The longest duration accepted anywhere (100 years): a deadline or wake time must stay a date.
+MAX_DURATION_SECONDS = 100 * 365.25 * 86400
 
 
 def to_seconds(value: Duration | None, name: str, *, allow_zero: bool = False) -> float:
     """Turn a duration (``timedelta`` or seconds) into seconds, validating it."""
     if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
         raise DurableConfigError(f"{name} must be a timedelta or seconds, got {value!r}")
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    try:
+        seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    except OverflowError:  # an int too large for a float
+        seconds = float("inf")
     if seconds < 0 or (seconds == 0 and not allow_zero) or seconds != seconds:
         raise DurableConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    if seconds > MAX_DURATION_SECONDS:
+        raise DurableConfigError(f"{name} must be at most 100 years, got {value!r}")
     return seconds
 
 
@@ -30,10 +37,15 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
+def _is_path(value: Any) -> bool:
+    """A dotted path of Python names (``"order.customer_id"``): looked up, never evaluated."""
+    return isinstance(value, str) and bool(value) and all(part.isidentifier() for part in value.split("."))
+
+
 def _key(value: Any, name: str) -> None:
     if value is None or callable(value):
         return
-    if not isinstance(value, str) or not value or any(not part.isidentifier() for part in value.split(".")):
+    if not _is_path(value):
         raise DurableConfigError(f"{name} must be a parameter name (dotted paths allowed) or a callable, got {value!r}")
 
 
@@ -123,8 +135,10 @@ class CancelOn:
     def __post_init__(self) -> None:
         if not isinstance(self.event, str) or not self.event:
             raise DurableConfigError(f"CancelOn.event must be a non-empty str, got {self.event!r}")
-        if not isinstance(self.match, dict):
-            raise DurableConfigError("CancelOn.match must be a dict")
+        if not isinstance(self.match, dict) or not all(_is_path(p) for pair in self.match.items() for p in pair):
+            raise DurableConfigError(
+                f"CancelOn.match must map event data paths to task parameter paths (dotted names), got {self.match!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

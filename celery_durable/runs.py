@@ -536,8 +536,15 @@ def fail_unregistered(run_id: str, task_name: str, using: str = "default") -> bo
     return failed == 1
 
 
+def check_id(run_id: str) -> None:
+    """Raise :class:`RunNotFound` for an id no run can have (the database would refuse the query)."""
+    if isinstance(run_id, str) and "\x00" in run_id:
+        raise RunNotFound(run_id)
+
+
 def get(run_id: str, using: str = "default") -> Run:
     """The run with this id, or raise :class:`RunNotFound`."""
+    check_id(run_id)
     try:
         return Run.objects.using(using).get(id=run_id)
     except Run.DoesNotExist:
@@ -560,7 +567,7 @@ def replay(run_id: str, from_step: str | None = None, using: str = "default") ->
             raise RunStateError(run_id, run.status, "replay")
         steps = Step.objects.using(using).filter(run_id=run_id)
         if from_step is not None:
-            anchor = steps.filter(step_id=from_step).first()
+            anchor = None if "\x00" in str(from_step) else steps.filter(step_id=from_step).first()
             if anchor is None:
                 raise StepNotFound(run_id, from_step)
             steps.filter(id__gte=anchor.id).delete()

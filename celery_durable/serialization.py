@@ -1,8 +1,8 @@
 """JSON encoding of arguments, step outputs and results.
 
 Kombu's JSON (the codec Celery itself uses) adds datetime, date, time, Decimal, UUID and
-bytes. We refuse what would not come back unchanged (non-string dict keys, NaN) and never
-use pickle.
+bytes. We refuse what would not come back unchanged (non-string dict keys, NaN, a dict shaped
+like kombu's own type marker ``{"__type__": ..., "__value__": ...}``) and never use pickle.
 """
 
 from __future__ import annotations
@@ -13,12 +13,19 @@ from kombu.utils import json as kombu_json
 
 from .exceptions import SerializationError, StepOutputTooLarge
 
+MARKER_KEYS = {"__type__", "__value__"}
+
 
 def _check_keys(value: Any, where: str) -> None:
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
+            if item.keys() == MARKER_KEYS:  # kombu would decode it as a typed value, or fail to
+                raise SerializationError(
+                    f"{where}: a dict with exactly the keys '__type__' and '__value__' is reserved "
+                    f"by kombu's JSON (it would come back changed)"
+                )
             for key, child in item.items():
                 if not isinstance(key, str):
                     raise SerializationError(
@@ -30,8 +37,12 @@ def _check_keys(value: Any, where: str) -> None:
             stack.extend(item)
 
 
-def dumps(value: Any, where: str, max_bytes: int | None = None) -> str:
-    """Encode ``value`` as JSON text, or raise :class:`SerializationError` naming ``where``."""
+def dumps(value: Any, where: str, max_bytes: int | None = None, setting: str | None = None) -> str:
+    """Encode ``value`` as JSON text, or raise :class:`SerializationError` naming ``where``.
+
+    Above ``max_bytes`` it raises :class:`StepOutputTooLarge` naming ``setting`` (by default
+    ``MAX_ARGUMENT_BYTES`` for arguments, ``MAX_STEP_OUTPUT_BYTES`` otherwise).
+    """
     try:
         _check_keys(value, where)
         text = kombu_json.dumps(value, allow_nan=False)
@@ -40,9 +51,10 @@ def dumps(value: Any, where: str, max_bytes: int | None = None) -> str:
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise SerializationError(f"{where} is not JSON-serializable: {exc}") from exc
     if max_bytes is not None and len(text) > max_bytes and len(text.encode()) > max_bytes:
+        setting = setting or ("MAX_ARGUMENT_BYTES" if "argument" in where else "MAX_STEP_OUTPUT_BYTES")
         raise StepOutputTooLarge(
             f"{where} is {len(text.encode())} bytes as JSON, above the limit of {max_bytes} "
-            f"(CELERY_DURABLE['MAX_{'ARGUMENT' if 'argument' in where else 'STEP_OUTPUT'}_BYTES'])"
+            f"(CELERY_DURABLE[{setting!r}])"
         )
     return text
 

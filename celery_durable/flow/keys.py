@@ -11,8 +11,18 @@ from ..runtime.events import MISSING, lookup
 
 
 def check_key_spec(task_name: str, option: str, key: Any, fn: Callable[..., Any] | None) -> None:
-    """At declaration: a string key must start with a parameter of the task."""
-    if not isinstance(key, str) or fn is None:
+    """At declaration: a string key is a dotted path of names and starts with a parameter of the task.
+
+    A key string is looked up in the arguments, never evaluated.
+    """
+    if not isinstance(key, str):
+        return
+    if not key or any(not part.isidentifier() for part in key.split(".")):
+        raise DurableConfigError(
+            f"{task_name}: option {option!r} key {key!r} is not a parameter path like 'order.customer_id' "
+            f"(use a callable for anything else)"
+        )
+    if fn is None:
         return
     try:
         parameters = inspect.signature(fn).parameters

@@ -57,7 +57,7 @@ def validate_options(task_name: str, attrs: dict[str, Any]) -> None:
         raise DurableConfigError(f"{task_name}: option 'priority' must be an int in -600..600 or a callable")
     _validate_concurrency(task_name, attrs.get("concurrency"), attrs.get("run"))
     _validate_flow_options(task_name, attrs)
-    if attrs.get("autoretry_for"):
+    if attrs.get("autoretry_for", ()) not in ((), []):  # None too: Celery would fail on it
         raise DurableConfigError(
             f"{task_name}: option 'autoretry_for' does not apply to durable tasks; "
             f"steps retry by themselves (retries=, retry_backoff=, NonRetriableError)"
@@ -569,6 +569,9 @@ def durable_task(*args: Any, **options: Any) -> Any:
     def decorate(fun: Callable[..., Any]) -> Any:
         name = options.get("name") or f"{fun.__module__}.{fun.__name__}"
         validate_options(name, {**options, "run": fun})
+        for option in ("retry_backoff_max", "default_retry_delay"):  # Celery reads them as seconds
+            if isinstance(options.get(option), timedelta):
+                options[option] = options[option].total_seconds()
         base = options.pop("base", DurableTask)
         if not (isinstance(base, type) and issubclass(base, DurableTask)):
             raise DurableConfigError(f"{name}: base must be DurableTask or a subclass of it")
