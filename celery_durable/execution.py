@@ -20,11 +20,11 @@ from django.db import DatabaseError, connections
 from . import clock, runs, serialization, signals
 from .checkpoints import OrmCheckpointWriter
 from .conf import get_settings
-from .exceptions import SerializationError, _Cancelled, _LeaseLost, _StepFailed, _Suspend
+from .exceptions import RetryAfter, SerializationError, _Cancelled, _LeaseLost, _StepFailed, _Suspend
 from .options import RetryPolicy
 from .runtime import context
 from .runtime.errors import error_record
-from .runtime.steps import StepContext
+from .runtime.steps import BODY_STEP, StepContext
 
 logger = logging.getLogger("celery_durable")
 
@@ -148,11 +148,31 @@ def execute(
         return _abandon(run_id, "execution", exc, using)
     except Exception as exc:
         # An error raised by the task body outside any step fails the run: such code is
-        # re-executed on every replay, so retrying it would not be a step retry.
+        # re-executed on every replay, so retrying it would not be a step retry. A task that
+        # declares Celery's ``autoretry_for`` asked for exactly that: the whole body retries.
+        body_retry = _body_retry(policy, claim.checkpoints, exc)
+        if body_retry is not None:
+            return _step_failed(run, body_retry, settings.WAKER_INTERVAL)
         return _fail(run, exc, None)
     finally:
         active.ids.discard(run_id)
         active.cancelled.discard(run_id)
+
+
+def _body_retry(policy: RetryPolicy, checkpoints: dict[str, Any], exc: Exception) -> _StepFailed | None:
+    """A body failure to retry as a whole, recorded as step ``BODY_STEP``.
+
+    That is ``self.retry()`` / ``RetryAfter`` raised outside any step, or an exception of
+    Celery's ``autoretry_for``: what a converted Celery task asked for.
+    """
+    explicit = isinstance(exc, RetryAfter)
+    if not explicit and (policy.autoretry_for is None or not policy.retries_on(exc)):
+        return None
+    previous = checkpoints.get(BODY_STEP)
+    attempts = (previous.attempts if previous is not None else 0) + 1
+    if not policy.should_retry(attempts):
+        return None
+    return _StepFailed(BODY_STEP, exc, attempts, exc.delay if isinstance(exc, RetryAfter) else policy.delay(attempts))
 
 
 def _not_held(run: _Run) -> Outcome:

@@ -164,8 +164,19 @@ class RetryPolicy:
     retry_backoff_max: int | float = 600
     retry_jitter: bool = True
     default_retry_delay: int | float = 180
+    # Celery's ``autoretry_for``: ``None`` retries steps on every exception; a tuple retries
+    # steps, and a body that fails outside any step, only on those (minus ``dont_autoretry_for``).
+    autoretry_for: tuple[type[BaseException], ...] | None = None
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("autoretry_for", "dont_autoretry_for"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, tuple)
+                or not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in value)
+            ):
+                raise DurableConfigError(f"{name} must be a tuple of exception classes, got {value!r}")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise DurableConfigError(f"retries must be an int >= 0, got {self.retries!r}")
         if not isinstance(self.retry_backoff, bool | int | float) or (
@@ -176,6 +187,12 @@ class RetryPolicy:
         if not isinstance(self.retry_jitter, bool):
             raise DurableConfigError(f"retry_jitter must be a bool, got {self.retry_jitter!r}")
         to_seconds(self.default_retry_delay, "default_retry_delay", allow_zero=True)
+
+    def retries_on(self, error: BaseException) -> bool:
+        """Whether ``error`` is one the policy retries (every exception without ``autoretry_for``)."""
+        if isinstance(error, self.dont_autoretry_for):
+            return False
+        return self.autoretry_for is None or isinstance(error, self.autoretry_for)
 
     def should_retry(self, failed_attempts: int) -> bool:
         """Whether a step that has failed ``failed_attempts`` times may run again."""

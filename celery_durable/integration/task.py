@@ -57,15 +57,44 @@ def validate_options(task_name: str, attrs: dict[str, Any]) -> None:
         raise DurableConfigError(f"{task_name}: option 'priority' must be an int in -600..600 or a callable")
     _validate_concurrency(task_name, attrs.get("concurrency"), attrs.get("run"))
     _validate_flow_options(task_name, attrs)
-    if attrs.get("autoretry_for", ()) not in ((), []):  # None too: Celery would fail on it
-        raise DurableConfigError(
-            f"{task_name}: option 'autoretry_for' does not apply to durable tasks; "
-            f"steps retry by themselves (retries=, retry_backoff=, NonRetriableError)"
-        )
     try:
+        celery_retry_options(attrs)
         RetryPolicy(**{k: attrs[k] for k in RETRY_OPTIONS if k in attrs})
     except DurableConfigError as exc:
         raise DurableConfigError(f"{task_name}: {exc}") from None
+
+
+def celery_retry_options(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Celery's retry options of a converted task (``autoretry_for``, ``max_retries``, ...) as ours.
+
+    ``autoretry_for`` keeps its meaning: only those exceptions retry, steps and a body that
+    fails outside any step alike, with Celery's defaults (no backoff unless ``retry_backoff``).
+    """
+    mapped: dict[str, Any] = {}
+    for name in ("autoretry_for", "dont_autoretry_for"):
+        if name in attrs:
+            value = attrs[name]
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(kind, type) and issubclass(kind, BaseException) for kind in value
+            ):
+                raise DurableConfigError(f"option {name!r} must be a tuple of exception classes, got {value!r}")
+            mapped[name] = tuple(value)
+    retry_kwargs = dict(attrs.get("retry_kwargs") or {})
+    unknown = set(retry_kwargs) - {"max_retries", "countdown"}
+    if unknown:
+        raise DurableConfigError(f"option 'retry_kwargs' supports max_retries and countdown, not {sorted(unknown)}")
+    max_retries = attrs.get("max_retries", retry_kwargs.get("max_retries"))
+    if "max_retries" in attrs or "max_retries" in retry_kwargs:
+        if "retries" in attrs:
+            raise DurableConfigError("give either 'retries' or Celery's 'max_retries', not both")
+        if max_retries is None:
+            raise DurableConfigError("max_retries=None (retry forever) is not supported; give a number")
+        mapped["retries"] = max_retries
+    if "countdown" in retry_kwargs:
+        mapped["default_retry_delay"] = retry_kwargs["countdown"]
+    if mapped.get("autoretry_for") and "retry_backoff" not in attrs:
+        mapped["retry_backoff"] = False  # Celery's default for autoretry_for
+    return mapped
 
 
 def _validate_concurrency(task_name: str, concurrency: Any, fn: Any) -> None:
@@ -160,10 +189,18 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     concurrency: Concurrency | list[Concurrency] | None = None
     # ``priority=`` (-600..600 s or a callable); Celery's own ``priority`` is the message priority.
     durable_priority: int | Callable[..., int] | None = None
+    # Celery's ``autoretry_for`` / ``dont_autoretry_for``, applied by our retry policy.
+    durable_autoretry_for: tuple[type[BaseException], ...] | None = None
+    durable_dont_autoretry_for: tuple[type[BaseException], ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         validate_options(str(cls.__dict__.get("name") or cls.__name__), dict(cls.__dict__))
+        for name, value in celery_retry_options(dict(cls.__dict__)).items():
+            # Celery's own autoretry wrapper would retry the whole run as a new message.
+            setattr(cls, f"durable_{name}" if name.endswith("autoretry_for") else name, value)
+        if "autoretry_for" in cls.__dict__:
+            setattr(cls, "autoretry_for", ())  # noqa: B010  (Celery reads it with getattr)
         priority = cls.__dict__.get("priority")
         if priority is not None:  # ours: a head start in seconds, not a broker priority level
             cls.durable_priority = staticmethod(priority) if callable(priority) else priority
@@ -193,6 +230,8 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             retry_backoff_max=self.retry_backoff_max,
             retry_jitter=self.retry_jitter,
             default_retry_delay=self.default_retry_delay,
+            autoretry_for=self.durable_autoretry_for,
+            dont_autoretry_for=self.durable_dont_autoretry_for,
         )
 
     # --- intake -------------------------------------------------------------------------
@@ -572,6 +611,13 @@ def durable_task(*args: Any, **options: Any) -> Any:
         for option in ("retry_backoff_max", "default_retry_delay"):  # Celery reads them as seconds
             if isinstance(options.get(option), timedelta):
                 options[option] = options[option].total_seconds()
+        # Celery's retry options become ours (not Celery's autoretry wrapper, which would
+        # retry the run as a new message): see celery_retry_options.
+        mapped = celery_retry_options(options)
+        for celery_option in ("autoretry_for", "dont_autoretry_for", "retry_kwargs", "max_retries"):
+            options.pop(celery_option, None)
+        for option, value in mapped.items():
+            options[f"durable_{option}" if option.endswith("autoretry_for") else option] = value
         base = options.pop("base", DurableTask)
         if not (isinstance(base, type) and issubclass(base, DurableTask)):
             raise DurableConfigError(f"{name}: base must be DurableTask or a subclass of it")

@@ -28,6 +28,8 @@ fault_hook: Callable[[str, str], BaseException | None] | None = None
 
 MAX_STEP_ID_LENGTH = 200
 OCCURRENCE_SEPARATOR = "#"
+# The failed attempts of a body that retries as a whole (``autoretry_for``); no step id can be it.
+BODY_STEP = "#body"
 
 
 @dataclass
@@ -186,8 +188,8 @@ class StepContext(SuspendingSteps):
         except RetryAfter as exc:
             raise _StepFailed(sid, exc, attempts, exc.delay if self._policy.should_retry(attempts) else None) from exc
         except Exception as exc:
-            retry_in = self._policy.delay(attempts) if self._policy.should_retry(attempts) else None
-            raise _StepFailed(sid, exc, attempts, retry_in) from exc
+            retrying = self._policy.retries_on(exc) and self._policy.should_retry(attempts)
+            raise _StepFailed(sid, exc, attempts, self._policy.delay(attempts) if retrying else None) from exc
         finally:
             self._current = None
         if not atomic:
