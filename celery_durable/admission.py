@@ -88,19 +88,19 @@ def admit(
         state.run_id, state.started_at = run_id, now
         state.save(update_fields=["run_id", "started_at"])
         wake_at = max(wake_at or now, now + period)
+    singleton_state = cancel = None
     if task.singleton is not None:
         singleton = task.singleton
         name = key("singleton", singleton.key)
-        state = _state(name)
-        holder = state.run_id and Run.objects.filter(id=state.run_id).exclude(status__in=FINISHED_STATUSES).exists()
+        singleton_state = _state(name)
+        holder = (
+            singleton_state.run_id
+            and Run.objects.filter(id=singleton_state.run_id).exclude(status__in=FINISHED_STATUSES).exists()
+        )
         if holder and singleton.mode == "skip":
-            return Decision("skip", run_id, reason=f"singleton: run {state.run_id} is still unfinished")
-        cancel = state.run_id if holder else None
-        state.run_id = run_id
-        state.save(update_fields=["run_id"])
+            return Decision("skip", run_id, reason=f"singleton: run {singleton_state.run_id} is still unfinished")
+        cancel = singleton_state.run_id if holder else None
         holds.append(name)
-    else:
-        cancel = None
     if task.durable_rate_limit is not None:
         limit = task.durable_rate_limit
         state = _state(key("rate_limit", limit.key))
@@ -120,4 +120,7 @@ def admit(
         state.save(update_fields=["tat"])
         if start > now:
             wake_at = start
+    if singleton_state is not None:  # only now: a call the rate limit skips must not take the key
+        singleton_state.run_id = run_id
+        singleton_state.save(update_fields=["run_id"])
     return Decision("start", run_id, wake_at=wake_at, cancel=cancel, holds=holds)

@@ -137,3 +137,25 @@ def test_key_callable_that_raises__fails_the_delay_and_stores_nothing(durable):
         bad_key_fn.delay(1)
     assert not Run.objects.filter(task_name="t.bad_key_fn").exists()
     assert not Step.objects.exists()
+
+
+def test_singleton_with_rate_limit__a_skipped_call_does_not_take_the_key(durable):
+    from celery_durable import RateLimit, Singleton
+
+    @durable_task(
+        name="t.singleton_rate_limited",
+        singleton=Singleton(key="account", mode="cancel"),
+        rate_limit=RateLimit(limit=1, period=60, key="account"),
+    )
+    def singleton_rate_limited(account, n):
+        return n
+
+    first = singleton_rate_limited.delay("acme", 1)
+    skipped = singleton_rate_limited.delay("acme", 2)  # over the rate limit: skipped
+    assert get_run(skipped.id).status == RunStatus.SKIPPED
+    assert get_run(first.id).status == RunStatus.QUEUED  # not cancelled by a call that never ran
+    durable.clock.advance(61)
+    third = singleton_rate_limited.delay("acme", 3)  # the key still points at the first run
+    assert get_run(first.id).status == RunStatus.CANCELLED
+    durable.run_until_idle()
+    assert durable.result(third.id) == 3
