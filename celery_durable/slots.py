@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 
 from . import clock
@@ -114,7 +114,11 @@ def acquire(run_id: str, limits: dict[str, int | None]) -> bool:
 
 
 def release(run_id: str) -> list[Nudge]:
-    """Give back a finished or suspended run's slots and promote the next pending runs."""
+    """Give back a finished or suspended run's slots and promote the next pending runs.
+
+    A run with one key hands its slot straight to the head of that key's backlog when the
+    head needs no other slot: one transaction, and the slot row is not touched.
+    """
     with transaction.atomic():
         row = (
             Run.objects.filter(id=run_id, holds_slots=True)
@@ -127,11 +131,43 @@ def release(run_id: str) -> list[Nudge]:
         if Run.objects.filter(id=run_id, holds_slots=True).update(holds_slots=False) != 1:
             return []
         keys = sorted(key for key in row if key)
+        if len(keys) == 1:
+            handed = _hand_over(keys[0])
+            if handed is not None:
+                return [handed]
         for key in keys:
             _give(key)
     # Promotions run in their own transactions: holding a released slot row while taking
     # another key's row could deadlock with a concurrent release.
     return promote(keys)
+
+
+def _hand_over(key: str) -> Nudge | None:
+    """Pass a released slot of ``key`` to the head of its backlog if that run needs only this key.
+
+    Not when a lowered limit left the key over it (the slot must go back then). Locks the
+    head's row only (after the releasing run's own), skipping a head that another release
+    is taking; a concurrent promoter that took the head first makes the UPDATE change
+    nothing, and the caller gives the slot back instead.
+    """
+    if not Slot.objects.filter(key=key, in_use__lte=F("limit")).exists():
+        return None
+    heads: list[tuple[Any, str, str | None]] = []
+    for field in ("slot_key1", "slot_key2"):
+        pending = Run.objects.filter(status=RunStatus.PENDING, **{field: key}).order_by("backlog_at", "id")
+        if field == "slot_key1" and connection.features.has_select_for_update_skip_locked:
+            # Two releases at once hand over to two runs instead of queueing on one row.
+            pending = pending.select_for_update(skip_locked=True)
+        heads += list(pending.values_list("backlog_at", "id", "slot_key2")[:1])
+    if not heads or any(at is None for at, _id, _key in heads):
+        return None  # no backlog, or one promote() orders
+    _at, head, second_key = min(heads)
+    if second_key is not None:
+        return None  # it needs another key's slot too: promote() takes both or none
+    taken = Run.objects.filter(
+        id=head, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
+    ).update(status=RunStatus.QUEUED, published_at=clock.now(), holds_slots=True)
+    return nudge_for(head) if taken else None
 
 
 def promote(keys: list[str]) -> list[Nudge]:

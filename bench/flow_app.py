@@ -1,0 +1,59 @@
+"""Celery app and tasks of the flow-control benchmark: ``celery -A bench.flow_app worker``.
+
+bench/flow_control.py sets the environment (its own PostgreSQL database and Redis db) before
+it starts the workers, so driver and workers share bench/settings.py's settings.
+The task bodies are trivial and take no steps (flow control works on step-less tasks);
+``limited`` and ``free`` differ only in ``Concurrency(limit=5, key="key")``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery, shared_task
+from celery.signals import worker_process_init
+
+import celery_durable
+from celery_durable import Concurrency, durable_task
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+
+LIMIT = 5
+
+if os.environ.get("BENCH_FC_GIVE_BACK") == "1":
+
+    @worker_process_init.connect(weak=False)
+    def give_back(**_kwargs: object) -> None:
+        """The release path before the direct hand-over (give the slot back, then promote in
+        a second transaction): the drain is measured both ways in one invocation."""
+        from celery_durable import slots
+
+        slots._hand_over = lambda key: None  # type: ignore[assignment]
+
+
+app = Celery("bench_flow")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+celery_durable.install(app)
+
+
+@shared_task(name="bench.fc.noop")
+def noop() -> None:
+    """The wake-up message of a drain measurement."""
+
+
+@durable_task(name="bench.fc.free")
+def free(key: str, i: int) -> int:
+    return i + 1
+
+
+@durable_task(name="bench.fc.limited", concurrency=Concurrency(limit=LIMIT, key="key"))
+def limited(key: str, i: int) -> int:
+    return i + 1
+
+
+@durable_task(name="bench.fc.paced", concurrency=Concurrency(limit=LIMIT, key="key"))
+def paced(key: str, i: int, seconds: float) -> int:
+    """A run that takes ``seconds`` (hand-off latency without CPU saturation; slot holders)."""
+    time.sleep(seconds)
+    return i + 1
