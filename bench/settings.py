@@ -59,6 +59,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Everything else (prefetch multiplier 4, acks_late per task, serializer json) is Celery's default.
 
 CELERY_DURABLE: dict[str, object] = {}
+if os.environ.get("BENCH_OBSERVE") == "1":  # bench/observe.py: plain tasks recorded as runs
+    CELERY_DURABLE["OBSERVE_PLAIN_TASKS"] = ["bench.one"]
 
 LOGGING = {
     "version": 1,

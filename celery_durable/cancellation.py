@@ -9,7 +9,7 @@ from django.db import transaction
 from . import clock, serialization
 from .exceptions import DurableConfigError, RunNotFound, RunStateError
 from .models import FINISHED_STATUSES, Run, RunStatus
-from .runs import Nudge, check_id
+from .runs import OBSERVED, Nudge, check_id
 
 SUSPENDED = (RunStatus.PENDING, RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING)
 
@@ -46,10 +46,12 @@ def _cancel(run_id: str, reason: str, outcome: Cancellation, using: str, top: bo
     runs = Run.objects.using(using)
     now = clock.now()
     for _ in range(3):  # the status may change under us; each attempt is one compare-and-set
-        row = runs.filter(id=run_id).values("status", "parent_id").first()
+        row = runs.filter(id=run_id).values("status", "parent_id", "durable").first()
         if row is None:
             raise RunNotFound(run_id)
         status = row["status"]
+        if top and not row["durable"] and row["parent_id"] is None:
+            raise RunStateError(run_id, status, "cancel", OBSERVED)
         if status in FINISHED_STATUSES:
             if top:
                 raise RunStateError(run_id, status, "cancel")

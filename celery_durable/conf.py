@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "RUN_SERVICES_IN_WORKER": True,
     "REUSE_CONNECTIONS": True,
     "WAKER_BATCH_SIZE": 500,
+    "OBSERVE_PLAIN_TASKS": False,
 }
 
 
@@ -44,6 +45,8 @@ class DurableSettings:
     RUN_SERVICES_IN_WORKER: bool
     REUSE_CONNECTIONS: bool
     WAKER_BATCH_SIZE: int
+    # Record plain tasks as one-step runs: False, True (all) or a list of fnmatch patterns.
+    OBSERVE_PLAIN_TASKS: bool | tuple[str, ...]
 
 
 def _validate(values: dict[str, Any]) -> None:
@@ -66,6 +69,14 @@ def _validate(values: dict[str, Any]) -> None:
     for name in ("RUN_SERVICES_IN_WORKER", "REUSE_CONNECTIONS"):
         if not isinstance(values[name], bool):
             raise DurableConfigError(f"CELERY_DURABLE[{name!r}] must be True or False, got {values[name]!r}")
+    observe = values["OBSERVE_PLAIN_TASKS"]
+    if not isinstance(observe, bool) and (
+        not isinstance(observe, list | tuple) or not all(isinstance(p, str) and p for p in observe)
+    ):
+        raise DurableConfigError(
+            f"CELERY_DURABLE['OBSERVE_PLAIN_TASKS'] must be True, False or a list of task name "
+            f"patterns, got {observe!r}"
+        )
     if values["HEARTBEAT_SECONDS"] >= values["LEASE_SECONDS"]:
         raise DurableConfigError("CELERY_DURABLE['HEARTBEAT_SECONDS'] must be below LEASE_SECONDS")
 
@@ -85,4 +96,6 @@ def get_settings() -> DurableSettings:
     if isinstance(window, int | float):
         values["IDEMPOTENCY_WINDOW"] = timedelta(seconds=window)
     _validate(values)
+    if isinstance(values["OBSERVE_PLAIN_TASKS"], list):
+        values["OBSERVE_PLAIN_TASKS"] = tuple(values["OBSERVE_PLAIN_TASKS"])
     return DurableSettings(**{f.name: values[f.name] for f in fields(DurableSettings)})

@@ -107,14 +107,15 @@ class RunNotFound(DurableError, LookupError):
 class RunStateError(DurableError):
     """The run is not in a state that allows this operation (e.g. replaying a running run)."""
 
-    def __init__(self, run_id: str, status: str, operation: str) -> None:
-        super().__init__(run_id, status, operation)
+    def __init__(self, run_id: str, status: str, operation: str, why: str = "") -> None:
+        super().__init__(run_id, status, operation, why)
         self.run_id = run_id
         self.status = status
         self.operation = operation
+        self.why = why
 
     def __str__(self) -> str:
-        return f"cannot {self.operation} run {self.run_id!r}: its status is {self.status!r}"
+        return f"cannot {self.operation} run {self.run_id!r}: {self.why or f'its status is {self.status!r}'}"
 
 
 class RunSkipped(DurableError):

@@ -552,6 +552,8 @@ def get(run_id: str, using: str = "default") -> Run:
 
 
 REPLAYABLE = (RunStatus.FAILED, RunStatus.CANCELLED)
+# Why an observed plain task (OBSERVE_PLAIN_TASKS) cannot be replayed or cancelled.
+OBSERVED = "it is an observed plain Celery task, not a durable run (convert the task to act on its runs)"
 
 
 def replay(run_id: str, from_step: str | None = None, using: str = "default") -> Nudge:
@@ -563,6 +565,8 @@ def replay(run_id: str, from_step: str | None = None, using: str = "default") ->
     """
     with transaction.atomic(using=using):
         run = get(run_id, using)
+        if not run.durable and run.parent_id is None:
+            raise RunStateError(run_id, run.status, "replay", OBSERVED)
         if run.status not in REPLAYABLE:
             raise RunStateError(run_id, run.status, "replay")
         steps = Step.objects.using(using).filter(run_id=run_id)

@@ -108,4 +108,5 @@ CELERY_DURABLE = {
     "HEARTBEAT_SECONDS": float(os.environ.get("DURABLE_TEST_HEARTBEAT_SECONDS", "10")),
     "WAKER_INTERVAL": float(os.environ.get("DURABLE_TEST_WAKER_INTERVAL", "1.0")),
     "REPUBLISH_AFTER_SECONDS": float(os.environ.get("DURABLE_TEST_REPUBLISH_AFTER", "120")),
+    "OBSERVE_PLAIN_TASKS": [p for p in os.environ.get("DURABLE_TEST_OBSERVE", "").split(",") if p] or False,
 }

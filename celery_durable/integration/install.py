@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery, bootsteps, signals
 from django.db import DatabaseError, connections
 
+from . import observe
 from .publish import CHILD_HEADER, NUDGE_HEADER
 from .routing import install_router
 
@@ -54,9 +55,10 @@ def keep_connections_for_durable_tasks(app: Celery) -> None:
 
     Celery >= 5.6 closes Django's connections before and after every task, which costs a
     new database session per task (research: 718 -> 136 tasks/s on PostgreSQL). For
-    durable tasks we keep the connection and close it only when it had errors and is no
-    longer usable, or when a positive ``CONN_MAX_AGE`` has passed. Plain tasks keep
-    Celery's behaviour.
+    durable tasks (and plain tasks recorded by ``OBSERVE_PLAIN_TASKS``, which write to the
+    database around every execution) we keep the connection and close it only when it had
+    errors and is no longer usable, or when a positive ``CONN_MAX_AGE`` has passed. Other
+    plain tasks keep Celery's behaviour.
     """
     worker_fixup = None
     for fixup in getattr(app, "_fixups", None) or []:
@@ -70,13 +72,13 @@ def keep_connections_for_durable_tasks(app: Celery) -> None:
     signals.task_postrun.disconnect(original_postrun)
 
     def on_task_prerun(sender: Any = None, **kwargs: Any) -> None:
-        if _is_durable(sender):
+        if _is_durable(sender) or observe.observed(sender):
             _close_unusable_connections()
         else:
             original_prerun(sender=sender, **kwargs)
 
     def on_task_postrun(sender: Any = None, **kwargs: Any) -> None:
-        if not _is_durable(sender):
+        if not (_is_durable(sender) or observe.observed(sender)):
             original_postrun(sender=sender, **kwargs)
 
     signals.task_prerun.connect(on_task_prerun, weak=False, dispatch_uid="celery_durable.prerun")
@@ -242,3 +244,4 @@ def install(app: Celery) -> None:
     signals.task_prerun.connect(_plain_child_started, weak=False, dispatch_uid="celery_durable.child_prerun")
     signals.task_postrun.connect(_plain_child_finished, weak=False, dispatch_uid="celery_durable.child_postrun")
     _cancel_on_revoke(app)
+    observe.connect()
