@@ -180,6 +180,21 @@ class SuspendingSteps:
             raise DurableConfigError(f"step.gather({step_id!r}) needs a non-empty list of signatures")
         return self._children(step_id, "gather", list(signatures), timeout)
 
+    def chain(self, step_id: str, signatures: Any, *, timeout: Duration | None = None) -> Any:
+        """Run the links of a Celery ``chain`` (or a list of signatures) one after another.
+
+        Each link is a child run (``step.invoke``, step id ``"<step_id>.<n>"``) that gets the
+        previous link's result as its first argument, unless it is immutable (``.si()``), as
+        in Celery. Returns the last link's result; a finished link is not run again.
+        """
+        where = f"step.chain({step_id!r})"
+        result: Any = None
+        for index, link in enumerate(_chain_links(signatures, where), start=1):
+            if index > 1 and not link.get("immutable"):
+                link = {**link, "args": [result, *(link.get("args") or ())]}
+            result = self.invoke(f"{step_id}.{index}", link, timeout=timeout)
+        return result
+
     def _children(self, step_id: str, kind: str, signatures: list[Any], timeout: Duration | None) -> list[Any]:
         where = f"step.{kind}({step_id!r})"
         seconds = None if timeout is None else to_seconds(timeout, f"{where} timeout")
@@ -223,6 +238,19 @@ def _child_outcome(outcome: dict[str, Any]) -> list[Any]:
         raise ChildRunFailed(failed["run_id"], failed["type"], failed["message"])
     results: list[Any] = outcome["results"]
     return results
+
+
+def _chain_links(value: Any, where: str) -> list[dict[str, Any]]:
+    """The signatures of a Celery ``chain`` (a ``celery.chain`` signature) or of a list."""
+    if isinstance(value, dict) and value.get("task") == "celery.chain":
+        value = (value.get("kwargs") or {}).get("tasks")
+    if isinstance(value, str | bytes | dict) or not isinstance(value, Sequence) or not value:
+        raise DurableConfigError(f"{where} needs a Celery chain or a non-empty list of signatures, got {value!r}")
+    for index, link in enumerate(value, start=1):
+        name = link.get("task") if isinstance(link, dict) else None
+        if isinstance(name, str) and name.startswith("celery."):
+            raise DurableConfigError(f"{where}: link {index} is a {name}; use step.gather for a group")
+    return list(value)
 
 
 def _child_spec(signature: Any, where: str) -> dict[str, Any]:
