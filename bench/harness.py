@@ -12,7 +12,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "bench"
-PGID_FILE = VAR / "worker-pgids"  # every worker process group started, for the leftover check
+# Every worker process group started, for the leftover check (BENCH_PGID_FILE: a separate
+# list for a benchmark that may run next to bench/run.py, which empties this one at start).
+PGID_FILE = VAR / os.environ.get("BENCH_PGID_FILE", "worker-pgids")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Tables whose write counters we report, and how they are named in the output.
