@@ -431,6 +431,38 @@ def take_due(limit: int, horizon: float = 0.0, using: str = "default") -> list[N
         ]
 
 
+def work_pending(horizon: float, republish_after: float, using: str = "default") -> bool:
+    """Whether the waker, the timeouts, the sweeper or the reaper has anything to do now.
+
+    One round trip of index probes, so that an idle tick costs one query whatever the size
+    of the tables.
+    """
+    now = clock.now()
+    runs = Run.objects.using(using)
+    unfinished = runs.exclude(status__in=FINISHED_STATUSES).filter(cancel_requested_at__isnull=True)
+    # Each probe is a scalar subquery ordered like the query it stands for, so that it reads
+    # the same index (PostgreSQL drops ORDER BY and LIMIT inside EXISTS, and then may scan
+    # the table when it expects many matches).
+    probes = [
+        runs.filter(status__in=SUSPENDED, wake_at__lte=now + timedelta(seconds=horizon)).order_by("wake_at"),
+        runs.filter(
+            status=RunStatus.QUEUED, wake_at__isnull=True, published_at__lt=now - timedelta(seconds=republish_after)
+        ).order_by("published_at"),
+        runs.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now).order_by("lease_expires_at"),
+        unfinished.filter(finish_by__lt=now).order_by("finish_by"),
+        unfinished.filter(start_by__lt=now, started_at__isnull=True).order_by("start_by"),
+    ]
+    parts, params = [], []
+    for probe in probes:
+        sql, probe_params = probe.values("id")[:1].query.get_compiler(using).as_sql()
+        parts.append(f"({sql}) IS NOT NULL")
+        params.extend(probe_params)
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT " + " OR ".join(parts), params)
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
 def _countdown(wake_at: datetime, now: datetime) -> float | None:
     seconds = (wake_at - now).total_seconds()
     return seconds if seconds > 0.001 else None

@@ -33,11 +33,32 @@ class TickReport:
     promoted: int = 0
 
 
-def tick(app: Celery, using: str = "default") -> TickReport:
-    """One pass: publish due runs, republish lost messages, requeue expired leases."""
+# The slot backstops (leaked slots, stranded backlogs) repair rare races: every N ticks.
+BACKSTOP_EVERY = 10
+
+
+def tick(app: Celery, using: str = "default", backstops: bool = True) -> TickReport:
+    """One pass: publish due runs, republish lost messages, requeue expired leases.
+
+    An idle pass costs one query (:func:`runs.work_pending`); ``backstops`` adds the slot
+    backstops (the services loop runs them every ``BACKSTOP_EVERY`` ticks).
+    """
     settings = get_settings()
     report = TickReport()
-    batch = settings.WAKER_BATCH_SIZE
+    if runs.work_pending(settings.WAKER_INTERVAL, settings.REPUBLISH_AFTER_SECONDS, using):
+        _services(app, report, settings.WAKER_BATCH_SIZE, using)
+    if backstops:
+        from .. import slots
+
+        # Slots held by runs that are no longer queued or running, and backlogs whose slots
+        # are free (each normally handled in the transition itself).
+        batch = settings.WAKER_BATCH_SIZE
+        report.promoted = publish_all(app, slots.repair(batch)) + publish_all(app, slots.promote_stranded(batch))
+    return report
+
+
+def _services(app: Celery, report: TickReport, batch: int, using: str) -> None:
+    settings = get_settings()
     # Runs due within the next interval go out now with a short countdown: just in time.
     due = runs.take_due(batch, settings.WAKER_INTERVAL, using)
     report.woken = publish_all(app, due)
@@ -60,12 +81,6 @@ def tick(app: Celery, using: str = "default") -> TickReport:
         app.backend.mark_as_failure(run_id, WorkerLost(run_id))
         _on_failure(app, run_id)
     report.failed = len(reaped.failed)
-    from .. import slots
-
-    # Backstops: slots held by runs that are no longer queued or running, and backlogs whose
-    # slots are free (each normally handled in the transition itself).
-    report.promoted = publish_all(app, slots.repair(batch)) + publish_all(app, slots.promote_stranded(batch))
-    return report
 
 
 def _on_failure(app: Celery, run_id: str) -> None:
@@ -89,10 +104,18 @@ class ServiceThread(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        """The loop; database errors are logged and retried on the next tick."""
+        """The loop; database errors are logged and retried on the next tick.
+
+        A tick that filled a whole batch is followed at once by the next one (a backlog of
+        due runs drains at database speed, not one batch per interval).
+        """
+        ticks = 0
         while not self.stopping.is_set():
+            full = False
             try:
-                report = tick(self.app, self.using)
+                report = tick(self.app, self.using, backstops=ticks % BACKSTOP_EVERY == 0)
+                ticks += 1
+                full = max(report.woken, report.republished, report.recovered) >= get_settings().WAKER_BATCH_SIZE
                 if report.woken or report.republished or report.recovered or report.failed or report.timed_out:
                     logger.info("durable services: %s", report)
             except DatabaseError as exc:
@@ -101,7 +124,8 @@ class ServiceThread(threading.Thread):
                 logger.exception("durable services: tick failed")
             finally:
                 connections.close_all()
-            self.stopping.wait(get_settings().WAKER_INTERVAL)
+            if not full:
+                self.stopping.wait(get_settings().WAKER_INTERVAL)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the loop to end and wait for it."""

@@ -172,6 +172,17 @@ def test_waker__due_runs_and_deadlines(durable):
     assert_indexed(lambda: take_timed_out(500), "durable_run_finish_by", "durable_run_start_by")
 
 
+def test_idle_probe__of_every_service_uses_their_indexes(durable):
+    assert_indexed(
+        lambda: runs.work_pending(1.0, 120.0),
+        "durable_run_due",
+        "durable_run_published",
+        "durable_run_lease",
+        "durable_run_finish_by",
+        "durable_run_start_by",
+    )
+
+
 def test_sweeper__unpublished_runs(durable):
     statements = assert_indexed(lambda: runs.take_unpublished(120.0, 500), "durable_run_published")
     assert any(sql.startswith("UPDATE") for sql, _ in statements)

@@ -1,5 +1,7 @@
 """Crash safety without a broker: fencing, leases, reaper, sweeper, waker, atomic steps."""
 
+from datetime import timedelta
+
 import pytest
 from django.db import connection
 
@@ -99,8 +101,11 @@ def test_run_of_a_task_this_process_lacks__is_sent_by_name(durable):
     from celery_durable.integration import publish as publish_module
 
     Run.objects.create(
-        id="elsewhere-1", task_name="shop.defined_elsewhere", status=RunStatus.QUEUED,
-        created_at=durable.clock.now(), wake_at=durable.clock.now(),
+        id="elsewhere-1",
+        task_name="shop.defined_elsewhere",
+        status=RunStatus.QUEUED,
+        created_at=durable.clock.now(),
+        wake_at=durable.clock.now(),
     )
     sent = []
 
@@ -226,3 +231,39 @@ def test_durable_services_command__runs_one_tick(durable):
     call_command("durable_services", "--once", stdout=out)
     assert "woken=1" in out.getvalue()
     assert len(durable.published) == 1
+
+
+def test_idle_tick__is_one_query_whatever_is_in_the_tables(durable):
+    from django.test.utils import CaptureQueriesContext
+
+    tasks.add.apply_async((1, 2), countdown=3600)  # sleeping, not due
+    tasks.add.delay(1, 2)  # queued, recently published
+    with CaptureQueriesContext(connection) as queries:
+        report = tick(app(), backstops=False)
+    assert report == type(report)()  # nothing done
+    assert len(queries) == 1
+    durable.clock.advance(3600)
+    assert tick(app(), backstops=False).woken == 1  # the probe sees a due run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_services_thread__drains_a_backlog_of_due_runs_without_waiting_between_full_batches(settings):
+    from celery_durable.integration import publish as publish_module
+    from celery_durable.integration.services import ServiceThread
+    from tests.e2e.conftest import wait_for
+
+    # One batch of 2 per WAKER_INTERVAL of an hour: only "no wait after a full batch" drains 7 due runs.
+    settings.CELERY_DURABLE = {"WAKER_BATCH_SIZE": 2, "WAKER_INTERVAL": 3600, "HEARTBEAT_SECONDS": 10}
+    published = []
+    publish_module.dispatch_override = published.append
+    past = durable_now() - timedelta(seconds=5)
+    for n in range(7):
+        Run.objects.create(id=f"due-{n}", task_name="t.add", status=RunStatus.SLEEPING, created_at=past, wake_at=past)
+    thread = ServiceThread(app())
+    thread.start()
+    try:
+        wait_for(lambda: not Run.objects.filter(status=RunStatus.SLEEPING).exists(), 30, "every due run to be woken")
+    finally:
+        thread.stop()
+        publish_module.dispatch_override = None
+    assert sorted(n.run_id for n in published) == [f"due-{n}" for n in range(7)]

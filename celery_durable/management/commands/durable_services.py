@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connections
 
 from ...conf import get_settings
-from ...integration.services import tick
+from ...integration.services import BACKSTOP_EVERY, tick
 
 
 class Command(BaseCommand):
@@ -27,9 +27,13 @@ class Command(BaseCommand):
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
+        ticks = 0
         while True:
+            full = False
             try:
-                report = tick(current_app)
+                report = tick(current_app, backstops=ticks % BACKSTOP_EVERY == 0)
+                ticks += 1
+                full = max(report.woken, report.republished, report.recovered) >= get_settings().WAKER_BATCH_SIZE
             except DatabaseError as exc:
                 if options["once"]:
                     raise CommandError(f"database error: {exc}") from exc
@@ -38,5 +42,5 @@ class Command(BaseCommand):
             else:
                 if options["once"] or options["verbosity"] > 1:
                     self.stdout.write(str(report))
-            if options["once"] or stop.wait(get_settings().WAKER_INTERVAL):
+            if options["once"] or (not full and stop.wait(get_settings().WAKER_INTERVAL)) or stop.is_set():
                 return
