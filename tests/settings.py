@@ -110,3 +110,10 @@ CELERY_DURABLE = {
     "REPUBLISH_AFTER_SECONDS": float(os.environ.get("DURABLE_TEST_REPUBLISH_AFTER", "120")),
     "OBSERVE_PLAIN_TASKS": [p for p in os.environ.get("DURABLE_TEST_OBSERVE", "").split(",") if p] or False,
 }
+
+if os.environ.get("DURABLE_TEST_SERVICES_CLOCK"):
+    # The chaos suite's clock jumps: this worker's services thread (waker, reaper) reads its
+    # clock offset from that file; every other thread keeps the real clock.
+    from tests.chaos.clock import install_services_clock
+
+    install_services_clock(os.environ["DURABLE_TEST_SERVICES_CLOCK"])
