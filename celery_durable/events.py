@@ -118,15 +118,17 @@ def _resume_waiting(event: Event, row_pk: int) -> list[Any]:
     from .suspend import resolve_wait
 
     nudges = []
-    waiting = Run.objects.filter(status=RunStatus.WAITING, waiting_for=event.name).values_list("id", flat=True)
-    for run_id in list(waiting):
-        for step in Step.objects.filter(run_id=run_id, kind="wait", status=StepStatus.PENDING):
-            state = serialization.loads(step.output or "{}")
-            if state.get("name") != event.name or not matches(event.data, state.get("match")):
-                continue
-            nudge = resolve_wait(run_id, step.step_id, {**event.to_json(), "_row": row_pk})
-            if nudge is not None:
-                nudges.append(nudge)
+    # The pending waits of every run waiting for this name, in one query (a join on the run).
+    pending = Step.objects.filter(
+        run__status=RunStatus.WAITING, run__waiting_for=event.name, kind="wait", status=StepStatus.PENDING
+    ).values_list("run_id", "step_id", "output")
+    for run_id, step_id, output in list(pending):
+        state = serialization.loads(output or "{}")
+        if state.get("name") != event.name or not matches(event.data, state.get("match")):
+            continue
+        nudge = resolve_wait(run_id, step_id, {**event.to_json(), "_row": row_pk})
+        if nudge is not None:
+            nudges.append(nudge)
     return nudges
 
 

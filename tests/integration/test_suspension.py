@@ -380,3 +380,22 @@ def test_cancel_on__matches_a_parameter_left_at_its_default(durable):
     durable.run_until_idle(advance_clock=False)
     send_event("region.closed", {"region": "eu"})
     assert get_run(run.id).status == RunStatus.CANCELLED
+
+
+def test_send_event__reads_the_waits_of_all_waiting_runs_in_one_query(durable):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries_for(user_id):
+        with CaptureQueriesContext(connection) as captured:
+            send_event("user.confirmed", {"user_id": user_id})
+        return len(captured)
+
+    flows.confirm.delay(1)
+    durable.run_until_idle(advance_clock=False)
+    few = queries_for(999)  # one waiting run, not a match
+    for user in range(2, 30):
+        flows.confirm.delay(user)
+    durable.run_until_idle(advance_clock=False)
+    assert Run.objects.filter(status=RunStatus.WAITING).count() == 29
+    assert queries_for(998) == few  # 29 waiting runs, none a match: no query per run
