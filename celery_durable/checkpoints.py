@@ -56,8 +56,9 @@ class OrmCheckpointWriter:
 
     def _refused(self) -> None:
         """The fence refused a write: say why (rare path, one query)."""
-        row = Run.objects.using(self.using).filter(id=self.run_id).values("generation", "cancel_requested_at").first()
-        if row is not None and row["generation"] == self.generation and row["cancel_requested_at"] is not None:
+        from .runs import stopped_by_cancel
+
+        if stopped_by_cancel(self.run_id, self.generation, self.using):
             raise _Cancelled()
         raise _LeaseLost(f"run {self.run_id} is no longer held at generation {self.generation}")
 

@@ -177,10 +177,7 @@ def _body_retry(policy: RetryPolicy, checkpoints: dict[str, Any], exc: Exception
 
 def _not_held(run: _Run) -> Outcome:
     """A transition found the run not ours any more: cancelled meanwhile, or taken over."""
-    from .models import Run
-
-    row = Run.objects.using(run.using).filter(id=run.run_id).values("generation", "cancel_requested_at").first()
-    if row is not None and row["generation"] == run.generation and row["cancel_requested_at"] is not None:
+    if runs.stopped_by_cancel(run.run_id, run.generation, run.using):
         return _stop(run)
     return Outcome("dropped")
 

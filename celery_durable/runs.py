@@ -215,25 +215,33 @@ def load_checkpoints(run_id: str, using: str = "default") -> dict[str, StoredSte
     return {row[0]: StoredStep(*row) for row in rows}
 
 
-def finished_outcome(run_id: str, using: str = "default") -> tuple[str, Any] | None:
-    """``(status, result or error record)`` if the run has ended, else ``None``."""
-    row = (
-        Run.objects.using(using)
-        .filter(id=run_id, status__in=FINISHED_STATUSES)
-        .values_list("status", "result", "error")
-        .first()
-    )
+MISSING = "missing"
+
+
+def outcome_of(run_id: str, using: str = "default") -> tuple[str, Any]:
+    """What a dropped delivery finds, in one query.
+
+    ``(status, result or error record)`` of an ended run, ``(status, None)`` of an unfinished
+    one, ``(MISSING, None)`` if there is no such run.
+    """
+    row = Run.objects.using(using).filter(id=run_id).values_list("status", "result", "error").first()
     if row is None:
-        return None
+        return MISSING, None
     status, result, error = row
+    if status not in FINISHED_STATUSES:
+        return status, None
     if status == RunStatus.COMPLETED:
         return status, None if result is None else serialization.loads(result)
     return status, None if error is None else serialization.loads(error)
 
 
-def exists(run_id: str, using: str = "default") -> bool:
-    """Whether a run with this id exists."""
-    return Run.objects.using(using).filter(id=run_id).exists()
+def stopped_by_cancel(run_id: str, generation: int, using: str = "default") -> bool:
+    """Whether a refused transition of ``generation`` means the run was cancelled meanwhile.
+
+    ``False`` means another execution took the run over.
+    """
+    row = Run.objects.using(using).filter(id=run_id).values("generation", "cancel_requested_at").first()
+    return row is not None and row["generation"] == generation and row["cancel_requested_at"] is not None
 
 
 def _held(run_id: str, generation: int, using: str) -> QuerySet[Run]:

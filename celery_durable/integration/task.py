@@ -447,6 +447,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         if request.called_directly or request.is_eager:
             return self._run_without_checkpoints(args, kwargs)
         from .. import execution, runs
+        from ..models import FINISHED_STATUSES
         from .publish import publish_all
 
         run_id = str(request.id)
@@ -459,16 +460,15 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         outcome = execution.execute(
             slot_limits=limits, run_id=run_id, task_name=self.name, body=self._body(), policy=self.retry_policy()
         )
-        finished = runs.finished_outcome(run_id) if outcome.kind == "dropped" else None
-        if finished is not None:
+        status, value = runs.outcome_of(run_id) if outcome.kind == "dropped" else (None, None)
+        if status in FINISHED_STATUSES:
             # A redelivery of a run that already ended (its worker may have died before the
             # result backend heard of it): answer with the stored outcome again.
-            status, value = finished
             if status == "completed":
                 return value
             if status != "failed":  # a failure's original error type is in the backend already
-                raise _stored_error(status, value)
-        if outcome.kind == "dropped" and not runs.exists(run_id):
+                raise _stored_error(str(status), value)
+        if status == runs.MISSING:
             # Published by a producer that did not record the run (e.g. send_task from
             # another codebase): record it from the message and execute it.
             runs.create(
