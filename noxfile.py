@@ -41,16 +41,21 @@ def databases(session: nox.Session) -> list[str]:
 @nox.session
 @nox.parametrize("python,django", CELLS)
 def tests(session: nox.Session, django: str) -> None:
-    """Unit tests once, integration and browser tests per database, e2e tests on PostgreSQL."""
+    """Unit tests once, integration and browser tests per database, e2e and chaos tests on PostgreSQL."""
     session.install("-e", ".[dev]", f"django~={django}.0")
     session.run("python", "-c", "import django, celery; print('django', django.__version__, celery.__version__)")
     extra = session.posargs
     session.run("pytest", "tests/unit", *extra, env={"DURABLE_TEST_DB": "sqlite"})
     for db in databases(session):
         paths = ["tests/integration", "tests/browser"]
-        if db == "postgres" and not os.environ.get("CELERY_DURABLE_SKIP_E2E"):
+        e2e = db == "postgres" and not os.environ.get("CELERY_DURABLE_SKIP_E2E")
+        if e2e:
             paths.append("tests/e2e")
         session.run("pytest", *paths, *extra, env={"DURABLE_TEST_DB": db})
+        if e2e:
+            # The chaos suite's short form (both brokers, ~2 min) in a process of its own: it
+            # restarts PostgreSQL, Redis and RabbitMQ, which no other suite's fixtures expect.
+            session.run("pytest", "tests/chaos", *extra, env={"DURABLE_TEST_DB": db})
 
 
 @nox.session(python="3.11")

@@ -14,7 +14,7 @@ from django.db import connection
 from tests.conftest import service_unavailable
 from tests.e2e.conftest import BROKERS, reachable, reset_producer_pool
 
-from . import faults, harness, procs
+from . import config, faults, harness, procs
 
 
 @pytest.fixture(params=sorted(BROKERS))
@@ -34,7 +34,7 @@ def chaos_db(transactional_db, settings):
         )
     if os.geteuid() != 0:
         service_unavailable("the chaos suite needs root (network namespaces, service restarts)")
-    settings.CELERY_DURABLE = dict(harness.DURABLE)
+    settings.CELERY_DURABLE = dict(config.DURABLE)
     yield connection.settings_dict["NAME"]
     procs.ensure_services_up()
     faults.reconnect()  # for the database flush after the test

@@ -20,13 +20,11 @@ from tests.testapp.models import ChaosClaim, ChaosFault
 
 from . import procs
 from .checker import TASKS
+from .config import HEARTBEAT, LEASE, REPUBLISH, WAKER
 from .faults import Injector
 from .netns import Namespace
 from .workload import Workload
 
-LEASE, HEARTBEAT, WAKER, REPUBLISH = 5.0, 1.0, 0.5, 3.0
-DURABLE = {"LEASE_SECONDS": LEASE, "HEARTBEAT_SECONDS": HEARTBEAT, "WAKER_INTERVAL": WAKER,
-           "REPUBLISH_AFTER_SECONDS": REPUBLISH}  # fmt: skip
 # Every fault kind once (the short form), the broker's restart added per broker.
 PLAN = ["kill_child", "kill_worker", "duplicate", "drop_connections", "clock_jump", "freeze", "cut_off",
         "kill_child", "duplicate", "clock_jump", "drop_connections", "pg_restart"]  # fmt: skip

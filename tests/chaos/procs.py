@@ -29,7 +29,7 @@ START = {
     "rabbitmq": ["rabbitmq-server", "-detached"],
 }  # fmt: skip
 STOP = {
-    "postgres": ["pg_ctlcluster", "--skip-systemctl-redirect", PG_VERSION, "main", "stop", "-m", "fast"],
+    "postgres": ["pg_ctlcluster", "--skip-systemctl-redirect", "--mode=fast", PG_VERSION, "main", "stop"],
     "redis": ["redis-cli", "-p", "6379", "shutdown", "nosave"],
     "rabbitmq": ["rabbitmqctl", "stop"],
 }

@@ -1,0 +1,159 @@
+"""The chaos suite's long form: the tests/chaos workload and faults for N minutes, then the checker.
+
+    .venv/bin/python bench/chaos.py --minutes 10 --broker redis
+    .venv/bin/python bench/chaos.py --minutes 10 --broker rabbitmq
+
+Three workers (w0 and w1 with 3 pool processes, w1's waker on a jumpable clock; w2 with 2
+in its own network namespace) run a mixed workload (tests/chaos/workload.py: multi-step runs
+with atomic steps, sleeps, waits for events, child runs, per-key concurrency, cancellations)
+while a fault lands every few seconds, kinds in a random order: SIGKILL of a pool process or
+a whole worker, duplicated messages, dropped database sessions, waker clock jumps, a frozen
+worker, the namespaced worker cut off, restarts of PostgreSQL and of the broker (skipped,
+and counted as skipped, while someone else's tests or benchmarks run on this machine).
+Then the faults are undone, the remaining events sent, and every run must finish.
+
+Prints: runs completed / lost / duplicated step bodies / limit violations, faults by kind,
+recovery time after a worker kill (lease expiry -> next claim, database clock, p50/p99), and
+every violation the checker found (exit status 1 if any). Results also go to
+var/bench/chaos-<broker>-<time>.json. Needs root (network namespace, service restarts).
+Dedicated database ``durable_chaos_bench`` (dropped and re-created); Redis db 7 or RabbitMQ's
+``/`` vhost with a queue of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DB_NAME = "durable_chaos_bench"
+BROKERS = {"redis": "redis://127.0.0.1:6379/7", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//"}
+
+
+def setup(broker: str) -> None:
+    import psycopg
+
+    from tests.chaos.config import HEARTBEAT, LEASE, REPUBLISH, WAKER
+
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DURABLE_TEST_DB="postgres",
+        DURABLE_TEST_PG_NAME=DB_NAME,
+        DURABLE_TEST_BROKER_URL=broker,
+        DURABLE_TEST_LEASE_SECONDS=str(LEASE),
+        DURABLE_TEST_HEARTBEAT_SECONDS=str(HEARTBEAT),
+        DURABLE_TEST_WAKER_INTERVAL=str(WAKER),
+        DURABLE_TEST_REPUBLISH_AFTER=str(REPUBLISH),
+    )
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB_NAME}")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--broker", choices=sorted(BROKERS), default="redis")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--fault-every", type=float, default=6.0, help="mean seconds between faults")
+    parser.add_argument("--rate", type=float, default=2.0, help="runs called per second (bursts count once)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        parser.error("needs root: network namespaces and service restarts")
+    seed = args.seed if args.seed is not None else random.randrange(10**6)
+    broker = BROKERS[args.broker]
+    setup(broker)
+
+    from tests.chaos import checker, harness, procs
+
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    directory = ROOT / "var" / "bench" / f"chaos-{args.broker}-{stamp}"
+    directory.mkdir(parents=True, exist_ok=True)
+    print(f"chaos: {args.minutes} min on {args.broker}, seed {seed}, logs in {directory}", flush=True)
+    last = [time.monotonic()]
+    began = time.monotonic()
+
+    def progress(workload, injector) -> None:
+        if time.monotonic() - last[0] >= 30:
+            last[0] = time.monotonic()
+            print(
+                f"  {time.monotonic() - began:5.0f}s: {len(workload.called)} runs called, "
+                f"faults {dict(sorted(injector.counts.items()))}",
+                flush=True,
+            )
+
+    fleet = harness.Fleet(broker=broker, db_name=DB_NAME, directory=directory)
+    try:
+        session = harness.run(
+            fleet, random.Random(seed), args.minutes * 60, None, rate=args.rate,
+            fault_every=args.fault_every, drain_timeout=300, progress=progress,
+        )  # fmt: skip
+        drain = time.monotonic() - began - args.minutes * 60
+        report = checker.check(session.workload.called, harness.LEASE)
+        recoveries = harness.recovery_seconds()
+    finally:
+        fleet.close()
+        procs.ensure_services_up()
+
+    faults = dict(sorted(session.injector.counts.items()))
+    figures = {
+        "broker": args.broker,
+        "minutes": args.minutes,
+        "seed": seed,
+        "runs": report.runs,
+        "runs_called": len(session.workload.called),
+        "completed": report.completed,
+        "cancelled": report.cancelled,
+        "completed_after_cancel_request": report.completed_after_cancel,
+        "lost": report.lost,
+        "step_bodies": report.bodies,
+        "duplicated_step_bodies": report.duplicated,
+        "limit_violations": report.limit_violations,
+        "peak_per_key": report.peak,
+        "violations": report.violations,
+        "faults": faults,
+        "recovery_seconds": {
+            "count": len(recoveries),
+            "p50": harness.percentile(recoveries, 50),
+            "p99": harness.percentile(recoveries, 99),
+            "max": max(recoveries, default=float("nan")),
+        },
+        "drain_seconds": round(drain, 1),
+    }
+    (ROOT / "var" / "bench" / f"chaos-{args.broker}-{stamp}.json").write_text(json.dumps(figures, indent=2))
+    rec = figures["recovery_seconds"]
+    print(
+        f"\nchaos {args.broker}, {args.minutes:g} min, seed {seed}\n"
+        f"  runs: {report.runs} ({len(session.workload.called)} called, the rest child runs); "
+        f"completed {report.completed}, cancelled {report.cancelled}, lost {report.lost}\n"
+        f"  step bodies: {report.bodies}; duplicated (plain steps re-run after a fault hit their "
+        f"execution) {report.duplicated}; atomic steps committed twice: 0 unless listed below\n"
+        f"  limit violations: {report.limit_violations} (peak per key {report.peak}, limit {checker.LIMIT})\n"
+        f"  faults: {faults}\n"
+        f"  recovery after a kill (lease expiry -> next claim): {rec['count']} runs, "
+        f"p50 {rec['p50']:.2f}s, p99 {rec['p99']:.2f}s, max {rec['max']:.2f}s\n"
+        f"  drain after the last fault: {drain:.0f}s\n"
+        f"  violations: {len(report.violations)}",
+        flush=True,
+    )
+    for line in report.violations[:50]:
+        print(f"    {line}")
+    return 1 if report.violations or session.unfinished else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
