@@ -34,7 +34,7 @@ APP = "flow_bench"
 QUEUE = "flow_bench_q"
 KEY = "k"
 LIMIT = 5
-DB = "dbos_bench"
+DB = os.environ.get("BENCH_FLOW_DBOS_DB", "dbos_bench")  # bench/peers runs these phases on its own database
 
 
 def system_url() -> str:

@@ -22,8 +22,6 @@ DBOS_DB = "dbos_peers_bench"  # DBOS's system database (workloads 1 and 3)
 BROKER_DB = "12"  # Redis db: broker, lock keys and timestamps (flushed by each phase)
 RESULTS_DB = "15"  # Redis db: result backend of workload 1
 KEY = "one-key"
-# Other benchmarks that share these services: bench/peers waits while one of them runs.
-OTHER_BENCHMARKS = ("bench/run.py", "bench/flow_control.py", "bench/suspension.py", "bench/admin_scale.py")
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -76,17 +74,20 @@ def busy_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
 
 
 def other_benchmarks() -> list[str]:
-    """Command lines of other bench/ scripts running now (read from /proc)."""
+    """Other bench/ scripts and their workers running now (from /proc), not ours."""
     found = []
-    me = os.getpid()
+    mine = os.getpgrp()
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
+        if not entry.isdigit():
             continue
         try:
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            if os.getpgid(int(entry)) == mine:
+                continue
+        except (OSError, ProcessLookupError):
             continue
-        if "python" in cmd and any(name in cmd for name in OTHER_BENCHMARKS) and "timeout" not in cmd.split()[0]:
+        words = cmd.split()
+        if words and "python" in words[0] and any(w.startswith(("bench/", "bench.")) for w in words[1:]):
             found.append(f"{entry}: {cmd.strip()[:120]}")
     return found
 
@@ -156,6 +157,9 @@ def versions() -> dict[str, str]:
         if line.startswith("model name"):
             out["cpu"] = line.split(":", 1)[1].strip()
             break
+    if os.environ.get("BENCH_SNAPSHOT_OF"):
+        out["celery-durable commit"] = os.environ["BENCH_SNAPSHOT_OF"] + " (snapshot)"
+        return out
     git = {"cwd": ROOT, "capture_output": True, "text": True, "timeout": 10}
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "celery_durable"], **git).stdout
@@ -206,3 +210,26 @@ def counter_delta(before: dict[str, Any], after: dict[str, Any], runs: int) -> d
         "commits_per_run": commits / runs,
         "rollbacks": after["rollbacks"] - before["rollbacks"],
     }
+
+
+def run_snapshot(rev: str, argv: list[str]) -> int:
+    """Export celery_durable/ at ``rev`` next to a copy of bench/, then run ``-m bench.peers`` from there.
+
+    As bench/run.py's ``--snapshot``: others may edit the working tree while this runs.
+    """
+    import shutil
+
+    git = {"cwd": ROOT, "capture_output": True, "timeout": 60, "check": True}
+    commit = subprocess.run(["git", "rev-parse", "--short", rev], text=True, **git).stdout.strip()
+    target = VAR / f"src-{commit}"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, "celery_durable"], **git).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True, timeout=60)
+    shutil.copytree(ROOT / "bench", target / "bench", ignore=shutil.ignore_patterns("__pycache__"))
+    rest = [a for i, a in enumerate(argv) if a != "--snapshot" and not (i and argv[i - 1] == "--snapshot")]
+    log(f"snapshot of {commit} in {target}")
+    environ = {**os.environ, "BENCH_SNAPSHOT_OF": commit, "PYTHONPATH": str(target)}
+    cmd = ["timeout", "-k", "30", "7200", sys.executable, "-m", "bench.peers", *rest]
+    return subprocess.call(cmd, env=environ, cwd=target)

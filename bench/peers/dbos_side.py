@@ -103,13 +103,29 @@ class StatementCounter:
         }
 
 
+def backend_cpu(conn) -> dict[int, float]:
+    """CPU seconds so far of the other backends connected to this database (all of them ours when alone)."""
+    from bench import harness
+
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchall()
+    return {pid: harness.cpu_seconds([pid]) for (pid,) in rows}
+
+
 def role_direct(args: argparse.Namespace) -> dict:
+    import psycopg
+
+    from bench.peers.common import conninfo
+
     counter = StatementCounter() if args.count_statements else None
     launch([])
     for i in range(args.warmup):
         wf3(i)
     while time.time() < args.start_at:
         time.sleep(0.001)
+    monitor = psycopg.connect(**conninfo(DB), autocommit=True) if counter is not None else None
+    pg0 = backend_cpu(monitor) if monitor is not None else {}
     if counter is not None:
         counter.on = True
     latencies = []
@@ -133,9 +149,13 @@ def role_direct(args: argparse.Namespace) -> dict:
         "mean_ms": statistics.fmean(latencies),
         "cpu_ms_per_run": 1000 * cpu / args.runs,
     }
-    if counter is not None:
+    if counter is not None and monitor is not None:
         counter.on = False
         out["statements"] = counter.per(args.runs)
+        pg1 = backend_cpu(monitor)
+        monitor.close()
+        # Backends alive at both ends (DBOS keeps a pool): their CPU during the loop.
+        out["pg_cpu_ms_per_run"] = 1000 * sum(c - pg0.get(pid, c) for pid, c in pg1.items()) / args.runs
     DBOS.destroy(workflow_completion_timeout_sec=5)
     return out
 

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.peers --quick        # small sizes, ~5 min on 2 cores
     .venv/bin/python -m bench.peers                # full sizes, ~10 min idle
     .venv/bin/python -m bench.peers --only sleep   # workloads: workflow, concurrency, sleep
+    .venv/bin/python -m bench.peers --snapshot HEAD  # celery_durable/ as committed, not the working tree
 
 Workloads (each system in its own subprocesses; method in docs/benchmarks.md, "Peer
 comparison (issue 7)"):
@@ -15,17 +16,18 @@ comparison (issue 7)"):
    commits per run from ``pg_stat_user_tables`` / ``pg_stat_database`` of each system's own
    database; statements per run counted in-process (bench/statements.py, SQLAlchemy events).
 2. ``concurrency``: one key, limit 5, a backlog. celery-durable and DBOS's partitioned queue
-   through bench/flow_control.py (its ``limited``, ``handoff`` and ``dbos`` phases); plain
+   through bench/flow_phases.py's ``limited``, ``handoff`` and ``dbos`` phases (as
+   bench/flow_control.py runs them, on bench/peers' resources: bench/peers/flow.py); plain
    Celery with Redis ``SET NX EX`` locks + ``self.retry(countdown=1)`` (bench/peers/tasks.py),
    with the same sizes, bodies and pool sizes.
 3. ``sleep``: N runs that each sleep 1 s durably, submitted at once: celery-durable
    ``step.sleep``, plain Celery ``countdown=1``, ``DBOS.sleep``.
 
-Resources: PostgreSQL databases ``durable_peers_bench`` and ``dbos_peers_bench`` (dropped and
-created here), Redis dbs 12 and 15 (flushed); bench/flow_control.py uses its own
-(``durable_flow_bench``, ``dbos_bench``, Redis db 10). Workers are real prefork subprocesses
-under ``timeout``, killed and reaped after each phase; their process groups are listed in
-var/bench/peers-worker-pgids (and flow-worker-pgids) and checked at the end. Results:
+Resources: PostgreSQL databases ``durable_peers_bench``, ``dbos_peers_bench``,
+``durable_peers_flow`` and ``dbos_peers_flow`` (dropped and created here), Redis dbs 12, 15
+and 8 (flushed). Workers are real prefork subprocesses under ``timeout``, killed and reaped
+after each phase; their process groups are listed in var/bench/peers-worker-pgids and
+peers-flow-worker-pgids and checked at the end. Results:
 stdout (markdown) and var/bench/peers-<time>.json.
 """
 
@@ -175,9 +177,9 @@ def dbos_workflow(size: dict) -> dict[str, Any]:
         f"  direct x2: {out['direct2']['rate_per_s']:.0f}/s, writes {out['direct2']['writes_per_run']:.2f}, "
         f"commits {out['direct2']['commits_per_run']:.2f}"
     )
-    log(f"workflow: DBOS direct, 1 process x {size['serial']} (latency, statements)")
+    log(f"workflow: DBOS direct, 1 process x {size['direct']} (latency, statements)")
     out["serial"] = call(
-        module("bench.peers.dbos_side", "--role", "direct", "--runs", size["serial"], "--count-statements"),
+        module("bench.peers.dbos_side", "--role", "direct", "--runs", size["direct"], "--count-statements"),
         300,
         {"DBOS__VMID": "peers-serial"},
     )
@@ -229,26 +231,11 @@ def machine() -> tuple[int, int]:
 
 def concurrency(size: dict) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    args = [
-        "--only",
-        "limited",
-        "--only",
-        "handoff",
-        "--only",
-        "dbos",
-        "--runs",
-        size["backlog"],
-        "--handoff-runs",
-        size["paced"],
-        "--dbos-seconds",
-        size["dbos_s"],
-        "--dbos-fast-seconds",
-        size["fast_s"],
-    ]
-    common.wait_for_other_benchmarks(1800)
-    log(f"concurrency: bench/flow_control.py {' '.join(map(str, args))}")
+    args = ["--runs", size["backlog"], "--handoff-runs", size["paced"]]
+    args += ["--dbos-seconds", size["dbos_s"], "--dbos-fast-seconds", size["fast_s"]]
+    log(f"concurrency: bench/flow_phases.py's limited, handoff and dbos phases: {' '.join(map(str, args))}")
     limit = 600 + size["backlog"] / 5 + size["dbos_s"] + size["fast_s"]
-    out["flow"] = call([PY, "bench/flow_control.py", *map(str, args)], limit, whole=True)
+    out["flow"] = call(module("bench.peers.flow", *args), limit)
     for phase in ("limited", "handoff"):
         log(f"  celery-durable {phase}: {out['flow'][phase]['rate_per_s']:.0f}/s")
     for label in ("default", "fast"):
@@ -326,12 +313,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=1, help="repetitions of workloads 1 and 3 (default 1)")
     parser.add_argument("--only", action="append", choices=WORKLOADS, help="run only these workloads (repeatable)")
     parser.add_argument("--no-wait", action="store_true", help="do not wait while another bench/ script runs")
+    parser.add_argument("--snapshot", metavar="REV", help="benchmark celery_durable/ as of this git revision")
     args = parser.parse_args(argv)
+    if args.snapshot:
+        return common.run_snapshot(args.snapshot, argv if argv is not None else sys.argv[1:])
     from bench.peers.report import report
 
     size = SIZES["quick" if args.quick else "full"]
     wanted = [w for w in WORKLOADS if not args.only or w in args.only]
-    command = ".venv/bin/python -m bench.peers" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    shown = argv if argv is not None else sys.argv[1:]
+    if os.environ.get("BENCH_SNAPSHOT_OF"):
+        shown = ["--snapshot", os.environ["BENCH_SNAPSHOT_OF"], *shown]
+    command = ".venv/bin/python -m bench.peers" + (" " + " ".join(shown)).rstrip()
     common.VAR.mkdir(parents=True, exist_ok=True)
     (common.VAR / common.PGIDS).write_text("")
     if not args.no_wait:
