@@ -1,7 +1,7 @@
 """Flow-control benchmark (issue 4): per-key concurrency against no limit and DBOS's partitioned queue.
 
-    .venv/bin/python bench/flow_control.py --runs 1000     # quick check, ~3 min on 2 cores
-    .venv/bin/python bench/flow_control.py                 # 10,000-run backlogs, ~15 min
+    .venv/bin/python bench/flow_control.py --runs 1000     # quick check, ~2 min on 2 cores
+    .venv/bin/python bench/flow_control.py                 # 10,000-run backlogs, ~8 min
 
 Redis (db 10, flushed here) and PostgreSQL (databases ``durable_flow_bench`` and
 ``dbos_bench``, dropped and created here) on 127.0.0.1; real ``celery worker -P prefork``

@@ -308,6 +308,8 @@ def handoff(m: int) -> dict[str, Any]:
 
 def blocked(pending: int, seconds: float) -> dict[str, Any]:
     """CPU and commits over ``seconds``: an idle worker, then 5 slot holders + a backlog."""
+    from django.db import connections
+
     from bench import flow_app
     from celery_durable.models import Run
 
@@ -326,6 +328,8 @@ def blocked(pending: int, seconds: float) -> dict[str, Any]:
                 if time.monotonic() - t0 > 30:
                     raise RuntimeError("the 5 slot holders did not start")
                 time.sleep(0.05)
+            # Our own session ends: its statistics (the enqueue) are flushed before the window.
+            connections.close_all()
             time.sleep(1)
             out["blocked"] = sample(worker, monitor, seconds)
             out["statuses"] = dict(
