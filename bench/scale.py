@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "bench/scale.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     import psycopg
 
-    from bench import quiet, scale_data, scale_phases
+    from bench import quiet, scale_data, scale_phases, scale_prune
     from bench.scale_measure import flush_broker, log
 
     with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as admin:
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             waited = {} if args.no_wait else quiet.wait(log)
             scale_data.freshen()
             results["phases"][phase] = {"uptime": quiet.uptime(), **waited}
-            results["phases"][phase].update(getattr(scale_phases, phase)(args, info))
+            measure = scale_prune.prune if phase == "prune" else getattr(scale_phases, phase)
+            results["phases"][phase].update(measure(args, info))
             results["phases"][phase]["uptime_after"] = quiet.uptime()
     finally:
         flush_broker()
