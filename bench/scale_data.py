@@ -26,6 +26,7 @@ idempotency keys (held by a finished run, window not expired), 40 % throttle key
 from __future__ import annotations
 
 import json
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,7 +45,7 @@ FINISHED = "('completed', 'failed', 'cancelled')"
 
 
 def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _run_sql(runs: int, t0: datetime, hot: str, user_prefix: str, upto: int | None) -> tuple[str, list[Any]]:
