@@ -43,24 +43,24 @@ INSERT INTO celery_durable_run (
     slot_key1, holds_slots, backlog_at, finish_by, start_by, parent_id, parent_step, children_pending, durable
 )
 SELECT 'bulk-' || i, 't.bulk' || (i % 20), s.status, '[1, 2]', '{{}}', '{{}}', 0, 1, 1, 0,
-       now() - i * interval '30 seconds',
-       CASE WHEN s.status <> 'pending' THEN now() - i * interval '30 seconds' END,
-       CASE WHEN s.status IN ('completed', 'failed') THEN now() - i * interval '29 seconds' END,
-       CASE WHEN s.status = 'queued' AND i % 60 = 0 THEN now() - interval '10 minutes'  -- message lost
-            WHEN s.status = 'queued' THEN now() - interval '5 seconds'
-            WHEN s.status <> 'pending' THEN now() - i * interval '30 seconds' END,
-       CASE WHEN s.status = 'sleeping' AND i % 100 = 0 THEN now() - interval '1 second'  -- due now
-            WHEN s.status = 'sleeping' THEN now() + interval '1 hour' + (i % 5000) * interval '1 minute'
-            WHEN s.status = 'waiting' AND i % 2 = 0 THEN now() + interval '1 day' END,
+       clock_timestamp() - i * interval '30 seconds',
+       CASE WHEN s.status <> 'pending' THEN clock_timestamp() - i * interval '30 seconds' END,
+       CASE WHEN s.status IN ('completed', 'failed') THEN clock_timestamp() - i * interval '29 seconds' END,
+       CASE WHEN s.status = 'queued' AND i % 60 = 0 THEN clock_timestamp() - interval '10 minutes'  -- message lost
+            WHEN s.status = 'queued' THEN clock_timestamp() - interval '5 seconds'
+            WHEN s.status <> 'pending' THEN clock_timestamp() - i * interval '30 seconds' END,
+       CASE WHEN s.status = 'sleeping' AND i % 100 = 0 THEN clock_timestamp() - interval '1 second'  -- due now
+            WHEN s.status = 'sleeping' THEN clock_timestamp() + interval '1 hour' + (i % 5000) * interval '1 minute'
+            WHEN s.status = 'waiting' AND i % 2 = 0 THEN clock_timestamp() + interval '1 day' END,
        CASE WHEN s.status = 'waiting' THEN 'bulk.event' || (i % 500) END,
        CASE WHEN s.status = 'running' THEN 'worker-' || (i % 8) END,
-       CASE WHEN s.status = 'running' AND i % 60 = 0 THEN now() - interval '1 minute'  -- worker died
-            WHEN s.status = 'running' THEN now() + interval '30 seconds' END,
+       CASE WHEN s.status = 'running' AND i % 60 = 0 THEN clock_timestamp() - interval '1 minute'  -- worker died
+            WHEN s.status = 'running' THEN clock_timestamp() + interval '1 hour' END,
        CASE WHEN s.status IN ('pending', 'running') THEN 'f.per_user:user_id:' || (i % 300) END,
        s.status = 'running',
-       CASE WHEN s.status = 'pending' THEN now() - i * interval '30 seconds' END,
-       CASE WHEN i % 40 = 0 THEN now() + interval '2 hours' END,
-       CASE WHEN i % 40 = 1 AND s.status = 'pending' THEN now() + interval '2 hours' END,
+       CASE WHEN s.status = 'pending' THEN clock_timestamp() - i * interval '30 seconds' END,
+       CASE WHEN i % 40 = 0 THEN clock_timestamp() + interval '2 hours' END,
+       CASE WHEN i % 40 = 1 AND s.status = 'pending' THEN clock_timestamp() + interval '2 hours' END,
        CASE WHEN i > {RUNS - 1000} THEN 'bulk-' || (i - {RUNS - 1000}) END,
        CASE WHEN i > {RUNS - 1000} THEN 'child' END,
        0, true
@@ -79,11 +79,11 @@ INSERT INTO celery_durable_step (run_id, step_id, kind, status, output, attempts
 SELECT id, 'wait', 'wait', 'pending', '{{"name": "' || waiting_for || '", "match": null}}', 1, created_at, created_at
 FROM celery_durable_run WHERE status = 'waiting';
 INSERT INTO celery_durable_event (name, data, event_id, received_at)
-SELECT 'bulk.event' || (i % 500), '{{"n": ' || i || '}}', md5(i::text), now() - i * interval '1 minute'
+SELECT 'bulk.event' || (i % 500), '{{"n": ' || i || '}}', md5(i::text), clock_timestamp() - i * interval '1 minute'
 FROM generate_series(1, 20000) AS i;
 INSERT INTO celery_durable_flowstate (name, run_id, expires_at, started_at, admitted)
 SELECT (ARRAY['idempotency_key:f.idempotent:', 'debounce:f.debounced:', 'singleton:f.singleton_skip:'])[i % 3 + 1] || i,
-       'bulk-' || i, now() - interval '1 hour', now() - interval '1 hour', '[]'
+       'bulk-' || i, clock_timestamp() - interval '1 hour', clock_timestamp() - interval '1 hour', '[]'
 FROM generate_series(1, 20000) AS i;
 INSERT INTO celery_durable_slot (key, "limit", in_use)
 SELECT 'f.per_user:user_id:' || i, 1, CASE WHEN i < 300 THEN 1 ELSE 0 END FROM generate_series(0, 19999) AS i;
