@@ -31,6 +31,10 @@ class Nudge:
     kwargs: str
     options: str
     countdown: float | None = None
+    # When set, the countdown is taken from this time at publish (not from when the nudge was
+    # made): a batch of due runs takes a while to publish, and its late messages would
+    # otherwise be late by that much.
+    due_at: datetime | None = None
 
 
 @dataclass
@@ -434,7 +438,7 @@ def take_due(limit: int, horizon: float = 0.0, using: str = "default") -> list[N
             status=RunStatus.QUEUED, wake_at=None, waiting_for=None, published_at=now
         )
         return [
-            Nudge(n.run_id, n.task_name, n.args, n.kwargs, n.options, _countdown(rows[n.run_id], now))
+            Nudge(n.run_id, n.task_name, n.args, n.kwargs, n.options, _countdown(rows[n.run_id], now), rows[n.run_id])
             for n in _nudges(list(rows), using)
         ]
 

@@ -147,11 +147,8 @@ class Phase:
         from bench import tasks
         from celery_durable.models import Run
 
-        for i in range(10):
-            tasks.durable3.delay(i)
-        self.wait(
-            lambda: Run.objects.filter(task_name="bench.durable3", status="completed").count() >= 10, 60, "warm-up"
-        )
+        ids = [tasks.durable3.delay(i).id for i in range(10)]
+        self.wait(lambda: Run.objects.filter(id__in=ids, status="completed").count() == 10, 60, "warm-up")
 
     def sleep_celery(self) -> dict:
         t, n = self.tasks, self.args.runs
@@ -227,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench import harness
 
     harness.ensure_database()
-    if args.phase.startswith("sleep"):
+    if args.phase == "sleep-durable":
         from django.db import connection
 
         with connection.cursor() as cur:

@@ -10,7 +10,7 @@ from celery import Celery
 from celery.app.task import Task
 from django.db import transaction
 
-from .. import serialization
+from .. import clock, serialization
 
 if TYPE_CHECKING:
     from ..runs import Nudge
@@ -32,8 +32,12 @@ def publish(app: Celery, nudge: Nudge) -> bool:
     options: dict[str, Any] = serialization.loads(nudge.options)
     headers = dict(options.pop("headers", None) or {})
     headers[NUDGE_HEADER] = True
-    if nudge.countdown:
-        options["countdown"] = nudge.countdown
+    countdown = nudge.countdown
+    if nudge.due_at is not None:
+        left = (nudge.due_at - clock.now()).total_seconds()
+        countdown = left if left > 0.001 else None
+    if countdown:
+        options["countdown"] = countdown
     args = serialization.loads(nudge.args)
     kwargs = serialization.loads(nudge.kwargs)
     task = app.tasks.get(nudge.task_name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from celery import Celery
@@ -107,11 +108,15 @@ class ServiceThread(threading.Thread):
         """The loop; database errors are logged and retried on the next tick.
 
         A tick that filled a whole batch is followed at once by the next one (a backlog of
-        due runs drains at database speed, not one batch per interval).
+        due runs drains at database speed, not one batch per interval). Ticks start every
+        ``WAKER_INTERVAL`` (the time a tick took is not added to it): a tick publishes the runs
+        due before the next tick starts, so a busy tick does not leave a gap of runs that are
+        published only after their wake time.
         """
         ticks = 0
         while not self.stopping.is_set():
             full = False
+            started = time.monotonic()
             try:
                 report = tick(self.app, self.using, backstops=ticks % BACKSTOP_EVERY == 0)
                 ticks += 1
@@ -125,7 +130,7 @@ class ServiceThread(threading.Thread):
             finally:
                 connections.close_all()
             if not full:
-                self.stopping.wait(get_settings().WAKER_INTERVAL)
+                self.stopping.wait(max(0.0, get_settings().WAKER_INTERVAL - (time.monotonic() - started)))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the loop to end and wait for it."""
