@@ -168,6 +168,7 @@ class Phase:
     def sleep_durable(self) -> dict:
         from django.db.models import Count
 
+        from bench.peers.common import summary
         from celery_durable import serialization
         from celery_durable.models import Run, Step
 
@@ -184,13 +185,19 @@ class Phase:
         cpu = self.cpu_figures(window, n)
         rows = list(
             Step.objects.filter(run__task_name=t.sleeper.name, step_id="s").values_list(
-                "output", "finished_at", "run__finished_at", "run__executions"
+                "output", "finished_at", "run__finished_at", "started_at", "run__published_at"
             )
         )
-        lateness = [1000 * (fin - serialization.loads(out)["wake_at"]).total_seconds() for out, fin, _r, _e in rows]
+        due = [serialization.loads(r[0])["wake_at"] for r in rows]
+        lateness = [1000 * (r[1] - d).total_seconds() for r, d in zip(rows, due, strict=True)]
         last = max(r[2] for r in rows).timestamp()
         out = self._sleep_figures(n, first, submitted, lateness, last, load1, cpu)
         out["executions"] = dict(runs.values_list("executions").annotate(c=Count("id")))
+        # Why runs wake late: first executions (suspensions) slower than the submissions put
+        # the resumes behind them in the queue; the waker published some after their wake time.
+        out["suspended_per_s"] = n / (max(r[3] for r in rows).timestamp() - first)
+        out["published_after_due"] = sum(1 for r, d in zip(rows, due, strict=True) if r[4] > d)
+        out["publish_lead_ms"] = summary([1000 * (d - r[4]).total_seconds() for r, d in zip(rows, due, strict=True)])
         return out
 
     def _sleep_figures(self, n, first, submitted, lateness, last, load1, cpu) -> dict:

@@ -135,6 +135,15 @@ def report(r: dict[str, Any]) -> str:
             f"| {fmt(d('queue', 'rate_per_s'))} | | | | | | |"
         )
         w("")
+        w(
+            "Other processes' share of the machine (%): celery-durable drain "
+            f"{fmt(c('drain:durable3', 'other_cpu_pct'))}, "
+            f"chain drain {fmt(c('drain:chain3', 'other_cpu_pct'))}; whole machine busy during DBOS direct x2: "
+            f"{fmt(d('direct2', 'machine_busy_pct'))}. Writes: INSERT+UPDATE+DELETE rows of the system's own tables "
+            "(pg_stat_user_tables); commits: pg_stat_database.xact_commit of its database, read-only and background "
+            "transactions included; SQL statements counted in-process."
+        )
+        w("")
         dbos2 = lambda x: x["workflow"]["dbos"]["direct2"]["rate_per_s"]  # noqa: E731
         ours = lambda x: x["workflow"]["celery"]["drain:durable3"]  # noqa: E731
         rows.append(
@@ -294,6 +303,14 @@ def report(r: dict[str, Any]) -> str:
                 f"| {fmt(g(lambda s: s['lateness_ms']['p99']))} | {fmt(g(lambda s: s['lateness_ms']['max']))} "
                 f"| {fmt(g(lambda s: s['early']))} | {fmt(g(lambda s, cpu=cpu: s[cpu]), 1)} |"
             )
+        w("")
+        w(
+            "celery-durable: first executions (to the suspension) ran at "
+            f"{fmt(sl('sleep-durable', lambda s: s['suspended_per_s']))}/s against "
+            f"{fmt(sl('sleep-durable', lambda s: n / s['submit_s']))}/s submitted; the waker published "
+            f"{fmt(sl('sleep-durable', lambda s: s['published_after_due']))} of {n} after their wake time (p50 "
+            f"{fmt(sl('sleep-durable', lambda s: s['publish_lead_ms']['p50']))} ms before it)."
+        )
         w("")
         ratio = lambda a, b, f: reps.get(lambda x: f(x["sleep"][a]) / f(x["sleep"][b]))  # noqa: E731
         rows.append(
