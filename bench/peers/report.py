@@ -181,6 +181,22 @@ def report(r: dict[str, Any]) -> str:
                 (">", 1.0),
             )
         )
+        rows.append(
+            (
+                "CPU per 3-step run: DBOS (process + PG, 1 process) ÷ celery-durable (worker + PG + Redis, drain; "
+                "`.delay()` not included)",
+                reps.get(
+                    lambda x: (
+                        (
+                            x["workflow"]["dbos"]["serial"]["cpu_ms_per_run"]
+                            + x["workflow"]["dbos"]["serial"]["pg_cpu_ms_per_run"]
+                        )
+                        / (ours(x)["worker_cpu_ms"] + ours(x)["pg_cpu_ms"] + ours(x)["redis_cpu_ms"])
+                    )
+                ),
+                None,
+            )
+        )
         p50 = lambda x: x["workflow"]["celery"]["serial:durable3"]["p50_ms"]  # noqa: E731
         rows.append(
             (
