@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "REUSE_CONNECTIONS": True,
     "WAKER_BATCH_SIZE": 500,
     "OBSERVE_PLAIN_TASKS": False,
+    "INLINE_HANDOFF_RUNS": 10,
 }
 
 
@@ -47,6 +48,8 @@ class DurableSettings:
     WAKER_BATCH_SIZE: int
     # Record plain tasks as one-step runs: False, True (all) or a list of fnmatch patterns.
     OBSERVE_PLAIN_TASKS: bool | tuple[str, ...]
+    # A process that frees a concurrency slot runs up to this many promoted runs itself.
+    INLINE_HANDOFF_RUNS: int
 
 
 def _validate(values: dict[str, Any]) -> None:
@@ -58,6 +61,9 @@ def _validate(values: dict[str, Any]) -> None:
         value = values[name]
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise DurableConfigError(f"CELERY_DURABLE[{name!r}] must be a positive int, got {value!r}")
+    for name in ("INLINE_HANDOFF_RUNS",):
+        if not isinstance(values[name], int) or isinstance(values[name], bool) or values[name] < 0:
+            raise DurableConfigError(f"CELERY_DURABLE[{name!r}] must be an int >= 0, got {values[name]!r}")
     if (
         not isinstance(values["MAX_RECOVERIES"], int)
         or isinstance(values["MAX_RECOVERIES"], bool)

@@ -31,6 +31,7 @@ from ..options import (
 from ..runtime import context
 from ..runtime.events import Event, validate_event_name
 from ..runtime.steps import StepContext
+from . import handoff
 from .publish import NUDGE_HEADER
 
 logger = logging.getLogger("celery_durable")
@@ -446,11 +447,28 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         request = self.request
         if request.called_directly or request.is_eager:
             return self._run_without_checkpoints(args, kwargs)
+        return self.execute_run(str(request.id), args, kwargs)
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Celery calls this once the result is stored: run promoted runs of this task here.
+
+        Subclasses that override it must call ``super().after_return(...)``.
+        """
+        from .publish import publish_all
+
+        super().after_return(status, retval, task_id, args, kwargs, einfo)
+        promoted = handoff.take_promoted(self)
+        if promoted:
+            from ..conf import get_settings
+
+            publish_all(self.app, handoff.run_here(self, promoted, get_settings().INLINE_HANDOFF_RUNS))
+
+    def execute_run(self, run_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Execute run ``run_id`` in this process: return its value, or raise its error or ``Ignore``."""
         from .. import execution, runs
         from ..models import FINISHED_STATUSES
         from .publish import publish_all
 
-        run_id = str(request.id)
         if self.concurrency is not None:
             from .. import slots
 
@@ -486,7 +504,11 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         publish_all(self.app, outcome.nudges)
         publish_children(self.app, run_id, outcome.children)
         if self.concurrency is not None and outcome.kind != "dropped":
-            self._release_slots(run_id)
+            promoted = self._release_slots(run_id)
+            if outcome.kind in ("completed", "failed", "cancelled") and self._hands_off_inline():
+                handoff.stash(self, promoted)  # run here once the result is stored (after_return)
+            else:
+                publish_all(self.app, promoted)
         if outcome.kind == "completed":
             return outcome.value
         if outcome.kind == "failed":
@@ -501,17 +523,23 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             raise RunCancelled(f"run {run_id} was cancelled")
         raise Ignore()
 
-    def _release_slots(self, run_id: str) -> None:
+    def _release_slots(self, run_id: str) -> list[Any]:
         from django.db import DatabaseError
 
         from .. import slots
-        from .publish import publish_all
 
         try:
-            publish_all(self.app, slots.release(run_id))
+            return slots.release(run_id)
         except DatabaseError:
             # The services' backstop gives the slots back and promotes the backlog.
             logger.warning("durable run %s: releasing its slots failed; the backstop will", run_id, exc_info=True)
+            return []
+
+    def _hands_off_inline(self) -> bool:
+        """Whether promoted runs wait for ``after_return`` (a worker delivery, inline hand-off on)."""
+        from ..conf import get_settings
+
+        return bool(self.request.delivery_info) and get_settings().INLINE_HANDOFF_RUNS > 0
 
     def _body(self) -> Callable[..., Any]:
         if self.on_event is None:

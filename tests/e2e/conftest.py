@@ -57,7 +57,9 @@ class Worker:
         self.name = name
         command = [
             sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
-            "-P", pool, "-c", str(concurrency), "-n", f"{name}@%h", "-l", "info",
+            # The node name carries the test's queue: suites running side by side on one broker
+            # (and a worker restarted under its old name) never share a pidbox queue.
+            "-P", pool, "-c", str(concurrency), "-n", f"{name}-{env['DURABLE_TEST_QUEUE']}@%h", "-l", "info",
             "--without-mingle", "--without-gossip", "-Q", env["DURABLE_TEST_QUEUE"],
         ]
         self.handle = log.open("w")

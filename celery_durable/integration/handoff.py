@@ -1,0 +1,107 @@
+"""Inline hand-off: a process that frees a concurrency slot runs the promoted run itself.
+
+When a run of a task with ``concurrency=`` finishes, its slot goes to the next run of the
+key's backlog in the same transaction (``slots.release``). Publishing that run and waiting
+for a worker to fetch it costs a broker round trip on every hand-off, and with a small
+limit that round trip, not the work, sets the pace of a backlog. So the process that
+released the slot executes the promoted run right away, after its own result was stored
+(``DurableTask.after_return``), up to ``INLINE_HANDOFF_RUNS`` runs in a row; everything else
+is published as usual.
+
+The promoted run is a normal run: claimed with a lease (a crash here is recovered by the
+reaper), its result stored in the result backend, its slots released and handed on in turn.
+Only runs of the same task without an explicit destination are taken inline, so routing
+decisions stay with the broker. Celery's per-task signals and events are not sent for them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from celery.exceptions import Ignore
+
+from .. import serialization
+
+if TYPE_CHECKING:
+    from ..runs import Nudge
+    from .task import DurableTask
+
+logger = logging.getLogger("celery_durable")
+
+PROMOTED = "durable_promoted"  # attribute of the task's request: nudges waiting for after_return
+DESTINATION = ("queue", "exchange", "routing_key")
+
+
+def eligible(task: DurableTask, nudge: Nudge) -> bool:
+    """A promoted run this process may execute: same task, no destination of its own."""
+    if nudge.task_name != task.name or nudge.countdown:
+        return False
+    options = serialization.loads(nudge.options or "{}")
+    return not any(options.get(key) for key in DESTINATION)
+
+
+def run_here(task: DurableTask, nudges: list[Nudge], budget: int) -> list[Nudge]:
+    """Execute up to ``budget`` eligible promoted runs here; return the nudges to publish."""
+    pending = list(nudges)
+    rest: list[Nudge] = []
+    while pending:
+        nudge = pending.pop(0)
+        if budget <= 0 or not eligible(task, nudge):
+            rest.append(nudge)
+            continue
+        budget -= 1
+        pending[:0] = _execute(task, nudge)  # its own hand-off goes first: the same key
+    return rest
+
+
+def _execute(task: DurableTask, nudge: Nudge) -> list[Nudge]:
+    """Run one promoted run as if its message had arrived; store its outcome; return its promotions."""
+    args = serialization.loads(nudge.args)
+    kwargs = serialization.loads(nudge.kwargs)
+    outer = task.request
+    task.push_request(
+        id=nudge.run_id,
+        args=args,
+        kwargs=kwargs,
+        delivery_info=outer.delivery_info,
+        hostname=outer.hostname,
+        headers=outer.headers,
+        called_directly=False,
+        is_eager=False,
+        retries=0,
+    )
+    request = task.request
+    try:
+        try:
+            value = task.execute_run(nudge.run_id, args, kwargs)
+        except Ignore:
+            return _promoted(task)
+        except Exception as exc:
+            if not task.ignore_result:
+                task.backend.mark_as_failure(nudge.run_id, exc, request=request)
+            return _promoted(task)
+        if not task.ignore_result:
+            task.backend.mark_as_done(nudge.run_id, value, request=request)
+        return _promoted(task)
+    except Exception:
+        logger.warning("durable run %s: inline hand-off failed; the services recover it", nudge.run_id, exc_info=True)
+        return _promoted(task)
+    finally:
+        task.pop_request()
+
+
+def _promoted(task: DurableTask) -> list[Nudge]:
+    promoted: list[Nudge] = getattr(task.request, PROMOTED, None) or []
+    setattr(task.request, PROMOTED, [])
+    return promoted
+
+
+def take_promoted(task: DurableTask) -> list[Nudge]:
+    """The promoted runs the current execution stashed for :func:`run_here` (and forget them)."""
+    return _promoted(task)
+
+
+def stash(task: DurableTask, nudges: list[Nudge]) -> None:
+    """Keep promoted runs on the current request until the result is stored."""
+    setattr(task.request, PROMOTED, [*(getattr(task.request, PROMOTED, None) or []), *nudges])
