@@ -11,7 +11,8 @@ from .exceptions import DurableConfigError, RunNotFound, RunStateError
 from .models import FINISHED_STATUSES, Run, RunStatus
 from .runs import OBSERVED, Nudge, check_id
 
-SUSPENDED = (RunStatus.PENDING, RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING)
+# Unfinished and not executing: cancelled at once (a running run stops at its next step boundary).
+NOT_RUNNING = (RunStatus.PENDING, RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING)
 
 
 @dataclass

@@ -417,7 +417,8 @@ def _nudges(ids: list[str], using: str) -> list[Nudge]:
     return [Nudge(*row) for row in rows]
 
 
-SUSPENDED = (RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING)
+# Statuses a wake time can move to `queued` (the waker): a countdown, a sleep, a wait timeout.
+WAKEABLE = (RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING)
 
 
 def take_due(limit: int, horizon: float = 0.0, using: str = "default") -> list[Nudge]:
@@ -428,13 +429,13 @@ def take_due(limit: int, horizon: float = 0.0, using: str = "default") -> list[N
     now = clock.now()
     until = now + timedelta(seconds=horizon)
     with transaction.atomic(using=using):
-        due = Run.objects.using(using).filter(status__in=SUSPENDED, wake_at__lte=until).order_by("wake_at")
+        due = Run.objects.using(using).filter(status__in=WAKEABLE, wake_at__lte=until).order_by("wake_at")
         ids = _locked_ids(due, limit, using)
         if not ids:
             return []
-        candidates = Run.objects.using(using).filter(id__in=ids, status__in=SUSPENDED, wake_at__lte=until)
+        candidates = Run.objects.using(using).filter(id__in=ids, status__in=WAKEABLE, wake_at__lte=until)
         rows = {run_id: wake_at or now for run_id, wake_at in candidates.values_list("id", "wake_at")}
-        Run.objects.using(using).filter(id__in=list(rows), status__in=SUSPENDED, wake_at__lte=until).update(
+        Run.objects.using(using).filter(id__in=list(rows), status__in=WAKEABLE, wake_at__lte=until).update(
             status=RunStatus.QUEUED, wake_at=None, waiting_for=None, published_at=now
         )
         return [
@@ -456,7 +457,7 @@ def work_pending(horizon: float, republish_after: float, using: str = "default")
     # the same index (PostgreSQL drops ORDER BY and LIMIT inside EXISTS, and then may scan
     # the table when it expects many matches).
     probes = [
-        runs.filter(status__in=SUSPENDED, wake_at__lte=now + timedelta(seconds=horizon)).order_by("wake_at"),
+        runs.filter(status__in=WAKEABLE, wake_at__lte=now + timedelta(seconds=horizon)).order_by("wake_at"),
         runs.filter(
             status=RunStatus.QUEUED, wake_at__isnull=True, published_at__lt=now - timedelta(seconds=republish_after)
         ).order_by("published_at"),
