@@ -84,6 +84,7 @@ class Injector:
         self.pending: list[tuple[float, Callable[[], None]]] = []  # (monotonic time, undo)
         self.busy: set[str] = set()  # workers frozen or cut off now
         self.counts: dict[str, int] = {}
+        self.watched = 0.0
 
     # --- bookkeeping ------------------------------------------------------------------
 
@@ -95,11 +96,24 @@ class Injector:
         )  # fmt: skip
 
     def tick(self) -> None:
-        """Undo the faults whose time is up (thaw a frozen worker, heal a cut link)."""
+        """Undo the faults whose time is up (thaw a frozen worker, heal a cut link), and restart
+        a worker that exited on its own, as a process supervisor would."""
         due = [item for item in self.pending if item[0] <= time.monotonic()]
         self.pending = [item for item in self.pending if item[0] > time.monotonic()]
         for _at, undo in due:
             undo()
+        if time.monotonic() - self.watched < 1:
+            return
+        self.watched = time.monotonic()
+        for name, worker in list(self.fleet.items()):
+            if worker.alive():
+                worker.pool()  # remember its processes
+            elif name not in self.busy:
+                # Celery gave up (e.g. RabbitMQ refusing its pidbox queue after a partition):
+                # a consequence of an earlier fault, recorded with every process it had.
+                worker.kill()
+                self.record("worker_exited", now(), {worker.pid, *worker.seen}, worker=name)
+                self.fleet[name] = self.replace(name)
 
     def settle(self) -> None:
         """Undo every fault still in effect (before the drain), and set the services clock right."""
@@ -124,10 +138,13 @@ class Injector:
         return {r: [exp.isoformat(), n] for r, exp, n in rows.values_list("id", "lease_expires_at", "executions")}
 
     def _executing(self, pids: set[int]) -> list[int]:
-        """Pids among ``pids`` executing a step body right now."""
+        """Pids among ``pids`` executing a run right now: holding its lease, or inside a step body."""
         recent = now() - timedelta(seconds=30)
         rows = ChaosAttempt.objects.filter(ended__isnull=True, started__gt=recent, pid__in=pids)
-        return sorted(set(rows.values_list("pid", flat=True)))
+        found = set(rows.values_list("pid", flat=True))
+        owners = Run.objects.filter(status=RunStatus.RUNNING, lease_owner__isnull=False)
+        found |= {int(owner.rsplit(":", 2)[1]) for owner in owners.values_list("lease_owner", flat=True)}
+        return sorted(found & pids)
 
     # --- the faults -------------------------------------------------------------------
 

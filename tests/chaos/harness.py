@@ -83,7 +83,10 @@ class Fleet:
             env["DURABLE_TEST_PG_HOST"] = self.ns.host_ip
             env["DURABLE_TEST_BROKER_URL"] = self.ns.url(self.broker)
             prefix = self.ns.prefix
-        worker = procs.Worker(env, self.dir / f"{name}-{len(self.started)}.log", name, self.CONCURRENCY[name], prefix)
+        # A node name of its own: RabbitMQ may still hold the exclusive pidbox queue of the
+        # worker it replaces for a moment (Celery then exits: "ResourceLocked").
+        node = f"{name}-{len(self.started)}"
+        worker = procs.Worker(env, self.dir / f"{node}.log", node, self.CONCURRENCY[name], prefix)
         self.started.append(worker)
         worker.wait_ready()
         return worker

@@ -166,6 +166,7 @@ class Worker:
             command, cwd=ROOT, env=env, stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.frozen = False
+        self.seen: set[int] = set()  # every pid of this worker seen so far (for a crash's record)
 
     @property
     def pid(self) -> int:
@@ -183,7 +184,9 @@ class Worker:
         wait_for(ready, timeout, f"worker {self.name} to be ready")
 
     def pool(self) -> set[int]:
-        return children_of(self.pid)
+        found = children_of(self.pid)
+        self.seen |= found
+        return found
 
     def pids(self) -> set[int]:
         return {self.pid, *self.pool()}
