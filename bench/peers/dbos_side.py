@@ -13,7 +13,7 @@ workflows another one is running. Roles:
              the calling thread sends per workflow (SQLAlchemy engine events).
 ``enqueue``  N of the same workflow enqueued on a DBOS queue (defaults: no concurrency limit,
              1 s polling), listening to no queue (nothing runs).
-``drain``    listen to that queue until ``--until`` workflows finished (DBOS's queue thread
+``drain``    listen to that queue until ``--until`` more workflows finished (DBOS's queue thread
              dequeues them); the driver reads the timings from ``dbos.workflow_status``.
 ``sleep``    N workflows started at once with ``DBOS.start_workflow``; each takes
              ``due = time.time() + 1``, ``DBOS.sleep(1)``, records when it woke, then one
@@ -181,10 +181,11 @@ def finished(engine: sa.Engine) -> int:
 
 def role_drain(args: argparse.Namespace) -> dict:
     engine = sa.create_engine(system_url())
+    before = finished(engine)  # an earlier repetition's workflows on the same queue
     launch([QUEUE])
     DBOS.register_queue(QUEUE, on_conflict="always_update")
     deadline = time.monotonic() + args.timeout
-    while (done := finished(engine)) < args.until:
+    while (done := finished(engine) - before) < args.until:
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
