@@ -104,6 +104,7 @@ class Fleet:
         if self.ns is not None:
             self.ns.close()
             self.ns = None
+        procs.delete_queue(self.broker, self.queue)
 
 
 @dataclass

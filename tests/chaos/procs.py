@@ -85,6 +85,14 @@ def service_stopped(name: str) -> Iterator[None]:
         start_service(name)
 
 
+def delete_queue(broker: str, queue: str) -> None:
+    """Remove a test's queue from the broker (RabbitMQ keeps durable queues, Redis its lists)."""
+    from kombu import Connection
+
+    with contextlib.suppress(Exception), Connection(broker, connect_timeout=5) as conn:
+        conn.default_channel.queue_delete(queue)
+
+
 def ensure_services_up() -> None:
     """Start any of PostgreSQL, Redis and RabbitMQ that is down (never MariaDB: not ours to touch)."""
     for name in PORTS:

@@ -9,6 +9,7 @@ executions finish their bodies and try to checkpoint. Both writes are refused.
 """
 
 import re
+import uuid
 
 import pytest
 from django.db import connection
@@ -48,9 +49,11 @@ def start_worker(tmp_path):
 
 
 def test_fencing__a_cut_off_workers_late_checkpoints_are_refused(
-    use_broker, chaos_db, tmp_path, namespace, start_worker
+    use_broker, chaos_db, tmp_path, namespace, start_worker, request
 ):
-    env = harness.worker_env(broker=use_broker, db_name=chaos_db, queue=f"fence-{tmp_path.name}", tag="fence")
+    queue = f"fence-{uuid.uuid4().hex[:8]}"
+    env = harness.worker_env(broker=use_broker, db_name=chaos_db, queue=queue, tag="fence")
+    request.addfinalizer(lambda: procs.delete_queue(use_broker, queue))
     gate = tmp_path / "gate"
     gate.mkdir()
     stale_env = {
