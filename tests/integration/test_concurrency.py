@@ -110,6 +110,22 @@ def test_leaked_slot__is_returned_by_the_backstop(durable):
     assert get_run(waiting.id).status == "queued"
 
 
+def test_stranded_backlog__is_promoted_by_the_backstop_a_batch_of_keys_at_a_time(durable):
+    from celery_durable import slots
+
+    holders = [flows.per_user.delay(user) for user in (11, 12, 13)]
+    waiting = [flows.per_user.delay(user) for user in (11, 12, 13)]
+    assert {get_run(r.id).status for r in waiting} == {"pending"}
+    # A release that raced the backlog's suspension: the slots came back, nobody was promoted.
+    Run.objects.filter(id__in=[r.id for r in holders]).update(status=RunStatus.COMPLETED, holds_slots=False)
+    Slot.objects.filter(key__in=[f"f.per_user:user_id:{user}" for user in (11, 12, 13)]).update(in_use=0)
+    first = slots.promote_stranded(2)  # at most two keys per pass
+    assert len(first) == 2
+    rest = slots.promote_stranded(2)
+    assert sorted(n.run_id for n in first + rest) == sorted(r.id for r in waiting)
+    assert slots.promote_stranded(2) == []
+
+
 def test_limit_change__takes_effect_on_deploy(durable):
     flows.per_user.delay(3)
     Slot.objects.filter(key="f.per_user:user_id:3").update(limit=5)  # as deployed before
