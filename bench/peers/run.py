@@ -1,7 +1,7 @@
 """Peer comparison (issue 7): this library against plain Celery and DBOS, same workloads, one run.
 
-    .venv/bin/python -m bench.peers --quick        # small sizes, ~5 min on 2 cores
-    .venv/bin/python -m bench.peers                # full sizes, ~10 min idle
+    .venv/bin/python -m bench.peers --quick        # small sizes, ~2 min on 2 cores
+    .venv/bin/python -m bench.peers                # full sizes, 1 repetition, ~3 min on a quiet machine
     .venv/bin/python -m bench.peers --only sleep   # workloads: workflow, concurrency, sleep
     .venv/bin/python -m bench.peers --snapshot HEAD  # celery_durable/ as committed, not the working tree
 
@@ -309,7 +309,7 @@ def setup() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes (~5 min)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (~2 min)")
     parser.add_argument("--reps", type=int, default=1, help="repetitions of workloads 1 and 3 (default 1)")
     parser.add_argument("--only", action="append", choices=WORKLOADS, help="run only these workloads (repeatable)")
     parser.add_argument("--no-wait", action="store_true", help="do not wait while another bench/ script runs")
