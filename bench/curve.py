@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 waited = {} if args.no_wait else quiet.wait(log)
                 load = quiet.uptime()
                 figures = drain(bench, size, args.layout, args.runs, args.limit)
-                figures.update(rep=rep, uptime=load, uptime_after=quiet.uptime(), **waited)
+                figures.update(waited, rep=rep, uptime=load, uptime_after=quiet.uptime())
                 log(f"{size} process(es): {figures['runs_per_s']:.0f} runs/s; worker {figures['worker_cpu_ms']:.1f} "
                     f"ms/run, postgres {figures['pg_all_cpu_ms']:.1f} ms/run; {load}")  # fmt: skip
                 results["measurements"].append(figures)
