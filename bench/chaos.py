@@ -122,6 +122,7 @@ def main() -> int:
         "lost": report.lost,
         "step_bodies": report.bodies,
         "duplicated_step_bodies": report.duplicated,
+        "duplicated_explained_by": report.explained_by,
         "limit_violations": report.limit_violations,
         "peak_per_key": report.peak,
         "violations": report.violations,
@@ -141,7 +142,8 @@ def main() -> int:
         f"  runs: {report.runs} ({len(session.workload.called)} called, the rest child runs); "
         f"completed {report.completed}, cancelled {report.cancelled}, lost {report.lost}\n"
         f"  step bodies: {report.bodies}; duplicated (plain steps re-run after a fault hit their "
-        f"execution) {report.duplicated}; atomic steps committed twice: 0 unless listed below\n"
+        f"execution) {report.duplicated}, by fault {report.explained_by}; "
+        f"atomic steps committed twice: 0 unless listed below\n"
         f"  limit violations: {report.limit_violations} (peak per key {report.peak}, limit {checker.LIMIT})\n"
         f"  faults: {faults}\n"
         f"  recovery after a kill (lease expiry -> next claim): {rec['count']} runs, "

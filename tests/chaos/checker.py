@@ -35,6 +35,7 @@ class Report:
     lost: int = 0  # called but not recorded, or never reached a terminal status
     bodies: int = 0  # step bodies started
     duplicated: int = 0  # extra starts of plain bodies, each explained by a fault
+    explained_by: dict[str, int] = field(default_factory=dict)  # those extra starts per fault kind
     completed_after_cancel: int = 0  # cancel requested as the last step finished: the run ended
     limit_violations: int = 0
     peak: dict[str, int] = field(default_factory=dict)  # most runs of a key executing at once
@@ -181,7 +182,10 @@ def _check_run(run, steps, attempts, counters, explained, report: Report) -> Non
             if a.n == winner:
                 continue
             report.duplicated += 1
-            if explained(a, later.get(a.n, checkpoint.finished_at)) is None:
+            cause = explained(a, later.get(a.n, checkpoint.finished_at))
+            if cause is not None:
+                report.explained_by[cause.kind] = report.explained_by.get(cause.kind, 0) + 1
+            else:
                 report.fail(
                     f"{name}: step {step_id!r} body ran {len(tries)} times; attempt {a.n} (pid {a.pid}, "
                     f"started {a.started}) lost to attempt {winner} with no fault hitting its process"
