@@ -242,9 +242,9 @@ def _backlog_keys(limit: int) -> list[str]:
 
     On PostgreSQL a recursive query probes the backlog index once per key (a "skip scan"),
     so the cost follows the number of keys, not the depth of their backlogs: one key with
-    20,000 pending runs takes 0.08 ms where ``DISTINCT`` reads all 20,000 (3 ms, and 36 ms
-    with cold pages); 1,001 keys with 30,000 pending cost about the same either way (2 ms,
-    bench/scale.py). Other databases use ``DISTINCT``.
+    20,000 pending runs takes 0.08 ms where ``DISTINCT`` reads all 20,000 (3 ms); 1,001 keys
+    with 30,000 pending cost about 2 ms either way warm, but ``DISTINCT`` took 36 ms once
+    its pages were cold (bench/scale.py). Other databases use ``DISTINCT``.
     """
     if connection.vendor != "postgresql":
         pending = Run.objects.filter(status=RunStatus.PENDING, slot_key1__isnull=False)
