@@ -171,7 +171,7 @@ def quiet_uptime() -> str:
 
 
 def report(results: dict) -> str:
-    lines = [f"`{results['command']}`", ""]
+    lines = [f"`{results['command']}` (commit `{results.get('commit')}`, result backend {results['results']})", ""]
     lines.append(
         f"| processes | runs/s median [min{DASH}max] | worker CPU ms/run | PostgreSQL CPU ms/run (all) | "
         "Redis | driver | machine busy | commits/run | run writes | step writes | uptime (load) |"
@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     harness.ensure_database()
     sizes = args.workers or [1, 2, 4]
     bench = drive.Bench(argparse.Namespace(item_timeout=args.limit, label="curve"))
-    results: dict = {"command": command, "results": bench.results, "measurements": []}
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    results: dict = {"command": command, "commit": commit.stdout.strip(), "results": bench.results, "measurements": []}
     try:
         for rep in range(args.reps):
             for size in sizes if rep % 2 == 0 else list(reversed(sizes)):
