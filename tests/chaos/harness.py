@@ -6,6 +6,7 @@ jumpable clock), ``w2`` in a network namespace of its own (cut off by ``cut_off`
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -163,16 +164,17 @@ def unfinished() -> list[str]:
     )
 
 
-def recovery_seconds() -> list[float]:
-    """Per run a worker kill interrupted: its lease expiry to its next claim (database clock)."""
+def recoveries() -> list[tuple[float, float]]:
+    """Per run a worker kill interrupted: (its lease expiry -> its next claim, the kill -> that
+    claim), in seconds of the database clock. The first is negative when a reaper whose clock
+    ran ahead (``clock_jump``) requeued the run before its lease really expired."""
     found = []
     for fault in ChaosFault.objects.filter(kind__in=["kill_child", "kill_worker"]):
-        import json
-
         for run_id, (expires, executions) in json.loads(fault.detail).get("runs", {}).items():
             claim = ChaosClaim.objects.filter(run_id=run_id, execution__gt=executions).order_by("at").first()
             if claim is not None:
-                found.append((claim.at - datetime.fromisoformat(expires)).total_seconds())
+                expiry = (claim.at - datetime.fromisoformat(expires)).total_seconds()
+                found.append((expiry, (claim.at - fault.at).total_seconds()))
     return found
 
 
