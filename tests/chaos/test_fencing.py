@@ -34,7 +34,15 @@ def namespace():
 
 
 @pytest.fixture
-def start_worker(tmp_path):
+def queue(use_broker):
+    """A queue of its own, deleted after the workers stopped (RabbitMQ keeps durable queues)."""
+    name = f"fence-{uuid.uuid4().hex[:8]}"
+    yield name
+    procs.delete_queue(use_broker, name)
+
+
+@pytest.fixture
+def start_worker(tmp_path, queue):
     started: list[procs.Worker] = []
 
     def start(env, name, prefix=None):
@@ -49,11 +57,9 @@ def start_worker(tmp_path):
 
 
 def test_fencing__a_cut_off_workers_late_checkpoints_are_refused(
-    use_broker, chaos_db, tmp_path, namespace, start_worker, request
+    use_broker, chaos_db, tmp_path, namespace, queue, start_worker
 ):
-    queue = f"fence-{uuid.uuid4().hex[:8]}"
     env = harness.worker_env(broker=use_broker, db_name=chaos_db, queue=queue, tag="fence")
-    request.addfinalizer(lambda: procs.delete_queue(use_broker, queue))
     gate = tmp_path / "gate"
     gate.mkdir()
     stale_env = {
