@@ -8,6 +8,7 @@ project's SQLite database, broker folders and logs in a temporary directory. No 
 RabbitMQ or PostgreSQL involved.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -119,7 +120,7 @@ def test_durable_demo__resumes_the_crashed_run_and_passes(demo_env, tmp_path):
 
 def assert_one_transcode_per_user_paid_first(database: Path) -> None:
     """The demo's own database: user 7's transcodes never overlapped, and the paid one went second."""
-    with sqlite3.connect(database) as connection:
+    with contextlib.closing(sqlite3.connect(database)) as connection:  # "with connect()" does not close it
         rows = connection.execute(
             "SELECT args, priority, status, started_at, finished_at FROM celery_durable_run "
             "WHERE task_name = 'shop.transcode_video' ORDER BY started_at"
@@ -132,7 +133,7 @@ def assert_one_transcode_per_user_paid_first(database: Path) -> None:
     assert [(args[2], priority) for args, priority, *_ in erin] == [("free", 0), ("pro", 600), ("free", 0), ("free", 0)]
     # ISO timestamps of one host's clock: each run started after the one before it finished.
     assert all(later[3] >= earlier[4] for earlier, later in pairwise(erin)), erin
-    with sqlite3.connect(database) as connection:
+    with contextlib.closing(sqlite3.connect(database)) as connection:  # "with connect()" does not close it
         in_use = connection.execute(
             "SELECT in_use FROM celery_durable_slot WHERE key LIKE 'shop.transcode_video:%'"
         ).fetchall()
