@@ -17,7 +17,7 @@ decisions stay with the broker. Celery's per-task signals and events are not sen
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Ignore
 
@@ -73,33 +73,34 @@ def _execute(task: DurableTask, nudge: Nudge) -> list[Nudge]:
     )
     request = task.request
     try:
-        try:
-            value = task.execute_run(nudge.run_id, args, kwargs)
-        except Ignore:
-            return _promoted(task)
-        except Exception as exc:
-            if not task.ignore_result:
-                task.backend.mark_as_failure(nudge.run_id, exc, request=request)
-            return _promoted(task)
-        if not task.ignore_result:
-            task.backend.mark_as_done(nudge.run_id, value, request=request)
-        return _promoted(task)
-    except Exception:
-        logger.warning("durable run %s: inline hand-off failed; the services recover it", nudge.run_id, exc_info=True)
-        return _promoted(task)
+        _store_outcome(task, nudge.run_id, args, kwargs, request)
+        return take_promoted(task)
     finally:
         task.pop_request()
 
 
-def _promoted(task: DurableTask) -> list[Nudge]:
-    promoted: list[Nudge] = getattr(task.request, PROMOTED, None) or []
-    setattr(task.request, PROMOTED, [])
-    return promoted
+def _store_outcome(task: DurableTask, run_id: str, args: Any, kwargs: dict[str, Any], request: Any) -> None:
+    """Execute the run and tell the result backend, as Celery's tracer would."""
+    try:
+        try:
+            value = task.execute_run(run_id, args, kwargs)
+        except Ignore:
+            return  # suspended or dropped: no result yet
+        except Exception as exc:
+            if not task.ignore_result:
+                task.backend.mark_as_failure(run_id, exc, request=request)
+            return
+        if not task.ignore_result:
+            task.backend.mark_as_done(run_id, value, request=request)
+    except Exception:
+        logger.warning("durable run %s: inline hand-off failed; the services recover it", run_id, exc_info=True)
 
 
 def take_promoted(task: DurableTask) -> list[Nudge]:
     """The promoted runs the current execution stashed for :func:`run_here` (and forget them)."""
-    return _promoted(task)
+    promoted: list[Nudge] = getattr(task.request, PROMOTED, None) or []
+    setattr(task.request, PROMOTED, [])
+    return promoted
 
 
 def stash(task: DurableTask, nudges: list[Nudge]) -> None:

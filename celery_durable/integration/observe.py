@@ -34,12 +34,18 @@ STARTED = "durable_observed_at"  # set on the task's request while it executes
 
 def observed(task: Any) -> bool:
     """Whether this execution of ``task`` is to be recorded."""
+    from django.conf import settings
+
     from ..conf import get_settings
     from .task import DurableTask
 
-    setting = get_settings().OBSERVE_PLAIN_TASKS
-    if not setting or task is None or isinstance(task, DurableTask):
+    if task is None or isinstance(task, DurableTask):
         return False
+    # Runs around every plain task of the project: a dict lookup when observing is off,
+    # the validated settings only when it is on.
+    if not (getattr(settings, "CELERY_DURABLE", None) or {}).get("OBSERVE_PLAIN_TASKS"):
+        return False
+    setting = get_settings().OBSERVE_PLAIN_TASKS
     name = str(getattr(task, "name", ""))
     if name.startswith("celery.") or (task.request.headers or {}).get(CHILD_HEADER):
         return False  # Celery's own tasks; plain children of durable runs are recorded already

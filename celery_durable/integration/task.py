@@ -193,6 +193,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     # Celery's ``autoretry_for`` / ``dont_autoretry_for``, applied by our retry policy.
     durable_autoretry_for: tuple[type[BaseException], ...] | None = None
     durable_dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    _durable_exec_options: dict[str, Any] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -240,9 +241,11 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     def _get_exec_options(self) -> dict[str, Any]:
         # ``task_default_priority`` is for plain tasks: a durable run's broker level comes
         # from its ``priority=`` through the router of install(app) (or an explicit option).
-        options: dict[str, Any] = dict(extract_exec_options(self))
-        options.pop("priority", None)
-        return options
+        if self._durable_exec_options is None:  # cached, as Celery caches its own
+            options = dict(extract_exec_options(self))
+            options.pop("priority", None)
+            self._durable_exec_options = options
+        return self._durable_exec_options
 
     def apply_async(
         self,
