@@ -27,7 +27,7 @@ if os.environ.get("BENCH_FC_GIVE_BACK") == "1":
     def give_back(**_kwargs: object) -> None:
         """The release path before the direct hand-over (give the slot back, then promote in
         a second transaction): the drain is measured both ways in one invocation."""
-        from celery_durable import slots
+        from celery_durable.store import slots
 
         slots._hand_over = lambda key: None  # type: ignore[assignment]
 

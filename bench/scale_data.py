@@ -131,10 +131,9 @@ def _step_sql(where: str) -> str:
 def keys() -> tuple[str, str]:
     """The hot key's slot key and the prefix of the user keys, as ``Concurrency`` names them."""
     from bench.scale_app import keyed
-    from celery_durable import slots
 
-    hot = next(iter(slots.slot_limits(keyed, (), {"user": "hot", "i": 0})))
-    user = next(iter(slots.slot_limits(keyed, (), {"user": "user-", "i": 0})))
+    hot = next(iter(keyed.durable_spec.slot_limits((), {"user": "hot", "i": 0})))
+    user = next(iter(keyed.durable_spec.slot_limits((), {"user": "user-", "i": 0})))
     return hot, f"'{user}'"
 
 

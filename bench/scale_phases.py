@@ -185,7 +185,7 @@ def slot_hold(args, info) -> dict:
     from django.db import connection
 
     from bench.scale_app import roomy
-    from celery_durable import slots
+    from celery_durable.store import slots
 
     marks: list[tuple[str, float]] = []
 
@@ -235,9 +235,9 @@ def slot_hold(args, info) -> dict:
 def handoff(args, info) -> dict:
     from bench.scale_app import app
     from bench.scale_data import keys
-    from celery_durable import slots
     from celery_durable.integration.publish import publish_all
     from celery_durable.models import Run
+    from celery_durable.store import slots
 
     user_key = keys()[1].strip("'") + "7"
 

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     from django.db import connection
 
     from bench import harness, tasks
-    from celery_durable.models import Run, RunStatus, Step
+    from celery_durable.models import Run, Step
+    from celery_durable.states import RunStatus
     from celery_durable.testing import DurableTestRunner
 
     harness.ensure_database()

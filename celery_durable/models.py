@@ -1,7 +1,8 @@
 """Tables of celery-durable: runs and their step checkpoints.
 
-Rows change state only through :mod:`celery_durable.runs` (conditional UPDATEs), never
-through model signals or ``save()`` of a loaded instance.
+Rows change state only through :mod:`celery_durable.store` (one conditional UPDATE or
+INSERT per transition), never through model signals or ``save()`` of a loaded instance.
+The statuses are in :mod:`celery_durable.states`.
 """
 
 from __future__ import annotations
@@ -11,23 +12,7 @@ from typing import Any
 from django.db import models
 
 from . import serialization
-
-
-class RunStatus(models.TextChoices):
-    """The states of a run (SPEC §7)."""
-
-    PENDING = "pending"
-    QUEUED = "queued"
-    RUNNING = "running"
-    SLEEPING = "sleeping"
-    WAITING = "waiting"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    SKIPPED = "skipped"
-
-
-FINISHED_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED)
+from .states import RunStatus, StepStatus, choices
 
 
 class Run(models.Model):
@@ -35,7 +20,7 @@ class Run(models.Model):
 
     id = models.CharField(max_length=255, primary_key=True)
     task_name = models.CharField(max_length=255)
-    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    status = models.CharField(max_length=16, choices=choices(RunStatus), default=RunStatus.QUEUED)
     args = models.TextField(default="[]", help_text="JSON list of positional arguments")
     kwargs = models.TextField(default="{}", help_text="JSON dict of keyword arguments")
     options = models.TextField(default="{}", help_text="JSON publish options (queue, links, ...)")
@@ -127,14 +112,6 @@ class Run(models.Model):
         return None if self.error is None else serialization.loads(self.error)
 
 
-class StepStatus(models.TextChoices):
-    """The states of a step checkpoint (``pending``: a sleep, wait or child run in progress)."""
-
-    PENDING = "pending"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
 class Step(models.Model):
     """A step checkpoint: one row per step id per run, written once when the step completes."""
 
@@ -142,7 +119,7 @@ class Step(models.Model):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps", db_index=False)
     step_id = models.CharField(max_length=255)
     kind = models.CharField(max_length=16, default="run")
-    status = models.CharField(max_length=16, choices=StepStatus.choices)
+    status = models.CharField(max_length=16, choices=choices(StepStatus))
     output = models.TextField(null=True, blank=True, help_text="JSON output of a completed step")
     error = models.TextField(null=True, blank=True, help_text="JSON error of the last failed attempt")
     attempts = models.PositiveIntegerField(default=1)

@@ -26,8 +26,8 @@ from celery.exceptions import Ignore
 from . import clock as clock_module
 from . import serialization
 from .integration import publish as publish_module
-from .runs import Nudge
 from .runtime import steps as steps_module
+from .store.messages import RunMessage
 
 
 class FakeClock:
@@ -51,7 +51,7 @@ class DurableTestRunner:
     """Executes durable runs synchronously in this process on a fake clock."""
 
     clock: FakeClock = field(default_factory=FakeClock)
-    published: list[Nudge] = field(default_factory=list)
+    published: list[RunMessage] = field(default_factory=list)
     executions: int = 0
     _faults: dict[tuple[str, str], list[BaseException]] = field(default_factory=dict)
 
@@ -78,7 +78,8 @@ class DurableTestRunner:
         """Execute the oldest due queued run once; return its id, or ``None`` if none is due."""
         from celery import current_app
 
-        from .models import Run, RunStatus
+        from .models import Run
+        from .states import RunStatus
 
         due = (
             Run.objects.filter(status=RunStatus.QUEUED)
@@ -109,7 +110,7 @@ class DurableTestRunner:
     def _run_plain_child(self, task: Any, run_id: str, args: str, kwargs: str) -> None:
         """A plain Celery task invoked as a child: run it in-process (``apply``) and report it."""
         from .runtime.errors import error_record
-        from .suspend import finish_plain_child, mark_plain_child_started
+        from .store.suspension import finish_plain_child, mark_plain_child_started
 
         mark_plain_child_started(run_id)
         self.executions += 1
@@ -122,13 +123,14 @@ class DurableTestRunner:
 
     def wake_due(self) -> int:
         """Do what the waker does now: queue due sleeps, waits and timed-out runs."""
-        from .api import after_cancel
-        from .cancellation import take_timed_out
-        from .runs import take_due
+        from .engine.cancel import finish
+        from .integration.registry import CeleryPublisher
+        from .store.cancellation import take_timed_out
+        from .store.recovery import take_due
 
         woken = len(take_due(10_000))
         timed_out = take_timed_out(10_000)
-        after_cancel(timed_out)
+        finish(timed_out, CeleryPublisher())
         return woken + len(timed_out.cancelled)
 
     def run_until_idle(self, max_executions: int = 10_000, advance_clock: bool = True) -> int:
@@ -138,7 +140,8 @@ class DurableTestRunner:
         """
         from django.db.models import Min
 
-        from .models import FINISHED_STATUSES, Run
+        from .models import Run
+        from .states import FINISHED as FINISHED_STATUSES
 
         count = 0
         while count < max_executions:
@@ -163,13 +166,13 @@ class DurableTestRunner:
 
     def send_event(self, name: str, data: dict[str, Any] | None = None, *, id: str | None = None) -> Any:
         """``celery_durable.send_event`` (on the runner's clock)."""
-        from .events import send_event
+        from .integration.actions import send_event
 
         return send_event(name, data, id=id)
 
     def result(self, run_id: str) -> Any:
         """The run's final value; raises ``RunNotFinished`` (with its stored error) otherwise."""
-        from .runs import get
+        from .store.runs import get
 
         run = get(run_id)
         if run.status == "completed":

@@ -32,7 +32,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.functional import cached_property
 
-from ..models import Run, Step, StepStatus
+from ..models import Run, Step
+from ..states import StepStatus
 
 #: Up to this many matching rows the changelist shows an exact count.
 EXACT_COUNT_LIMIT = 10_000

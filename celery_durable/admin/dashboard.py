@@ -16,7 +16,8 @@ from django.db.models import Count, Min
 from django.db.models.functions import TruncHour
 
 from .. import clock
-from ..models import Run, RunStatus
+from ..models import Run
+from ..states import RunStatus
 
 ACTIVE = (RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING)
 BACKLOG = (RunStatus.PENDING, RunStatus.QUEUED)

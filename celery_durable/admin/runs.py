@@ -28,9 +28,10 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 from django.views.decorators.http import require_POST
 
-from .. import control, serialization
+from .. import operations, serialization
 from ..exceptions import DurableError
-from ..models import Run, RunStatus, Slot, Step, StepStatus
+from ..models import Run, Slot, Step
+from ..states import RunStatus, StepStatus
 from . import dashboard
 from .changelist import (
     CreatedFilter,
@@ -208,7 +209,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description="duration")
     def duration(self, run: Run) -> str:
-        return human_duration(control.duration(run))
+        return human_duration(operations.duration(run))
 
     @admin.display(description="steps")
     def steps(self, run: Run) -> str:
@@ -245,7 +246,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def _bulk(self, request: HttpRequest, queryset: QuerySet[Run], operation: str) -> HttpResponse | None:
         verb, done_verb, rule = self.BULK_VERBS[operation]
         if request.POST.get("confirmed") != "yes":
-            counts = control.preview(operation, queryset)
+            counts = operations.preview(operation, queryset)
             context = {
                 **self.admin_site.each_context(request),
                 "opts": self.opts,
@@ -261,7 +262,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 "media": self.media,
             }
             return TemplateResponse(request, "admin/celery_durable/run/confirm_bulk.html", context)
-        result = control.bulk(operation, queryset, reason=request.POST.get("reason", "").strip())
+        result = operations.bulk(operation, queryset, reason=request.POST.get("reason", "").strip())
         self.message_user(request, f"{len(result.done)} run(s) {done_verb}.", messages.SUCCESS)
         if result.skipped_total:
             self.message_user(
@@ -305,7 +306,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             raise PermissionDenied
         run = self._run_or_404(request, object_id)
         try:
-            control.cancel(run.pk, reason=request.POST.get("reason", "").strip())
+            operations.cancel(run.pk, reason=request.POST.get("reason", "").strip())
         except DurableError as exc:
             self.message_user(request, f"Not cancelled: {exc}", messages.ERROR)
         else:
@@ -320,11 +321,11 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         mode = request.POST.get("from", "failed")
         try:
             if mode == "start":
-                control.replay(run.pk, from_start=True)
+                operations.replay(run.pk, from_start=True)
             elif mode == "step":
-                control.replay(run.pk, from_step=request.POST.get("step_id") or None)
+                operations.replay(run.pk, from_step=request.POST.get("step_id") or None)
             else:
-                control.replay(run.pk)
+                operations.replay(run.pk)
         except DurableError as exc:
             self.message_user(request, f"Not replayed: {exc}", messages.ERROR)
         else:
@@ -432,7 +433,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             ).count()
         return {
             "run": run,
-            "run_duration": human_duration(control.duration(run)),
+            "run_duration": human_duration(operations.duration(run)),
             "args_json": args,
             "args_cut": args_cut,
             "kwargs_json": kwargs,
@@ -454,8 +455,8 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 for slot in slots
             ],
             "changelist_url": reverse(f"{self.admin_site.name}:celery_durable_run_changelist"),
-            "can_cancel": self.has_cancel_permission(request) and run.status in control.CANCELLABLE,
-            "can_replay": self.has_replay_permission(request) and run.status in control.REPLAYABLE,
+            "can_cancel": self.has_cancel_permission(request) and run.status in operations.CANCELLABLE,
+            "can_replay": self.has_replay_permission(request) and run.status in operations.REPLAYABLE,
             "cancel_url": reverse(f"{self.admin_site.name}:celery_durable_run_cancel", args=[quote(run.pk)]),
             "replay_url": reverse(f"{self.admin_site.name}:celery_durable_run_replay", args=[quote(run.pk)]),
             "dashboard_url": reverse(f"{self.admin_site.name}:celery_durable_run_dashboard"),

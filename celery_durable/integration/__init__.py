@@ -1,1 +1,1 @@
-"""Celery glue: the task base class, publication of nudges, worker services, ``install``."""
+"""Celery glue: the task base class, publication of messages, worker services, ``install``."""

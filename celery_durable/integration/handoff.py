@@ -17,51 +17,66 @@ decisions stay with the broker. Celery's per-task signals and events are not sen
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from celery.exceptions import Ignore
 
 from .. import serialization
+from ..store.messages import RunMessage
 
-if TYPE_CHECKING:
-    from ..runs import Nudge
-    from .task import DurableTask
+
+class DurableTask(Protocol):
+    """What the hand-off needs of a durable task (``integration.task.DurableTask``)."""
+
+    name: str
+    backend: Any
+    ignore_result: bool
+
+    @property
+    def request(self) -> Any: ...
+
+    def push_request(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def pop_request(self) -> None: ...
+
+    def execute_run(self, run_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
+
 
 logger = logging.getLogger("celery_durable")
 
-PROMOTED = "durable_promoted"  # attribute of the task's request: nudges waiting for after_return
+PROMOTED = "durable_promoted"  # attribute of the task's request: messages waiting for after_return
 DESTINATION = ("queue", "exchange", "routing_key")
 
 
-def eligible(task: DurableTask, nudge: Nudge) -> bool:
+def eligible(task: DurableTask, message: RunMessage) -> bool:
     """A promoted run this process may execute: same task, no destination of its own."""
-    if nudge.task_name != task.name or nudge.countdown:
+    if message.task_name != task.name or message.countdown:
         return False
-    options = serialization.loads(nudge.options or "{}")
+    options = serialization.loads(message.options or "{}")
     return not any(options.get(key) for key in DESTINATION)
 
 
-def run_here(task: DurableTask, nudges: list[Nudge], budget: int) -> list[Nudge]:
-    """Execute up to ``budget`` eligible promoted runs here; return the nudges to publish."""
-    pending = list(nudges)
-    rest: list[Nudge] = []
+def run_here(task: DurableTask, messages: list[RunMessage], budget: int) -> list[RunMessage]:
+    """Execute up to ``budget`` eligible promoted runs here; return the messages to publish."""
+    pending = list(messages)
+    rest: list[RunMessage] = []
     while pending:
-        nudge = pending.pop(0)
-        if budget <= 0 or not eligible(task, nudge):
-            rest.append(nudge)
+        message = pending.pop(0)
+        if budget <= 0 or not eligible(task, message):
+            rest.append(message)
             continue
         budget -= 1
-        pending[:0] = _execute(task, nudge)  # its own hand-off goes first: the same key
+        pending[:0] = _execute(task, message)  # its own hand-off goes first: the same key
     return rest
 
 
-def _execute(task: DurableTask, nudge: Nudge) -> list[Nudge]:
+def _execute(task: DurableTask, message: RunMessage) -> list[RunMessage]:
     """Run one promoted run as if its message had arrived; store its outcome; return its promotions."""
-    args = serialization.loads(nudge.args)
-    kwargs = serialization.loads(nudge.kwargs)
+    args = serialization.loads(message.args)
+    kwargs = serialization.loads(message.kwargs)
     outer = task.request
     task.push_request(
-        id=nudge.run_id,
+        id=message.run_id,
         args=args,
         kwargs=kwargs,
         delivery_info=outer.delivery_info,
@@ -73,7 +88,7 @@ def _execute(task: DurableTask, nudge: Nudge) -> list[Nudge]:
     )
     request = task.request
     try:
-        _store_outcome(task, nudge.run_id, args, kwargs, request)
+        _store_outcome(task, message.run_id, args, kwargs, request)
         return take_promoted(task)
     finally:
         task.pop_request()
@@ -96,13 +111,13 @@ def _store_outcome(task: DurableTask, run_id: str, args: Any, kwargs: dict[str, 
         logger.warning("durable run %s: inline hand-off failed; the services recover it", run_id, exc_info=True)
 
 
-def take_promoted(task: DurableTask) -> list[Nudge]:
+def take_promoted(task: DurableTask) -> list[RunMessage]:
     """The promoted runs the current execution stashed for :func:`run_here` (and forget them)."""
-    promoted: list[Nudge] = getattr(task.request, PROMOTED, None) or []
+    promoted: list[RunMessage] = getattr(task.request, PROMOTED, None) or []
     setattr(task.request, PROMOTED, [])
     return promoted
 
 
-def stash(task: DurableTask, nudges: list[Nudge]) -> None:
+def stash(task: DurableTask, messages: list[RunMessage]) -> None:
     """Keep promoted runs on the current request until the result is stored."""
-    setattr(task.request, PROMOTED, [*(getattr(task.request, PROMOTED, None) or []), *nudges])
+    setattr(task.request, PROMOTED, [*(getattr(task.request, PROMOTED, None) or []), *messages])

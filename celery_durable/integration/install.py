@@ -5,14 +5,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
-from celery import Celery, bootsteps, signals
+from celery import Celery, bootsteps, current_app, signals
 from django.db import DatabaseError, connections
 
+from .. import serialization
+from ..conf import get_settings
+from ..exceptions import RunNotFound, RunStateError
+from ..runtime.errors import error_record
 from . import observe
-from .publish import CHILD_HEADER, NUDGE_HEADER
+from .publish import CHILD_HEADER, NUDGE_HEADER, publish_all
 from .routing import install_router
+from .task import DurableTask
 
 logger = logging.getLogger("celery_durable")
 
@@ -28,8 +34,7 @@ class DurableServicesStep(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         """Start the services thread unless ``RUN_SERVICES_IN_WORKER`` is off."""
-        from ..conf import get_settings
-        from .services import ServiceThread
+        from .services import ServiceThread  # needs Django's app registry: not at import time
 
         if get_settings().RUN_SERVICES_IN_WORKER:
             self.thread = ServiceThread(parent.app)
@@ -45,8 +50,6 @@ class DurableServicesStep(bootsteps.StartStopStep):
 
 
 def _is_durable(task: Any) -> bool:
-    from .task import DurableTask
-
     return isinstance(task, DurableTask)
 
 
@@ -106,7 +109,7 @@ def _fail_unregistered_run(sender: Any = None, message: Any = None, name: str = 
     headers = getattr(message, "headers", None) or {}
     if not headers.get(NUDGE_HEADER):
         return
-    from .. import runs
+    from ..store import runs
 
     if runs.fail_unregistered(id, name):
         logger.error("durable run %s: task %r is not registered in this worker; the run failed", id, name)
@@ -123,28 +126,24 @@ def _record_send_task_run(
     """``app.send_task()`` bypasses ``apply_async``: record the run before the message leaves."""
     if not isinstance(headers, dict) or headers.get(NUDGE_HEADER):
         return
-    from celery import current_app
-
     task = current_app.tasks.get(headers.get("task") or sender)
-    from .task import DurableTask
-
     if not isinstance(task, DurableTask):
         return
     args, kwargs_, _embed = body if isinstance(body, list | tuple) and len(body) == 3 else ((), {}, None)
-    from datetime import datetime
-
-    from .. import runs, serialization
-
     # Later publications (waker, sweeper, reaper) go where this message goes.
     destination = {"queue": routing_key} if not exchange and routing_key else {}
     if exchange:
         destination = {"exchange": exchange, "routing_key": routing_key}
     eta = headers.get("eta")
+    from ..engine.intake import encode_arguments
+    from ..store import runs
+
+    args_json, kwargs_json = encode_arguments(task.name, tuple(args), dict(kwargs_))
     runs.create(
         run_id=headers["id"],
         task_name=task.name,
-        args=task._encode_args(tuple(args)),
-        kwargs=task._encode_kwargs(dict(kwargs_)),
+        args=args_json,
+        kwargs=kwargs_json,
         options=serialization.dumps(destination, "publish options"),
         wake_at=datetime.fromisoformat(eta) if isinstance(eta, str) else None,
     )
@@ -154,9 +153,9 @@ def _record_send_task_run(
 def _plain_child_started(sender: Any = None, task_id: str = "", task: Any = None, **kwargs: Any) -> None:
     if task is None or _is_durable(task) or not (task.request.headers or {}).get(CHILD_HEADER):
         return
-    from ..suspend import mark_plain_child_started
+    from ..store import suspension
 
-    mark_plain_child_started(task_id)
+    suspension.mark_plain_child_started(task_id)
 
 
 def _plain_child_finished(
@@ -167,11 +166,6 @@ def _plain_child_finished(
         return
     if not (task.request.headers or {}).get(CHILD_HEADER):
         return
-    from .. import serialization
-    from ..runtime.errors import error_record
-    from ..suspend import finish_plain_child
-    from .publish import publish_all
-
     result = error = None
     completed = state == "SUCCESS"
     if completed:
@@ -186,9 +180,11 @@ def _plain_child_finished(
             else {"type": "Error", "module": "", "message": str(retval), "traceback": ""},
             "error record",
         )
-    nudge = finish_plain_child(task_id, completed, result, error)
-    if nudge is not None:
-        publish_all(task.app, [nudge])
+    from ..store import suspension
+
+    message = suspension.finish_plain_child(task_id, completed, result, error)
+    if message is not None:
+        publish_all(task.app, [message])
 
 
 def _cancel_on_revoke(app: Celery) -> None:
@@ -197,12 +193,11 @@ def _cancel_on_revoke(app: Celery) -> None:
     original = control.revoke
 
     def revoke(task_id: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import api
-        from ..exceptions import RunNotFound, RunStateError
+        from . import actions  # needs Django's app registry: not at import time
 
         for run_id in task_id if isinstance(task_id, list | tuple) else [task_id]:
             with contextlib.suppress(RunNotFound, RunStateError):
-                api.cancel(str(run_id), "revoked")
+                actions.cancel(str(run_id), "revoked")
         return original(task_id, *args, **kwargs)
 
     control.revoke = revoke  # type: ignore[method-assign]
@@ -222,8 +217,6 @@ def install(app: Celery) -> None:
     install_router(app)
 
     def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
-        from ..conf import get_settings
-
         if get_settings().REUSE_CONNECTIONS:
             keep_connections_for_durable_tasks(app)
 

@@ -18,28 +18,25 @@ import logging
 from typing import Any
 
 from celery import signals
-from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F
+from django.conf import settings
+from django.db import DatabaseError
 
 from .. import clock, serialization
+from ..conf import get_settings
+from ..engine.spec import TaskSpec
 from ..runtime.errors import error_record
+from ..states import RunStatus
 from .publish import CHILD_HEADER
 
 logger = logging.getLogger("celery_durable")
 
-OBSERVED_STEP = "run"
 UNRECORDABLE = "<not JSON: not recorded>"
 STARTED = "durable_observed_at"  # set on the task's request while it executes
 
 
 def observed(task: Any) -> bool:
     """Whether this execution of ``task`` is to be recorded."""
-    from django.conf import settings
-
-    from ..conf import get_settings
-    from .task import DurableTask
-
-    if task is None or isinstance(task, DurableTask):
+    if task is None or isinstance(getattr(task, "durable_spec", None), TaskSpec):
         return False
     # Runs around every plain task of the project: a dict lookup when observing is off,
     # the validated settings only when it is on.
@@ -67,33 +64,18 @@ def on_prerun(
     """A plain task starts (or starts again after ``self.retry()``): its run is ``running``."""
     if not observed(task):
         return
-    from ..conf import get_settings
-    from ..models import Run, RunStatus
+
+    from ..store import observed as observed_runs  # needs Django's app registry: not at import time
 
     now = clock.now()
     setattr(task.request, STARTED, now)  # for the step's start, without reading it back
-    again = Run.objects.filter(id=task_id, durable=False, parent__isnull=True)
     try:
-        if task.request.retries and again.update(status=RunStatus.RUNNING, executions=F("executions") + 1):
+        if task.request.retries and observed_runs.started_again(task_id):
             return  # a retry: the run exists (one UPDATE)
         limit = get_settings().MAX_ARGUMENT_BYTES
         args_json = _json(list(args or ()), [UNRECORDABLE], f"arguments of {task.name}", limit)
         kwargs_json = _json(dict(kwargs or {}), {"arguments": UNRECORDABLE}, f"arguments of {task.name}", limit)
-        try:
-            with transaction.atomic():
-                Run.objects.create(
-                    id=task_id,
-                    task_name=task.name,
-                    status=RunStatus.RUNNING,
-                    args=args_json,
-                    kwargs=kwargs_json,
-                    durable=False,
-                    executions=1,
-                    created_at=now,
-                    started_at=now,
-                )
-        except IntegrityError:  # the message was delivered again (its worker died)
-            again.update(status=RunStatus.RUNNING, executions=F("executions") + 1)
+        observed_runs.started(task_id, task.name, args_json, kwargs_json, now)
     except DatabaseError:
         logger.warning("observing plain task %s[%s] failed; the task runs as usual", task.name, task_id, exc_info=True)
 
@@ -104,8 +86,8 @@ def on_postrun(
     """A plain task returned, raised or asked for a retry: record the outcome and its step."""
     if not observed(task):
         return
-    from ..conf import get_settings
-    from ..models import Run, RunStatus, Step, StepStatus
+
+    from ..store import observed as observed_runs
 
     now = clock.now()
     completed = state == "SUCCESS"
@@ -116,29 +98,10 @@ def on_postrun(
     if not completed:
         record = error_record(retval) if isinstance(retval, BaseException) else {"type": state, "message": str(retval)}
         error = serialization.dumps(record, "error record")
-    step_status = StepStatus.COMPLETED if completed else StepStatus.FAILED
     attempts = (task.request.retries or 0) + 1
+    started_at = getattr(task.request, STARTED, None) or now
     try:
-        with transaction.atomic():  # one commit: the run's outcome and its step
-            if not Run.objects.filter(id=task_id, durable=False, parent__isnull=True).update(
-                status=status, result=result, error=error, finished_at=None if status == RunStatus.QUEUED else now
-            ):
-                return
-            if attempts > 1 and Step.objects.filter(run_id=task_id, step_id=OBSERVED_STEP).update(
-                status=step_status, output=result, error=error, attempts=attempts, finished_at=now
-            ):
-                return
-            Step.objects.create(
-                run_id=task_id,
-                step_id=OBSERVED_STEP,
-                kind="run",
-                status=step_status,
-                output=result,
-                error=error,
-                attempts=attempts,
-                started_at=getattr(task.request, STARTED, None) or now,
-                finished_at=now,
-            )
+        observed_runs.ended(task_id, status, result, error, attempts, started_at, now)
     except DatabaseError:
         logger.warning("observing plain task %s[%s] failed; the task runs as usual", task.name, task_id, exc_info=True)
 

@@ -26,6 +26,9 @@ from celery.app.routes import prepare
 from kombu import Connection
 from kombu.utils.functional import maybe_evaluate
 
+from ..exceptions import DurableError
+from .task import DurableTask
+
 logger = logging.getLogger("celery_durable")
 
 LOWEST, HIGHEST = -600, 600
@@ -74,14 +77,10 @@ class DurablePriorityRouter:
 
     def level_for(self, task: Any, args: Any, kwargs: Any) -> int | None:
         """The broker level for a run of ``task`` with these arguments (``None`` for plain tasks)."""
-        from .. import slots
-        from ..exceptions import DurableError
-        from .task import DurableTask
-
         if not isinstance(task, DurableTask):
             return None
         try:
-            priority = slots.priority_of(task, tuple(args or ()), dict(kwargs or {}))
+            priority = task.durable_spec.priority_of(tuple(args or ()), dict(kwargs or {}))
         except DurableError:  # refused at .delay() already; a republication keeps the default
             priority = 0
         conf = self.app.conf

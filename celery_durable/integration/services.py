@@ -10,28 +10,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 from celery import Celery
 from django.db import DatabaseError, connections
 
-from .. import runs
 from ..conf import get_settings
-from .publish import publish_all
+from ..engine import services
+from ..engine.active import active, lease_owner
+from ..engine.services import TickReport
+from ..store import runs
+from .registry import CeleryPublisher
 
 logger = logging.getLogger("celery_durable")
-
-
-@dataclass
-class TickReport:
-    """What one tick of the services did."""
-
-    woken: int = 0
-    republished: int = 0
-    recovered: int = 0
-    failed: int = 0
-    timed_out: int = 0
-    promoted: int = 0
 
 
 # The slot backstops (leaked slots, stranded backlogs) repair rare races: every N ticks.
@@ -39,60 +29,8 @@ BACKSTOP_EVERY = 10
 
 
 def tick(app: Celery, using: str = "default", backstops: bool = True) -> TickReport:
-    """One pass: publish due runs, republish lost messages, requeue expired leases.
-
-    An idle pass costs one query (:func:`runs.work_pending`); ``backstops`` adds the slot
-    backstops (the services loop runs them every ``BACKSTOP_EVERY`` ticks).
-    """
-    settings = get_settings()
-    report = TickReport()
-    if runs.work_pending(settings.WAKER_INTERVAL, settings.REPUBLISH_AFTER_SECONDS, using):
-        _services(app, report, settings.WAKER_BATCH_SIZE, using)
-    if backstops:
-        from .. import slots
-
-        # Slots held by runs that are no longer queued or running, and backlogs whose slots
-        # are free (each normally handled in the transition itself).
-        batch = settings.WAKER_BATCH_SIZE
-        report.promoted = publish_all(app, slots.repair(batch)) + publish_all(app, slots.promote_stranded(batch))
-    return report
-
-
-def _services(app: Celery, report: TickReport, batch: int, using: str) -> None:
-    settings = get_settings()
-    # Runs due within the next interval go out now with a short countdown: just in time.
-    due = runs.take_due(batch, settings.WAKER_INTERVAL, using)
-    report.woken = publish_all(app, due)
-    from ..api import after_cancel
-    from ..cancellation import take_timed_out
-
-    timed_out = take_timed_out(batch, using)
-    after_cancel(timed_out)
-    publish_all(app, timed_out.nudges)
-    report.timed_out = len(timed_out.cancelled) + len(timed_out.requested)
-    lost = runs.take_unpublished(settings.REPUBLISH_AFTER_SECONDS, batch, using)
-    report.republished = publish_all(app, lost)
-    reaped = runs.take_expired(settings.MAX_RECOVERIES, batch, using)
-    report.recovered = publish_all(app, reaped.nudges)
-    from ..cancellation import Cancellation
-    from ..exceptions import WorkerLost
-
-    after_cancel(Cancellation(cancelled=reaped.cancelled))
-    for run_id in reaped.failed:
-        app.backend.mark_as_failure(run_id, WorkerLost(run_id))
-        _on_failure(app, run_id)
-    report.failed = len(reaped.failed)
-
-
-def _on_failure(app: Celery, run_id: str) -> None:
-    """A run failed outside any execution (its worker kept dying): call its ``on_failure``."""
-    from ..models import Run
-    from .task import DurableTask
-
-    task_name = Run.objects.filter(id=run_id).values_list("task_name", flat=True).first()
-    task = app.tasks.get(task_name or "")
-    if isinstance(task, DurableTask):
-        task._call_on_failure(run_id)
+    """One pass of the services on ``app`` (see :func:`celery_durable.engine.services.tick`)."""
+    return services.tick(CeleryPublisher(app), using, backstops)
 
 
 class ServiceThread(threading.Thread):
@@ -157,8 +95,6 @@ class Heartbeat(threading.Thread):
             if not ids:
                 continue
             try:
-                from ..execution import active
-
                 active.cancelled.update(runs.extend_leases(self.owner, ids, get_settings().LEASE_SECONDS, self.using))
             except DatabaseError as exc:
                 logger.warning("durable heartbeat: database error: %s", exc)
@@ -175,8 +111,6 @@ _heartbeat_lock = threading.Lock()
 def ensure_heartbeat() -> None:
     """Start this process's heartbeat thread if it is not running (e.g. after a fork)."""
     global _heartbeat
-    from ..execution import active, lease_owner
-
     owner = lease_owner()
     with _heartbeat_lock:
         if _heartbeat is not None and _heartbeat.is_alive() and _heartbeat.owner == owner:

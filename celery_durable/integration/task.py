@@ -1,4 +1,9 @@
-"""``DurableTask``, the Celery task base class, and the ``durable_task`` decorator."""
+"""``DurableTask``, the Celery task base class, and the ``durable_task`` decorator.
+
+The class declares options and publishes; executing a delivered run is the engine's
+(:func:`celery_durable.engine.execution.deliver`), as Celery keeps ``Task`` apart from
+its tracer.
+"""
 
 from __future__ import annotations
 
@@ -14,153 +19,27 @@ from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore
 from celery.result import AsyncResult
 from celery.utils import uuid
+from django.db import transaction
 
 from .. import clock, serialization
-from ..exceptions import DurableConfigError, DurableError, RetryAfter, RunCancelled, SerializationError, _StepFailed
-from ..options import (
-    CancelOn,
-    Concurrency,
-    Debounce,
-    RateLimit,
-    RetryPolicy,
-    Singleton,
-    Throttle,
-    Timeouts,
-    to_seconds,
-)
+from ..conf import get_settings
+from ..engine.declaration import celery_retry_options, validate_options
+from ..engine.spec import TaskSpec
+from ..exceptions import DurableConfigError, RetryAfter, RunCancelled, RunSkipped, _StepFailed
+from ..options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Singleton, Throttle, Timeouts
 from ..runtime import context
-from ..runtime.events import Event, validate_event_name
+from ..runtime.memory import ephemeral_context
 from ..runtime.steps import StepContext
+from ..states import RunStatus
+from ..store.messages import RunMessage
 from . import handoff
-from .publish import NUDGE_HEADER
+from .publish import NUDGE_HEADER, publish_all
+from .registry import CeleryPublisher, CeleryRegistry, call_on_failure
 
 logger = logging.getLogger("celery_durable")
 
-# Options of SPEC §6 that later releases implement; declaring them now fails loudly.
-NOT_YET_SUPPORTED: tuple[str, ...] = ()
-RETRY_OPTIONS = ("retries", "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay")
 # Publish options that are not stored with the run (they describe one publication).
 TRANSIENT_OPTIONS = ("producer", "connection", "countdown", "eta", "add_to_parent", "publisher")
-
-
-def validate_options(task_name: str, attrs: dict[str, Any]) -> None:
-    """Raise ``DurableConfigError`` naming task and option for an invalid declaration."""
-    for name in NOT_YET_SUPPORTED:
-        if attrs.get(name) is not None:
-            raise DurableConfigError(f"{task_name}: option {name!r} is not available in this version yet")
-    _validate_suspension_options(task_name, attrs)
-    priority = attrs.get("priority")
-    if (
-        priority is not None
-        and not callable(priority)
-        and (isinstance(priority, bool) or not isinstance(priority, int) or not -600 <= priority <= 600)
-    ):
-        raise DurableConfigError(f"{task_name}: option 'priority' must be an int in -600..600 or a callable")
-    _validate_concurrency(task_name, attrs.get("concurrency"), attrs.get("run"))
-    _validate_flow_options(task_name, attrs)
-    try:
-        celery_retry_options(attrs)
-        RetryPolicy(**{k: attrs[k] for k in RETRY_OPTIONS if k in attrs})
-    except DurableConfigError as exc:
-        raise DurableConfigError(f"{task_name}: {exc}") from None
-
-
-def celery_retry_options(attrs: dict[str, Any]) -> dict[str, Any]:
-    """Celery's retry options of a converted task (``autoretry_for``, ``max_retries``, ...) as ours.
-
-    ``autoretry_for`` keeps its meaning: only those exceptions retry, steps and a body that
-    fails outside any step alike, with Celery's defaults (no backoff unless ``retry_backoff``).
-    """
-    mapped: dict[str, Any] = {}
-    for name in ("autoretry_for", "dont_autoretry_for"):
-        if name in attrs:
-            value = attrs[name]
-            if not isinstance(value, list | tuple) or not all(
-                isinstance(kind, type) and issubclass(kind, BaseException) for kind in value
-            ):
-                raise DurableConfigError(f"option {name!r} must be a tuple of exception classes, got {value!r}")
-            mapped[name] = tuple(value)
-    retry_kwargs = dict(attrs.get("retry_kwargs") or {})
-    unknown = set(retry_kwargs) - {"max_retries", "countdown"}
-    if unknown:
-        raise DurableConfigError(f"option 'retry_kwargs' supports max_retries and countdown, not {sorted(unknown)}")
-    max_retries = attrs.get("max_retries", retry_kwargs.get("max_retries"))
-    if "max_retries" in attrs or "max_retries" in retry_kwargs:
-        if "retries" in attrs:
-            raise DurableConfigError("give either 'retries' or Celery's 'max_retries', not both")
-        if max_retries is None:
-            raise DurableConfigError("max_retries=None (retry forever) is not supported; give a number")
-        mapped["retries"] = max_retries
-    if "countdown" in retry_kwargs:
-        mapped["default_retry_delay"] = retry_kwargs["countdown"]
-    if mapped.get("autoretry_for") and "retry_backoff" not in attrs:
-        mapped["retry_backoff"] = False  # Celery's default for autoretry_for
-    return mapped
-
-
-def _validate_concurrency(task_name: str, concurrency: Any, fn: Any) -> None:
-    from ..flow.keys import check_key_spec
-
-    if concurrency is None:
-        return
-    entries = list(concurrency) if isinstance(concurrency, list | tuple) else [concurrency]
-    if not entries or len(entries) > 2 or not all(isinstance(e, Concurrency) for e in entries):
-        raise DurableConfigError(f"{task_name}: option 'concurrency' must be Concurrency(...) or a list of two")
-    if len(entries) == 2 and (entries[0].key, entries[0].scope, entries[0].name) == (
-        entries[1].key,
-        entries[1].scope,
-        entries[1].name,
-    ):
-        raise DurableConfigError(f"{task_name}: option 'concurrency' has two entries with the same key")
-    for entry in entries:
-        check_key_spec(task_name, "concurrency", entry.key, getattr(fn, "__func__", fn))
-
-
-def _validate_flow_options(task_name: str, attrs: dict[str, Any]) -> None:
-    from ..flow.keys import check_key_spec
-
-    fn = attrs.get("run")
-    fn = getattr(fn, "__func__", fn)
-    expected: dict[str, type[Throttle | Debounce | Singleton]] = {
-        "throttle": Throttle,
-        "debounce": Debounce,
-        "singleton": Singleton,
-    }
-    for option, cls in expected.items():
-        value = attrs.get(option)
-        if value is not None:
-            if not isinstance(value, cls):
-                raise DurableConfigError(f"{task_name}: option {option!r} must be {cls.__name__}(...), got {value!r}")
-            check_key_spec(task_name, option, value.key, fn)
-    rate_limit = attrs.get("rate_limit")
-    if rate_limit is not None and not isinstance(rate_limit, str | int | float | RateLimit):
-        raise DurableConfigError(f"{task_name}: option 'rate_limit' must be RateLimit(...) or Celery's rate string")
-    if isinstance(rate_limit, RateLimit):
-        check_key_spec(task_name, "rate_limit", rate_limit.key, fn)
-    key = attrs.get("idempotency_key")
-    if key is not None:
-        if not (callable(key) or (isinstance(key, str) and key)):
-            raise DurableConfigError(f"{task_name}: option 'idempotency_key' must be a parameter path or a callable")
-        check_key_spec(task_name, "idempotency_key", key, fn)
-
-
-def _validate_suspension_options(task_name: str, attrs: dict[str, Any]) -> None:
-    on_event = attrs.get("on_event")
-    if on_event is not None:
-        validate_event_name(on_event, f"{task_name}: option 'on_event'")
-    cancel_on = attrs.get("cancel_on")
-    if cancel_on is not None:
-        rules = cancel_on if isinstance(cancel_on, list | tuple) else None
-        if rules is None or not all(isinstance(rule, CancelOn) for rule in rules):
-            raise DurableConfigError(f"{task_name}: option 'cancel_on' must be a list of CancelOn(...)")
-    timeouts = attrs.get("timeouts")
-    if timeouts is not None and not isinstance(timeouts, Timeouts):
-        raise DurableConfigError(f"{task_name}: option 'timeouts' must be Timeouts(start=..., finish=...)")
-    on_failure = attrs.get("on_failure")
-    if on_failure is not None and not callable(on_failure) and not isinstance(on_failure, dict):
-        raise DurableConfigError(f"{task_name}: option 'on_failure' must be a Celery signature")
-    if isinstance(on_failure, dict) and not isinstance(on_failure.get("task"), str):
-        raise DurableConfigError(f"{task_name}: option 'on_failure' must be a Celery signature (task.s())")
 
 
 class DurableTask(DjangoTask):  # type: ignore[type-arg]
@@ -194,6 +73,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     durable_autoretry_for: tuple[type[BaseException], ...] | None = None
     durable_dont_autoretry_for: tuple[type[BaseException], ...] = ()
     _durable_exec_options: dict[str, Any] | None = None
+    _durable_spec: TaskSpec | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -203,10 +83,12 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             setattr(cls, f"durable_{name}" if name.endswith("autoretry_for") else name, value)
         if "autoretry_for" in cls.__dict__:
             setattr(cls, "autoretry_for", ())  # noqa: B010  (Celery reads it with getattr)
-        priority = cls.__dict__.get("priority")
-        if priority is not None:  # ours: a head start in seconds, not a broker priority level
-            cls.durable_priority = staticmethod(priority) if callable(priority) else priority
-            cls.priority = None
+        if "priority" in cls.__dict__:  # ours: a head start in seconds, not a broker priority level
+            priority = cls.__dict__["priority"]
+            # Removed, not set to None: Celery warns about any ``priority`` in a task class's dict.
+            delattr(cls, "priority")
+            if priority is not None:
+                cls.durable_priority = staticmethod(priority) if callable(priority) else priority
         key = cls.__dict__.get("idempotency_key")
         if callable(key) and not isinstance(key, staticmethod):  # a function attribute would bind self
             cls.idempotency_key = staticmethod(key)
@@ -223,6 +105,36 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     def step(self) -> StepContext:
         """The step context of the running execution (``bind=True`` tasks)."""
         return context.current()
+
+    @property
+    def durable_spec(self) -> TaskSpec:
+        """The task as the engine sees it: its body and validated options (built once)."""
+        if self._durable_spec is None or self._durable_spec.fn != self.run:
+            concurrency = self.concurrency
+            entries = (
+                ()
+                if concurrency is None
+                else tuple(concurrency)
+                if isinstance(concurrency, list | tuple)
+                else (concurrency,)
+            )
+            self._durable_spec = TaskSpec(
+                name=self.name,
+                fn=self.run,
+                policy=self.retry_policy(),
+                concurrency=entries,
+                priority=self.durable_priority,
+                idempotency_key=self.idempotency_key,
+                debounce=self.debounce,
+                singleton=self.singleton,
+                throttle=self.throttle,
+                rate_limit=self.durable_rate_limit,
+                timeouts=self.timeouts,
+                on_event=self.on_event,
+                cancel_on=tuple(self.cancel_on or ()),
+                on_failure=self.durable_on_failure,
+            )
+        return self._durable_spec
 
     def retry_policy(self) -> RetryPolicy:
         """The per-step retry policy of this task."""
@@ -275,149 +187,16 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         if parent is not None and parent.request.id:
             stored.setdefault("parent_id", parent.request.id)
             stored.setdefault("root_id", parent.request.root_id or parent.request.id)
-        from .. import runs
-        from .publish import publish_on_commit
+        from ..engine import intake  # the store's modules need Django's app registry: not at import time
 
-        nudge = runs.Nudge(
-            run_id,
-            self.name,
-            self._encode_args(args),
-            self._encode_kwargs(kwargs),
-            serialization.dumps(stored, f"publish options of {self.name}"),
-        )
-        using = "default"
-        if self._has_admission():
-            admitted: AsyncResult = self._admit(nudge, args, kwargs, wake_at)  # type: ignore[type-arg]
-            return admitted
-        created = runs.create(
-            run_id=run_id,
-            task_name=self.name,
-            args=nudge.args,
-            kwargs=nudge.kwargs,
-            options=nudge.options,
-            wake_at=wake_at,
-            deadlines=self._deadlines(),
-            using=using,
-        )
-        if created and wake_at is None:
-            publish_on_commit(self.app, [nudge], using)
-        return self.AsyncResult(run_id)
-
-    def _has_admission(self) -> bool:
-        return any(
-            option is not None
-            for option in (
-                self.idempotency_key,
-                self.debounce,
-                self.singleton,
-                self.throttle,
-                self.durable_rate_limit,
-                self.concurrency,
-                self.durable_priority,
-            )
-        )
-
-    def _admit(self, nudge: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wake_at: datetime | None) -> Any:
-        """Intake through flow control (idempotency, debounce, singleton, rate limit, throttle)."""
-        from django.db import transaction
-
-        from .. import admission, cancellation, runs
-        from ..api import after_cancel
-        from ..models import Run, RunStatus
-        from .publish import publish_on_commit
-
-        with transaction.atomic():
-            decision = admission.admit(self, nudge.run_id, args, kwargs, wake_at, nudge.args, nudge.kwargs)
-            if decision.kind in ("existing", "debounced"):
-                return self.AsyncResult(decision.run_id)
-            if decision.kind == "skip":
-                runs.create_skipped(
-                    run_id=nudge.run_id,
-                    task_name=self.name,
-                    args=nudge.args,
-                    kwargs=nudge.kwargs,
-                    options=nudge.options,
-                    reason=decision.reason,
-                )
-                transaction.on_commit(lambda: self._mark_skipped(nudge.run_id, decision.reason))
-                return self.AsyncResult(nudge.run_id)
-            replaced = None
-            if decision.cancel is not None:
-                try:
-                    replaced = cancellation.cancel(decision.cancel, "replaced by a newer run (Singleton mode='cancel')")
-                except DurableError:
-                    replaced = None  # it finished meanwhile
-            from .. import slots
-
-            priority = slots.priority_of(self, args, kwargs)
-            limits = slots.slot_limits(self, args, kwargs)
-            keys = sorted(limits)
-            backlogged = bool(limits) and decision.wake_at is None
-            created = runs.create(
-                run_id=nudge.run_id,
-                task_name=self.name,
-                args=nudge.args,
-                kwargs=nudge.kwargs,
-                options=nudge.options,
-                wake_at=decision.wake_at,
-                deadlines=self._deadlines(),
-                extra={
-                    "priority": priority,
-                    "backlog_at": slots.backlog_time(priority),
-                    "slot_key1": keys[0] if keys else None,
-                    "slot_key2": keys[1] if len(keys) > 1 else None,
-                    "status": RunStatus.PENDING if backlogged else RunStatus.QUEUED,
-                },
-            )
-            if created and backlogged:
-                # Admitted now if every slot is free; otherwise it waits in the backlog.
-                if slots.acquire(nudge.run_id, dict(limits)):
-                    Run.objects.filter(id=nudge.run_id).update(status=RunStatus.QUEUED, published_at=clock.now())
-                    publish_on_commit(self.app, [nudge])
-            elif created and decision.wake_at is None:
-                publish_on_commit(self.app, [nudge])
-        if replaced is not None:
-            after_cancel(replaced)
-        return self.AsyncResult(nudge.run_id)
-
-    def _mark_skipped(self, run_id: str, reason: str) -> None:
-        from ..exceptions import RunSkipped
-
-        self.backend.mark_as_failure(run_id, RunSkipped(reason))
-
-    def _deadlines(self) -> dict[str, Any]:
-        if self.timeouts is None:
-            return {}
-        now = clock.now()
-        deadlines = {}
-        if self.timeouts.start is not None:
-            deadlines["start_by"] = now + timedelta(seconds=to_seconds(self.timeouts.start, "Timeouts.start"))
-        if self.timeouts.finish is not None:
-            deadlines["finish_by"] = now + timedelta(seconds=to_seconds(self.timeouts.finish, "Timeouts.finish"))
-        return deadlines
-
-    def start_for_event(self, event: Event) -> list[Any]:
-        """Record a run of this ``on_event`` task for ``event``; return its nudge (publish after commit)."""
-        from .. import runs
-
-        run_id = uuid()
-        kwargs = serialization.dumps({"event": event.to_json()}, f"event argument of {self.name}")
-        created = runs.create(
-            run_id=run_id, task_name=self.name, args="[]", kwargs=kwargs, options="{}", deadlines=self._deadlines()
-        )
-        return [runs.Nudge(run_id, self.name, "[]", kwargs, "{}")] if created else []
-
-    def call_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """The arguments as the task body receives them (defaults filled in), for key callables."""
-        bound = inspect.signature(self.run).bind_partial(*args, **kwargs)
-        bound.apply_defaults()
-        return tuple(bound.args), dict(bound.kwargs)
-
-    def bound_arguments(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The run's arguments by parameter name, as the task body receives them."""
-        bound = inspect.signature(self.run).bind_partial(*args, **kwargs)
-        bound.apply_defaults()
-        return dict(bound.arguments)
+        args_json, kwargs_json = intake.encode_arguments(self.name, args, kwargs)
+        options_json = serialization.dumps(stored, f"publish options of {self.name}")
+        message = RunMessage(run_id, self.name, args_json, kwargs_json, options_json)
+        recorded = intake.record(self.durable_spec, message, args, kwargs, wake_at, CeleryPublisher(self.app))
+        if recorded.skipped is not None:
+            reason = recorded.skipped
+            transaction.on_commit(lambda: self.backend.mark_as_failure(run_id, RunSkipped(reason)))
+        return self.AsyncResult(recorded.run_id)
 
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self.typing:
@@ -426,22 +205,6 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             inspect.signature(self.run).bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}: {exc}") from None
-
-    def _encode_args(self, args: tuple[Any, ...]) -> str:
-        try:
-            return serialization.dumps(list(args), f"arguments of {self.name}", _max_argument_bytes())
-        except SerializationError:
-            for index, value in enumerate(args):  # name the culprit
-                serialization.dumps(value, f"argument {index} of {self.name}", _max_argument_bytes())
-            raise
-
-    def _encode_kwargs(self, kwargs: dict[str, Any]) -> str:
-        try:
-            return serialization.dumps(kwargs, f"keyword arguments of {self.name}", _max_argument_bytes())
-        except SerializationError:
-            for name, value in kwargs.items():
-                serialization.dumps(value, f"argument {name!r} of {self.name}", _max_argument_bytes())
-            raise
 
     # --- execution ----------------------------------------------------------------------
 
@@ -457,118 +220,44 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
 
         Subclasses that override it must call ``super().after_return(...)``.
         """
-        from .publish import publish_all
-
         super().after_return(status, retval, task_id, args, kwargs, einfo)
         promoted = handoff.take_promoted(self)
         if promoted:
-            from ..conf import get_settings
-
             publish_all(self.app, handoff.run_here(self, promoted, get_settings().INLINE_HANDOFF_RUNS))
 
     def execute_run(self, run_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Execute run ``run_id`` in this process: return its value, or raise its error or ``Ignore``."""
-        from .. import execution, runs
-        from ..models import FINISHED_STATUSES
-        from .publish import publish_all
+        from ..engine.execution import deliver  # not at import time: it needs Django's app registry
 
-        if self.concurrency is not None:
-            from .. import slots
-
-            limits = slots.slot_limits(self, args, kwargs)
-        else:
-            limits = None
-        outcome = execution.execute(
-            slot_limits=limits, run_id=run_id, task_name=self.name, body=self._body(), policy=self.retry_policy()
-        )
-        status, value = runs.outcome_of(run_id) if outcome.kind == "dropped" else (None, None)
-        if status in FINISHED_STATUSES:
-            # A redelivery of a run that already ended (its worker may have died before the
-            # result backend heard of it): answer with the stored outcome again.
-            if status == "completed":
+        delivery = deliver(run_id, args, kwargs, self.durable_spec, CeleryRegistry(self.app), CeleryPublisher(self.app))
+        if delivery.ended is not None:
+            status, value = delivery.ended
+            if status == RunStatus.COMPLETED:
                 return value
-            if status != "failed":  # a failure's original error type is in the backend already
+            if status != RunStatus.FAILED:  # a failure's original error type is in the backend already
                 raise _stored_error(str(status), value)
-        if status == runs.MISSING:
-            # Published by a producer that did not record the run (e.g. send_task from
-            # another codebase): record it from the message and execute it.
-            runs.create(
-                run_id=run_id,
-                task_name=self.name,
-                args=self._encode_args(args),
-                kwargs=self._encode_kwargs(kwargs),
-                options="{}",
-            )
-            outcome = execution.execute(
-                run_id=run_id, task_name=self.name, body=self._body(), policy=self.retry_policy()
-            )
-        from .publish import publish_children
-
-        publish_all(self.app, outcome.nudges)
-        publish_children(self.app, run_id, outcome.children)
-        if self.concurrency is not None and outcome.kind != "dropped":
-            promoted = self._release_slots(run_id)
+        outcome = delivery.outcome
+        if delivery.promoted:
             if outcome.kind in ("completed", "failed", "cancelled") and self._hands_off_inline():
-                handoff.stash(self, promoted)  # run here once the result is stored (after_return)
+                handoff.stash(self, delivery.promoted)  # run here once the result is stored (after_return)
             else:
-                publish_all(self.app, promoted)
+                publish_all(self.app, delivery.promoted)
         if outcome.kind == "completed":
             return outcome.value
         if outcome.kind == "failed":
             assert outcome.error is not None
-            self._call_on_failure(run_id)
+            call_on_failure(self.app, self.durable_spec, run_id)
             raise outcome.error
         if outcome.kind == "cancelled":
-            from ..api import after_cancel
-            from ..cancellation import Cancellation
-
-            after_cancel(Cancellation(cancelled=outcome.cancelled))
             raise RunCancelled(f"run {run_id} was cancelled")
         raise Ignore()
 
-    def _release_slots(self, run_id: str) -> list[Any]:
-        from django.db import DatabaseError
-
-        from .. import slots
-
-        try:
-            return slots.release(run_id)
-        except DatabaseError:
-            # The services' backstop gives the slots back and promotes the backlog.
-            logger.warning("durable run %s: releasing its slots failed; the backstop will", run_id, exc_info=True)
-            return []
-
     def _hands_off_inline(self) -> bool:
         """Whether promoted runs wait for ``after_return`` (a worker delivery, inline hand-off on)."""
-        from ..conf import get_settings
-
         return bool(self.request.delivery_info) and get_settings().INLINE_HANDOFF_RUNS > 0
-
-    def _body(self) -> Callable[..., Any]:
-        if self.on_event is None:
-            return self.run
-
-        def with_event(*args: Any, **kwargs: Any) -> Any:
-            if isinstance(kwargs.get("event"), dict):
-                kwargs["event"] = Event.from_json(kwargs["event"])
-            return self.run(*args, **kwargs)
-
-        return with_event
-
-    def _call_on_failure(self, run_id: str) -> None:
-        if self.durable_on_failure is None:
-            return
-        from celery import signature
-
-        try:
-            signature(self.durable_on_failure, app=self.app).apply_async((run_id,))
-        except Exception:
-            logger.exception("durable run %s: on_failure signature could not be sent", run_id)
 
     def _run_without_checkpoints(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A direct call (``task(...)``) or eager mode: steps run inline, nothing is stored."""
-        from ..runtime.memory import ephemeral_context
-
         token = context.activate(ephemeral_context(self.name, self.retry_policy()))
         try:
             return self.run(*args, **kwargs)
@@ -597,26 +286,10 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
 
 def _stored_error(status: str, error: dict[str, Any] | None) -> Exception:
     """The error of a cancelled or skipped run, from its stored record."""
-    from ..exceptions import RunSkipped
-
     message = (error or {}).get("message", status)
     if status == "cancelled":
         return RunCancelled(message)
     return RunSkipped(message)
-
-
-def is_durable_task_name(name: str) -> bool | None:
-    """Whether the registered task ``name`` is durable; ``None`` if it is not registered."""
-    from celery import current_app
-
-    task = current_app.tasks.get(name)
-    return None if task is None else isinstance(task, DurableTask)
-
-
-def _max_argument_bytes() -> int:
-    from ..conf import get_settings
-
-    return get_settings().MAX_ARGUMENT_BYTES
 
 
 def _wake_time(countdown: float | None, eta: datetime | str | None) -> datetime | None:

@@ -9,7 +9,8 @@ from typing import Any
 
 from ..options import RetryPolicy
 from .events import Event, consumption_key, matches
-from .steps import StepContext, StoredStep
+from .records import StoredStep
+from .steps import StepContext
 
 
 class MemoryCheckpointWriter:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from .. import serialization
 from ..exceptions import (
@@ -19,6 +17,7 @@ from ..exceptions import (
     _StepFailed,
 )
 from ..options import RetryPolicy
+from .records import CheckpointWriter, StoredStep
 from .suspension import SuspendingSteps
 
 T = TypeVar("T")
@@ -30,44 +29,6 @@ MAX_STEP_ID_LENGTH = 200
 OCCURRENCE_SEPARATOR = "#"
 # The failed attempts of a body that retries as a whole (``autoretry_for``); no step id can be it.
 BODY_STEP = "#body"
-
-
-@dataclass
-class StoredStep:
-    """A checkpoint as loaded at the start of an execution."""
-
-    step_id: str
-    kind: str
-    status: str  # "completed", "failed" or "pending"
-    output: str | None
-    attempts: int
-
-
-class CheckpointWriter(Protocol):
-    """Where a step context writes checkpoints (the ORM store, or an in-memory one in tests)."""
-
-    def save_output(
-        self, step_id: str, kind: str, output: str, attempts: int, started_at: datetime, exists: bool
-    ) -> None:
-        """Record a completed step (fenced: raises ``_LeaseLost`` if the run changed hands)."""
-
-    def atomic(self) -> AbstractContextManager[Any]:
-        """A transaction that wraps an atomic step's body and its checkpoint."""
-
-    def complete_pending(self, step_id: str, output: str) -> None:
-        """Mark a pending step (sleep, wait, child runs) completed with ``output`` (fenced)."""
-
-    def find_event(self, name: str, match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
-        """The oldest event named ``name`` received since the run started that matches, if any."""
-
-    def children(self, step_id: str) -> list[dict[str, Any]]:
-        """The child runs of a step, in order: ``{id, status, result, error}`` each."""
-
-    def cancel_requested(self) -> bool:
-        """Whether a cancellation of this run is known (checked at step boundaries, no query)."""
-
-    def send_event(self, name: str, data: dict[str, Any], event_id: str) -> dict[str, Any]:
-        """Send an event with this id (deduplicated) and return it as JSON."""
 
 
 def validate_step_id(step_id: object) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import serialization
 from ..exceptions import (
@@ -21,9 +21,7 @@ from ..exceptions import (
 )
 from ..options import Duration, to_seconds
 from .events import Event, consumption_key, validate_event_name, validate_match
-
-if TYPE_CHECKING:
-    from .steps import CheckpointWriter, StoredStep
+from .records import CheckpointWriter, StoredStep
 
 FINISHED = ("completed", "failed", "cancelled", "skipped")
 
@@ -46,8 +44,6 @@ class SuspendingSteps:
         raise NotImplementedError
 
     def _record(self, sid: str, kind: str, output: str) -> None:
-        from .steps import StoredStep
-
         self._checkpoints[sid] = StoredStep(sid, kind, "completed", output, 1)
 
     def _boundary(self) -> None:

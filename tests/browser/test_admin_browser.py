@@ -13,7 +13,8 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from celery_durable import NonRetriableError
-from celery_durable.models import Run, RunStatus
+from celery_durable.models import Run
+from celery_durable.states import RunStatus
 from celery_durable.testing import DurableTestRunner
 from tests.testapp import tasks
 

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from celery_durable.models import FINISHED_STATUSES, Event, Run, RunStatus, Slot, Step
+from celery_durable.models import Event, Run, Slot, Step
+from celery_durable.states import FINISHED as FINISHED_STATUSES
+from celery_durable.states import RunStatus
 from tests.testapp.chaos_tasks import CHILDREN, EVENT, LIMIT
 from tests.testapp.models import ChaosAttempt, ChaosClaim, ChaosCounter, ChaosFault
 

@@ -21,7 +21,8 @@ from celery.app.task import Task
 from django.db import DatabaseError, connection
 
 from celery_durable.integration.publish import NUDGE_HEADER
-from celery_durable.models import Run, RunStatus
+from celery_durable.models import Run
+from celery_durable.states import RunStatus
 from tests.testapp.models import ChaosAttempt, ChaosFault
 
 from . import clock, procs

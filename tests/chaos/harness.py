@@ -16,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from random import Random
 
-from celery_durable.models import FINISHED_STATUSES, Run
+from celery_durable.models import Run
+from celery_durable.states import FINISHED as FINISHED_STATUSES
 from tests.testapp.models import ChaosClaim, ChaosFault
 
 from . import procs

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from celery_durable import serialization
-from celery_durable.models import Event, Run, RunStatus, Step
+from celery_durable.models import Event, Run, Step
+from celery_durable.states import RunStatus
 from tests.testapp.models import ChaosAttempt, ChaosClaim, ChaosCounter, ChaosFault
 
 from . import checker

@@ -14,7 +14,8 @@ import uuid
 import pytest
 from django.db import connection
 
-from celery_durable.models import Run, RunStatus, Step
+from celery_durable.models import Run, Step
+from celery_durable.states import RunStatus
 from tests.testapp import chaos_tasks
 from tests.testapp.models import ChaosAttempt, ChaosClaim, ChaosCounter
 

@@ -17,7 +17,7 @@ from django.db import DatabaseError, connection
 
 import celery_durable
 from celery_durable.exceptions import RunStateError
-from celery_durable.models import FINISHED_STATUSES
+from celery_durable.states import FINISHED as FINISHED_STATUSES
 from tests.testapp import chaos_tasks as tasks
 
 logger = logging.getLogger("tests.chaos")

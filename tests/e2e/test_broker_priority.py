@@ -2,7 +2,8 @@
 
 import pytest
 
-from celery_durable.models import Run, RunStatus
+from celery_durable.models import Run
+from celery_durable.states import RunStatus
 from tests.e2e.conftest import wait_for
 from tests.testapp.models import Interval
 from tests.testapp.priority_tasks import prioritized

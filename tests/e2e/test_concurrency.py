@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from celery_durable.models import Run, RunStatus, Slot
+from celery_durable.models import Run, Slot
+from celery_durable.states import RunStatus
 from tests.e2e.conftest import wait_for
 from tests.testapp import flows
 from tests.testapp.models import BodyRun, Interval

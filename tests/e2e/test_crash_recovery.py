@@ -7,7 +7,8 @@ from celery.app.task import Task
 
 from celery_durable import get_run
 from celery_durable.integration.publish import NUDGE_HEADER
-from celery_durable.models import Run, RunStatus
+from celery_durable.models import Run
+from celery_durable.states import RunStatus
 from tests.e2e.conftest import wait_for
 from tests.testapp import tasks
 from tests.testapp.models import BodyRun

@@ -13,7 +13,8 @@ import pytest
 from django.db import connection
 
 from celery_durable import RunCancelled, RunSkipped, clock, get_run
-from celery_durable.models import Run, RunStatus
+from celery_durable.models import Run
+from celery_durable.states import RunStatus
 from tests.e2e.conftest import wait_for
 from tests.testapp import flows
 from tests.testapp.models import BodyRun, Interval

@@ -4,7 +4,8 @@ sleeping change nothing, gathers survive a killed worker, cancellation at each s
 import pytest
 
 from celery_durable import RunCancelled, cancel, get_run, send_event
-from celery_durable.models import Run, RunStatus, Step
+from celery_durable.models import Run, Step
+from celery_durable.states import RunStatus
 from tests.e2e.conftest import wait_for
 from tests.testapp import flows, tasks
 from tests.testapp.models import BodyRun

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from celery_durable import get_run
-from celery_durable.models import RunStatus
+from celery_durable.states import RunStatus
 from tests.testapp import tasks
 from tests.testapp.models import BodyRun
 
@@ -46,8 +46,9 @@ def test_run_of_a_task_removed_by_a_deploy__fails_once_with_a_clear_message(e2e_
 
     from celery import current_app
 
-    from celery_durable import clock, runs
+    from celery_durable import clock
     from celery_durable.models import Run
+    from celery_durable.store import recovery
     from tests.e2e.conftest import wait_for
 
     # Its message was lost long ago; the worker's sweeper republishes it, the worker lacks the task.
@@ -60,6 +61,6 @@ def test_run_of_a_task_removed_by_a_deploy__fails_once_with_a_clear_message(e2e_
     wait_for(lambda: get_run("removed-1").status == RunStatus.FAILED, 30, "the run to fail")
     record = get_run("removed-1")
     assert "no longer registered" in record.error_value["message"]
-    assert runs.take_unpublished(-1, 10) == []  # failed for good: nothing to republish, no loop
+    assert recovery.take_unpublished(-1, 10) == []  # failed for good: nothing to republish, no loop
     with pytest.raises(Exception, match=r"shop\.removed_in_deploy"):
         current_app.AsyncResult("removed-1").get(timeout=10)

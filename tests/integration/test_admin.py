@@ -12,7 +12,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from celery_durable import NonRetriableError
-from celery_durable.models import Run, RunStatus, Step, StepStatus
+from celery_durable.models import Run, Step
+from celery_durable.states import RunStatus, StepStatus
 from tests.testapp import tasks
 from tests.testapp.models import BodyRun
 

@@ -10,7 +10,8 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from celery_durable import NonRetriableError
-from celery_durable.models import Run, RunStatus, Step
+from celery_durable.models import Run, Step
+from celery_durable.states import RunStatus
 from tests.integration.test_admin import make_runs
 from tests.testapp import tasks
 from tests.testapp.models import BodyRun

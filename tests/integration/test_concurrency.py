@@ -3,7 +3,8 @@
 import pytest
 
 from celery_durable import DurableConfigError, cancel, durable_task, get_run
-from celery_durable.models import Run, RunStatus, Slot
+from celery_durable.models import Run, Slot
+from celery_durable.states import RunStatus
 from tests.testapp import flows
 
 HOLDING = (RunStatus.QUEUED, RunStatus.RUNNING)
@@ -111,7 +112,7 @@ def test_leaked_slot__is_returned_by_the_backstop(durable):
 
 
 def test_stranded_backlog__is_promoted_by_the_backstop_a_batch_of_keys_at_a_time(durable):
-    from celery_durable import slots
+    from celery_durable.store import slots
 
     holders = [flows.per_user.delay(user) for user in (11, 12, 13)]
     waiting = [flows.per_user.delay(user) for user in (11, 12, 13)]
@@ -171,7 +172,7 @@ def test_priority_callable_out_of_range__fails_the_delay(durable):
 
 
 def test_run_recorded_without_intake__gives_its_slot_back(durable):
-    from celery_durable import runs
+    from celery_durable.store import runs
 
     # What install(app) records for app.send_task(): no admission, so no concurrency keys.
     runs.create(run_id="sent-by-name", task_name="f.per_user", args="[6]", kwargs="{}", options="{}")

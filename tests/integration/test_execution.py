@@ -81,7 +81,7 @@ def durable_steps(run_id):
 
 
 def test_duplicate_delivery__of_a_running_run_is_dropped(db, deliver):
-    from celery_durable import runs
+    from celery_durable.store import runs
 
     run = tasks.add.delay(1, 2)
     assert runs.claim(run.id, "another-worker", 30) is not None

@@ -5,7 +5,8 @@ from datetime import timedelta
 import pytest
 
 from celery_durable import DurableConfigError, RunSkipped, durable_task, get_run
-from celery_durable.models import Run, RunStatus, Step
+from celery_durable.models import Run, Step
+from celery_durable.states import RunStatus
 from tests.testapp import flows
 from tests.testapp.models import BodyRun
 

@@ -5,7 +5,8 @@ from celery import current_app
 from celery.app.trace import build_tracer
 
 from celery_durable import serialization
-from celery_durable.models import Run, RunStatus, Slot
+from celery_durable.models import Run, Slot
+from celery_durable.states import RunStatus
 from tests.testapp import flows
 from tests.testapp.models import BodyRun
 
@@ -42,11 +43,11 @@ def test_freed_slot__runs_the_next_runs_here_up_to_the_budget(durable, settings,
 
 def test_runs_of_other_tasks_or_with_a_queue_of_their_own__are_published(durable, settings):
     from celery_durable.integration.handoff import eligible
-    from celery_durable.runs import Nudge
+    from celery_durable.store.messages import RunMessage
 
-    assert eligible(flows.per_user, Nudge("a", "f.per_user", "[]", "{}", "{}"))
-    assert not eligible(flows.per_user, Nudge("b", "f.other", "[]", "{}", "{}"))
-    assert not eligible(flows.per_user, Nudge("c", "f.per_user", "[]", "{}", '{"queue": "gpu"}'))
+    assert eligible(flows.per_user, RunMessage("a", "f.per_user", "[]", "{}", "{}"))
+    assert not eligible(flows.per_user, RunMessage("b", "f.other", "[]", "{}", "{}"))
+    assert not eligible(flows.per_user, RunMessage("c", "f.per_user", "[]", "{}", '{"queue": "gpu"}'))
 
 
 def test_a_promoted_run_that_suspends__hands_on_at_once(durable, settings):

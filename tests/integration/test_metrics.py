@@ -10,7 +10,8 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from celery_durable import NonRetriableError, durable_task, logs, metrics, step
-from celery_durable.models import Run, RunStatus
+from celery_durable.models import Run
+from celery_durable.states import RunStatus
 from tests.integration.test_admin import make_runs
 from tests.testapp import tasks
 

@@ -10,7 +10,7 @@ from celery_durable.conf import get_settings
 from celery_durable.exceptions import RunStateError
 from celery_durable.integration.observe import UNRECORDABLE
 from celery_durable.models import Run, Step
-from celery_durable.runs import take_due, take_expired, take_unpublished
+from celery_durable.store.recovery import take_due, take_expired, take_unpublished
 from tests.testapp import observe_tasks, tasks
 
 pytestmark = pytest.mark.django_db
@@ -104,7 +104,7 @@ def test_observed_runs__cannot_be_replayed_or_cancelled_and_the_services_leave_t
     )
     assert take_due(100) == [] and take_unpublished(0, 100) == []
     reaped = take_expired(20, 100)
-    assert (reaped.nudges, reaped.failed, reaped.cancelled) == ([], [], [])
+    assert (reaped.messages, reaped.failed, reaped.cancelled) == ([], [], [])
     assert sorted(Run.objects.values_list("status", flat=True)) == ["failed", "queued", "running"]
 
 

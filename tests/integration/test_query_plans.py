@@ -20,9 +20,11 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from celery_durable import events, runs, send_event, slots
-from celery_durable.cancellation import take_timed_out
-from celery_durable.models import Run, RunStatus
+from celery_durable import send_event
+from celery_durable.models import Run
+from celery_durable.states import RunStatus
+from celery_durable.store import events, recovery, slots
+from celery_durable.store.cancellation import take_timed_out
 from tests.integration.conftest import execute
 from tests.testapp import flows
 
@@ -167,14 +169,14 @@ pytestmark = [pytest.mark.services, pytest.mark.usefixtures("big_tables")]
 
 def test_waker__due_runs_and_deadlines(durable):
     assert Run.objects.count() >= RUNS  # the fixture's rows are visible
-    statements = assert_indexed(lambda: runs.take_due(500), "durable_run_due")
+    statements = assert_indexed(lambda: recovery.take_due(500), "durable_run_due")
     assert any(sql.startswith("UPDATE") for sql, _ in statements)  # due runs were found and queued
     assert_indexed(lambda: take_timed_out(500), "durable_run_finish_by", "durable_run_start_by")
 
 
 def test_idle_probe__of_every_service_uses_their_indexes(durable):
     assert_indexed(
-        lambda: runs.work_pending(1.0, 120.0),
+        lambda: recovery.work_pending(1.0, 120.0),
         "durable_run_due",
         "durable_run_published",
         "durable_run_lease",
@@ -184,12 +186,12 @@ def test_idle_probe__of_every_service_uses_their_indexes(durable):
 
 
 def test_sweeper__unpublished_runs(durable):
-    statements = assert_indexed(lambda: runs.take_unpublished(120.0, 500), "durable_run_published")
+    statements = assert_indexed(lambda: recovery.take_unpublished(120.0, 500), "durable_run_published")
     assert any(sql.startswith("UPDATE") for sql, _ in statements)
 
 
 def test_reaper__expired_leases(durable):
-    statements = assert_indexed(lambda: runs.take_expired(20, 500), "durable_run_lease")
+    statements = assert_indexed(lambda: recovery.take_expired(20, 500), "durable_run_lease")
     assert any(sql.startswith("UPDATE") for sql, _ in statements)
 
 
@@ -229,7 +231,7 @@ def test_worker__claim_checkpoints_sleep_resume_and_completion(durable):
     assert_indexed(lambda: execute(run_id), KEY["run id"])  # claim, fenced step write, sleep
     assert Run.objects.get(id=run_id).status == RunStatus.SLEEPING
     durable.clock.advance(61)
-    assert run_id in [nudge.run_id for nudge in runs.take_due(500)]
+    assert run_id in [message.run_id for message in recovery.take_due(500)]
     assert_indexed(lambda: execute(run_id), KEY["run id"], "durable_step_unique")  # resumed: checkpoints read
     assert Run.objects.get(id=run_id).status == RunStatus.COMPLETED
 

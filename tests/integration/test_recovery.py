@@ -5,11 +5,13 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 
-from celery_durable import RunNotFound, get_run, replay, runs
-from celery_durable.checkpoints import OrmCheckpointWriter
+from celery_durable import RunNotFound, get_run, replay
 from celery_durable.exceptions import RunStateError, StepNotFound, _LeaseLost
 from celery_durable.integration.services import tick
-from celery_durable.models import Run, RunStatus, Step
+from celery_durable.models import Run, Step
+from celery_durable.states import RunStatus
+from celery_durable.store import runs
+from celery_durable.store.checkpoints import CheckpointStore
 from tests.testapp import tasks
 from tests.testapp.models import BodyRun, Ledger
 
@@ -30,7 +32,7 @@ def test_stale_checkpoint_write__is_refused(db):
     run = tasks.add.delay(1, 2)
     first = runs.claim(run.id, "worker-a", 30)
     assert first is not None
-    stale = OrmCheckpointWriter(run.id, first.generation)
+    stale = CheckpointStore(run.id, first.generation)
     # The lease is taken over (as after an expiry): generation moves on.
     Run.objects.filter(id=run.id).update(generation=first.generation + 1)
     with pytest.raises(_LeaseLost):
@@ -47,7 +49,7 @@ def test_claim__is_a_compare_and_set(db):
 def test_expired_lease__is_reaped_and_resumed_without_rerunning_steps(durable):
     run = tasks.three_steps.delay(1)
     claim = runs.claim(run.id, "dead-worker", 30)
-    writer = OrmCheckpointWriter(run.id, claim.generation)
+    writer = CheckpointStore(run.id, claim.generation)
     writer.save_output("one", "run", "2", 1, durable_now(), exists=False)  # step one done, then crash
     durable.published.clear()
     assert tick(app()).recovered == 0  # lease still valid
@@ -194,7 +196,7 @@ def test_atomic_step__rolls_back_with_its_checkpoint(deliver):
 def test_atomic_step__of_a_stale_execution_writes_nothing(deliver):
     run = tasks.atomic_task.delay(10, False)
     claim = runs.claim(run.id, "a", 30)
-    writer = OrmCheckpointWriter(run.id, claim.generation)
+    writer = CheckpointStore(run.id, claim.generation)
     Run.objects.filter(id=run.id).update(generation=claim.generation + 1)  # taken over
     with pytest.raises(_LeaseLost), writer.atomic():
         Ledger.objects.create(run_id=run.id, amount=99)

@@ -25,7 +25,8 @@ from celery_durable import (
 )
 from celery_durable.exceptions import StepOutputTooLarge
 from celery_durable.logs import log_signals, stop_logging_signals
-from celery_durable.models import Event, Run, RunStatus, Step
+from celery_durable.models import Event, Run, Step
+from celery_durable.states import RunStatus
 from tests.testapp import flows, tasks
 
 SCRIPT = "<script>alert('pwned')</script>"

@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from celery_durable import Concurrency, durable_task
-from celery_durable.models import Run, RunStatus, Slot
+from celery_durable.models import Run, Slot
+from celery_durable.states import RunStatus
 from celery_durable.testing import DurableTestRunner
 
 LIMIT = 2

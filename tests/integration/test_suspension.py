@@ -6,7 +6,8 @@ import pytest
 
 from celery_durable import DurableConfigError, RunNotFound, SerializationError, cancel, get_run, send_event
 from celery_durable.exceptions import RunStateError
-from celery_durable.models import Run, RunStatus, Step
+from celery_durable.models import Run, Step
+from celery_durable.states import RunStatus
 from tests.testapp import flows
 from tests.testapp.models import BodyRun
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import control
+from ... import operations
 from ...conf import get_settings
 
 
@@ -23,13 +23,13 @@ class Command(BaseCommand):
             "--older-than",
             help="age like 30d, 12h, 90m, 2w (default: CELERY_DURABLE['RETENTION_DAYS'] days)",
         )
-        parser.add_argument("--batch-size", type=int, default=control.BATCH_SIZE, help="runs per delete batch")
+        parser.add_argument("--batch-size", type=int, default=operations.BATCH_SIZE, help="runs per delete batch")
         parser.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["older_than"] is not None:
             try:
-                age = control.parse_age(options["older_than"])
+                age = operations.parse_age(options["older_than"])
             except ValueError as exc:
                 raise CommandError(str(exc)) from exc
         else:
@@ -41,7 +41,7 @@ class Command(BaseCommand):
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
         if options["dry_run"]:
-            count = control.prune(age, dry_run=True)
+            count = operations.prune(age, dry_run=True)
             self.stdout.write(f"would delete {count} finished run(s) older than {shown}")
             return
 
@@ -49,5 +49,5 @@ class Command(BaseCommand):
             if options["verbosity"] > 1:
                 self.stdout.write(f"deleted {deleted} so far")
 
-        count = control.prune(age, batch=options["batch_size"], progress=progress)
+        count = operations.prune(age, batch=options["batch_size"], progress=progress)
         self.stdout.write(f"deleted {count} finished run(s) older than {shown}")

@@ -8,9 +8,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count, Q, QuerySet
 
-from ... import control
+from ... import operations
 from ...exceptions import DurableError, RunNotFound
-from ...models import Run, RunStatus, Step, StepStatus
+from ...models import Run, Step
+from ...states import RunStatus, StepStatus
 
 STATUSES = [s.value for s in RunStatus]
 
@@ -101,7 +102,7 @@ class Command(BaseCommand):
         }
         data = []
         for run in page:
-            item = control.describe_run(run)
+            item = operations.describe_run(run)
             item["steps_done"], item["steps_recorded"] = counts.get(run.pk, (0, 0))
             data.append(item)
         lines = [f"{'RUN':36}  {'TASK':30}  {'STATUS':9}  {'CREATED':19}  {'DURATION':>9}  STEPS"]
@@ -118,7 +119,10 @@ class Command(BaseCommand):
             run = Run.objects.get(pk=options["run_id"])
         except Run.DoesNotExist:
             raise RunNotFound(options["run_id"]) from None
-        data: dict[str, Any] = {"run": control.describe_run(run, full=True), "steps": control.describe_steps(run.pk)}
+        data: dict[str, Any] = {
+            "run": operations.describe_run(run, full=True),
+            "steps": operations.describe_steps(run.pk),
+        }
         info = data["run"]
         lines = [f"{key:20} {info[key]}" for key in ("id", "task", "status", "created_at", "started_at", "finished_at")]
         if info["concurrency_keys"]:
@@ -165,7 +169,7 @@ class Command(BaseCommand):
             runs = Run.objects.filter(pk__in=list(runs.order_by("pk").values_list("pk", flat=True)[: options["limit"]]))
         return runs
 
-    def _report(self, options: dict[str, Any], result: control.BulkResult, verb: str) -> None:
+    def _report(self, options: dict[str, Any], result: operations.BulkResult, verb: str) -> None:
         data = {"done": result.done, "skipped": dict(result.skipped), "errors": result.errors}
         lines = [f"{len(result.done)} run(s) {verb}."]
         if result.skipped_total:
@@ -177,7 +181,7 @@ class Command(BaseCommand):
             raise CommandError(f"no run {verb}: only {rule} can be; selected: {result.describe_skipped() or 'none'}")
 
     def _preview(self, options: dict[str, Any], operation: str, runs: QuerySet[Run]) -> None:
-        preview = control.preview(operation, runs)
+        preview = operations.preview(operation, runs)
         data = {"would_change": preview.eligible, "would_skip": dict(preview.skipped)}
         text = f"would change {preview.eligible} run(s)"
         if preview.skipped_total:
@@ -185,10 +189,10 @@ class Command(BaseCommand):
         self.emit(options, data, text)
 
     def do_cancel(self, options: dict[str, Any]) -> None:
-        runs = self._selection(options, list(control.CANCELLABLE))
+        runs = self._selection(options, list(operations.CANCELLABLE))
         if options["dry_run"]:
             return self._preview(options, "cancel", runs)
-        self._report(options, control.bulk("cancel", runs, reason=options["reason"]), "cancelled")
+        self._report(options, operations.bulk("cancel", runs, reason=options["reason"]), "cancelled")
 
     def do_replay(self, options: dict[str, Any]) -> None:
         if options["from_step"]:
@@ -197,12 +201,12 @@ class Command(BaseCommand):
             run_id = options["run_ids"][0]
             if options["dry_run"]:
                 return self._preview(options, "replay", Run.objects.filter(pk=run_id))
-            control.replay(run_id, from_step=options["from_step"])
-            result = control.BulkResult("replay", done=[run_id])
+            operations.replay(run_id, from_step=options["from_step"])
+            result = operations.BulkResult("replay", done=[run_id])
             return self._report(options, result, f"replayed from step {options['from_step']!r}")
         operation = "replay_from_start" if options["from_start"] else "replay"
-        runs = self._selection(options, list(control.REPLAYABLE))
+        runs = self._selection(options, list(operations.REPLAYABLE))
         if options["dry_run"]:
             return self._preview(options, operation, runs)
         verb = "replayed from the start" if options["from_start"] else "replayed"
-        self._report(options, control.bulk(operation, runs), verb)
+        self._report(options, operations.bulk(operation, runs), verb)

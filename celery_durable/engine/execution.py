@@ -1,30 +1,47 @@
 """One execution of a run, Celery-free: claim, replay the body's steps, record the outcome.
 
-The Celery task (``integration.task``) turns the :class:`Outcome` into Celery behaviour:
-a return value, a raised error, or ``Ignore`` for a suspended or dropped execution.
+The Celery task (``integration.task``) hands a delivery to :func:`deliver` and turns the
+:class:`Outcome` into Celery behaviour: a return value, a raised error, or ``Ignore`` for a
+suspended or dropped execution.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import DatabaseError, connections
 
-from . import clock, runs, serialization, signals
-from .checkpoints import OrmCheckpointWriter
-from .conf import get_settings
-from .exceptions import RetryAfter, SerializationError, _Cancelled, _LeaseLost, _StepFailed, _Suspend
-from .options import RetryPolicy
-from .runtime import context
-from .runtime.errors import error_record
-from .runtime.steps import BODY_STEP, StepContext
+from .. import clock, serialization, signals
+from ..conf import get_settings
+from ..exceptions import (
+    RetryAfter,
+    SerializationError,
+    TaskNotRegistered,
+    _Cancelled,
+    _LeaseLost,
+    _StepFailed,
+    _Suspend,
+)
+from ..options import RetryPolicy
+from ..runtime import context
+from ..runtime.errors import error_record
+from ..runtime.events import consumption_key
+from ..runtime.steps import BODY_STEP, StepContext
+from ..states import FINISHED
+from ..store import cancellation, events, runs, slots, suspension
+from ..store.cancellation import Cancellation
+from ..store.messages import RunMessage
+from . import cancel
+from .active import active, lease_owner
+from .events import send_event as dispatch_event
+from .intake import encode_arguments
+from .ports import ChildMessage, Publisher, TaskRegistry
+from .spec import TaskSpec
+from .writer import RunWriter
 
 logger = logging.getLogger("celery_durable")
 
@@ -36,32 +53,9 @@ class Outcome:
     kind: str  # "completed" | "failed" | "suspended" | "cancelled" | "dropped" | "abandoned"
     value: Any = None
     error: BaseException | None = None
-    nudges: list[runs.Nudge] = field(default_factory=list)
-    children: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
+    messages: list[RunMessage] = field(default_factory=list)
+    children: list[ChildMessage] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
-
-
-_owner: tuple[int, str] | None = None
-
-
-def lease_owner() -> str:
-    """This process's lease-owner name: host, pid and a random suffix (new after a fork)."""
-    global _owner
-    pid = os.getpid()
-    if _owner is None or _owner[0] != pid:
-        _owner = (pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}")
-    return _owner[1]
-
-
-class ActiveRuns:
-    """The runs this process is executing now (for the heartbeat), and those asked to stop."""
-
-    def __init__(self) -> None:
-        self.ids: set[str] = set()
-        self.cancelled: set[str] = set()
-
-
-active = ActiveRuns()
 
 
 @dataclass
@@ -71,6 +65,7 @@ class _Run:
     generation: int
     parent_id: str | None
     using: str
+    registry: TaskRegistry
     started_at: Any = None
 
     def duration(self) -> float | None:
@@ -84,17 +79,19 @@ class _Run:
 def execute(
     *,
     run_id: str,
-    task_name: str,
-    body: Callable[..., Any],
-    policy: RetryPolicy,
+    spec: TaskSpec,
+    registry: TaskRegistry,
+    send_event: Callable[[str, dict[str, Any], str], Any],
     slot_limits: dict[str, int] | None = None,
     using: str = "default",
 ) -> Outcome:
-    """Claim ``run_id`` and run ``body`` with the run's stored arguments under a step context.
+    """Claim ``run_id`` and run the task body with the run's stored arguments under a step context.
 
     With ``slot_limits`` (a task with ``concurrency``), a run that does not hold its slots
     (resumed after a sleep, wait or retry) takes them first, or goes back to the backlog.
+    ``send_event`` is what ``step.send_event`` calls (it returns the event).
     """
+    task_name, body, policy = spec.name, spec.body(), spec.policy
     settings = get_settings()
     owner = lease_owner()
     try:
@@ -108,21 +105,18 @@ def execute(
             return _abandon(run_id, "claim", exc, using)
     if claim is None:
         return Outcome("dropped")
-    if slot_limits and not claim.run.holds_slots:
-        from . import slots
-
-        if not slots.reclaim(run_id, claim.generation, slot_limits):
-            return Outcome("dropped")
+    if slot_limits and not claim.run.holds_slots and not slots.reclaim(run_id, claim.generation, slot_limits):
+        return Outcome("dropped")
     if claim.run.executions == 1:
         signals.send(signals.run_started, task_name, run_id, execution=1)
     else:
         signals.send(signals.run_resumed, task_name, run_id, execution=claim.run.executions)
-    run = _Run(run_id, task_name, claim.generation, claim.run.parent_id, using, claim.run.started_at)
+    run = _Run(run_id, task_name, claim.generation, claim.run.parent_id, using, registry, claim.run.started_at)
     ctx = StepContext(
         run_id=run_id,
         task_name=task_name,
         checkpoints=claim.checkpoints,
-        writer=OrmCheckpointWriter(run_id, claim.generation, using, task_name),
+        writer=RunWriter(run_id, claim.generation, task_name, send_event, using),
         policy=policy,
         clock=clock.now,
         max_output_bytes=settings.MAX_STEP_OUTPUT_BYTES,
@@ -195,7 +189,7 @@ def _finish(run: _Run, value: Any) -> Outcome:
         return _not_held(run)
     value = serialization.loads(result)
     signals.send(signals.run_completed, run.task_name, run.run_id, result=value, duration=run.duration())
-    return Outcome("completed", value=value, nudges=[done] if isinstance(done, runs.Nudge) else [])
+    return Outcome("completed", value=value, messages=[done] if isinstance(done, RunMessage) else [])
 
 
 def _fail(run: _Run, exc: BaseException, step: tuple[str, int] | None) -> Outcome:
@@ -217,7 +211,7 @@ def _fail(run: _Run, exc: BaseException, step: tuple[str, int] | None) -> Outcom
             retry_in=None,
         )
     signals.send(signals.run_failed, run.task_name, run.run_id, error=record, step_id=step[0] if step else None)
-    return Outcome("failed", error=exc, nudges=[done] if isinstance(done, runs.Nudge) else [])
+    return Outcome("failed", error=exc, messages=[done] if isinstance(done, RunMessage) else [])
 
 
 def _step_failed(run: _Run, failed: _StepFailed, publish_within: float) -> Outcome:
@@ -256,17 +250,15 @@ def _step_failed(run: _Run, failed: _StepFailed, publish_within: float) -> Outco
         failed.retry_in,
         failed.error,
     )
-    return Outcome("suspended", nudges=[queued] if isinstance(queued, runs.Nudge) else [])
+    return Outcome("suspended", messages=[queued] if isinstance(queued, RunMessage) else [])
 
 
 def _suspend(run: _Run, suspend: _Suspend) -> Outcome:
     """Commit a sleep, a wait or child runs; the Celery task then ends."""
-    from . import suspend as transitions
-
     details = suspend.details
     try:
         if suspend.reason == "sleep":
-            held = transitions.sleep(
+            held = suspension.sleep(
                 run.run_id,
                 run.generation,
                 details["step_id"],
@@ -277,7 +269,7 @@ def _suspend(run: _Run, suspend: _Suspend) -> Outcome:
             )
             return Outcome("suspended") if held else _not_held(run)
         if suspend.reason == "wait":
-            held = transitions.wait(
+            held = suspension.wait(
                 run.run_id,
                 run.generation,
                 details["step_id"],
@@ -289,60 +281,44 @@ def _suspend(run: _Run, suspend: _Suspend) -> Outcome:
             )
             if not held:
                 return _not_held(run)
-            return Outcome("suspended", nudges=_event_arrived_meanwhile(run, details["step_id"]))
+            return Outcome("suspended", messages=_event_arrived_meanwhile(run, details["step_id"]))
         if suspend.reason == "children":
             return _children(run, details)
         if suspend.reason == "children-pending":
-            held = transitions.wait_again(run.run_id, run.generation, details["wake_at"], run.using)
+            held = suspension.wait_again(run.run_id, run.generation, details["wake_at"], run.using)
             return Outcome("suspended") if held else _not_held(run)
     except DatabaseError as exc:
         return _abandon(run.run_id, f"suspension ({suspend.reason})", exc, run.using)
     raise AssertionError(f"unknown suspension {suspend.reason!r}")
 
 
-def _event_arrived_meanwhile(run: _Run, step_id: str) -> list[runs.Nudge]:
+def _event_arrived_meanwhile(run: _Run, step_id: str) -> list[RunMessage]:
     """After committing a wait, look once more: an event sent while we committed is not lost.
 
     ``send_event`` commits the event, then looks for waiting runs; the run commits its wait,
     then looks for events. Whichever comes second sees the other; the compare-and-set in
     ``resolve_wait`` lets only one of them resume the run.
     """
-    from . import suspend as transitions
-    from .models import Step
-
-    step = Step.objects.using(run.using).filter(run_id=run.run_id, step_id=step_id).values("output").first()
-    if step is None:
+    state = events.wait_state(run.run_id, step_id, run.using)
+    if state is None:
         return []
-    state = serialization.loads(step["output"] or "{}")
-    from .events import find_event
-    from .runtime.events import consumption_key
-
-    outputs = Step.objects.using(run.using).filter(run_id=run.run_id, kind="wait", status="completed")
-    used = set()
-    for out in outputs.values_list("output", flat=True):
-        event = serialization.loads(out or "{}").get("event")
-        if event:
-            used.add(consumption_key(event))
-    found = find_event(run.run_id, state["name"], state.get("match"), used, run.using)
+    used = {consumption_key(event) for event in events.consumed_events(run.run_id, run.using)}
+    found = events.find_event(run.run_id, state["name"], state.get("match"), used, run.using)
     if found is None:
         return []
-    nudge = transitions.resolve_wait(run.run_id, step_id, found, run.using)
-    return [nudge] if nudge is not None else []
+    message = suspension.resolve_wait(run.run_id, step_id, found, run.using)
+    return [message] if message is not None else []
 
 
 def _children(run: _Run, details: dict[str, Any]) -> Outcome:
-    from . import suspend as transitions
-    from .exceptions import TaskNotRegistered
-    from .integration.task import is_durable_task_name
-
     specs = details["specs"]
     durable = []
     for spec in specs:
-        kind = is_durable_task_name(spec["task"])
+        kind = run.registry.is_durable(spec["task"])
         if kind is None:
             return _fail(run, TaskNotRegistered(spec["task"]), (details["step_id"], 1))
         durable.append(kind)
-    created = transitions.children(
+    recorded = suspension.children(
         run.run_id,
         run.generation,
         details["step_id"],
@@ -353,22 +329,21 @@ def _children(run: _Run, details: dict[str, Any]) -> Outcome:
         details["wake_at"],
         run.using,
     )
-    if created is None:
+    if recorded is None:
         return _not_held(run)
-    return Outcome("suspended", children=created)
+    resume = [recorded.resume] if recorded.resume is not None else []
+    return Outcome("suspended", children=recorded.created, messages=resume)
 
 
 def _stop(run: _Run) -> Outcome:
     """The run was cancelled while executing: it stops at this step boundary."""
-    from .cancellation import stop_at_boundary
-
     try:
-        outcome = stop_at_boundary(run.run_id, run.generation, run.using)
+        outcome = cancellation.stop_at_boundary(run.run_id, run.generation, run.using)
     except DatabaseError as exc:
         return _abandon(run.run_id, "cancellation", exc, run.using)
     if outcome is None:
         return Outcome("dropped")
-    return Outcome("cancelled", nudges=outcome.nudges, cancelled=outcome.cancelled)
+    return Outcome("cancelled", messages=outcome.messages, cancelled=outcome.cancelled)
 
 
 def _abandon(run_id: str, what: str, exc: BaseException, using: str) -> Outcome:
@@ -379,3 +354,61 @@ def _abandon(run_id: str, what: str, exc: BaseException, using: str) -> Outcome:
     with contextlib.suppress(DatabaseError):
         connections[using].close()
     return Outcome("abandoned", error=exc)
+
+
+@dataclass
+class Delivery:
+    """What became of a delivered message.
+
+    The execution's outcome, the runs its freed slots promoted (to publish or run inline),
+    and, for a redelivery of a run that had already ended, its stored ``(status, result or
+    error record)``.
+    """
+
+    outcome: Outcome
+    promoted: list[RunMessage] = field(default_factory=list)
+    ended: tuple[str, Any] | None = None
+
+
+def deliver(
+    run_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    spec: TaskSpec,
+    registry: TaskRegistry,
+    publisher: Publisher,
+) -> Delivery:
+    """Execute the run a message names; publish what it made runnable; free its slots."""
+
+    def send_event(name: str, data: dict[str, Any], event_id: str) -> Any:
+        return dispatch_event(name, data, event_id, registry, publisher)
+
+    limits = spec.slot_limits(args, kwargs) if spec.concurrency else None
+    outcome = execute(run_id=run_id, spec=spec, registry=registry, send_event=send_event, slot_limits=limits)
+    if outcome.kind == "dropped":
+        status, value = runs.outcome_of(run_id)
+        if status in FINISHED:
+            # A redelivery of a run that already ended (its worker may have died before the
+            # result backend heard of it): answer with the stored outcome again.
+            return Delivery(outcome, ended=(status, value))
+        if status == runs.MISSING:
+            # Published by a producer that did not record the run (e.g. send_task from
+            # another codebase): record it from the message and execute it.
+            args_json, kwargs_json = encode_arguments(spec.name, args, kwargs)
+            runs.create(run_id=run_id, task_name=spec.name, args=args_json, kwargs=kwargs_json, options="{}")
+            outcome = execute(run_id=run_id, spec=spec, registry=registry, send_event=send_event)
+    publisher.publish(outcome.messages)
+    publisher.publish_children(run_id, outcome.children)
+    promoted = _release_slots(run_id) if spec.concurrency and outcome.kind != "dropped" else []
+    if outcome.kind == "cancelled":
+        cancel.finish(Cancellation(cancelled=outcome.cancelled), publisher)
+    return Delivery(outcome, promoted=promoted)
+
+
+def _release_slots(run_id: str) -> list[RunMessage]:
+    try:
+        return slots.release(run_id)
+    except DatabaseError:
+        # The services' backstop gives the slots back and promotes the backlog.
+        logger.warning("durable run %s: releasing its slots failed; the backstop will", run_id, exc_info=True)
+        return []

@@ -1,21 +1,24 @@
 """State transitions of suspension: sleeping, waiting for events, waiting for children.
 
 Each function is one transaction of conditional UPDATEs, fenced by the generation the
-suspending execution holds; what must be published afterwards is returned as nudges.
+suspending execution holds; what must be published afterwards is returned as messages.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from . import clock, serialization
-from .models import Run, RunStatus, Step, StepStatus
-from .runs import Nudge, nudge_for
+from .. import clock, serialization
+from ..models import Run, Step
+from ..states import CHILD_ENDED, RunStatus, StepStatus
+from .messages import RunMessage
+from .rows import message_for
 
 CHILD_NAMESPACE = uuid.UUID("6f1e4a52-3c51-4c1e-9d0e-2f0b8a0f5d11")
 
@@ -37,10 +40,13 @@ def _pending_step(run_id: str, step_id: str, kind: str, output: str, exists: boo
         )
 
 
-def _suspend(run_id: str, generation: int, **fields: Any) -> int:
-    return Run.objects.filter(
-        id=run_id, generation=generation, status=RunStatus.RUNNING, cancel_requested_at__isnull=True
-    ).update(lease_owner=None, lease_expires_at=None, **fields)
+def _suspend(run_id: str, generation: int, using: str, **fields: Any) -> int:
+    """Leave ``running`` (fenced by the generation, refused once a cancel is requested)."""
+    return (
+        Run.objects.using(using)
+        .filter(id=run_id, generation=generation, status=RunStatus.RUNNING, cancel_requested_at__isnull=True)
+        .update(lease_owner=None, lease_expires_at=None, **fields)
+    )
 
 
 def sleep(
@@ -49,7 +55,7 @@ def sleep(
     """Suspend a run in ``step.sleep`` until ``wake_at``; ``False`` if it is no longer ours."""
     now = clock.now()
     with transaction.atomic(using=using):
-        if _suspend(run_id, generation, status=RunStatus.SLEEPING, wake_at=wake_at) != 1:
+        if _suspend(run_id, generation, using, status=RunStatus.SLEEPING, wake_at=wake_at) != 1:
             return False
         _pending_step(run_id, step_id, "sleep", output, exists, now, using)
     return True
@@ -68,13 +74,13 @@ def wait(
     """Suspend a run in ``step.wait_for_event`` until a matching event or ``wake_at`` (timeout)."""
     now = clock.now()
     with transaction.atomic(using=using):
-        if _suspend(run_id, generation, status=RunStatus.WAITING, waiting_for=event, wake_at=wake_at) != 1:
+        if _suspend(run_id, generation, using, status=RunStatus.WAITING, waiting_for=event, wake_at=wake_at) != 1:
             return False
         _pending_step(run_id, step_id, "wait", output, exists, now, using)
     return True
 
 
-def resolve_wait(run_id: str, step_id: str, event: dict[str, Any], using: str = "default") -> Nudge | None:
+def resolve_wait(run_id: str, step_id: str, event: dict[str, Any], using: str = "default") -> RunMessage | None:
     """Give a waiting run its event: complete the wait step and queue the run (compare-and-set).
 
     ``None`` if the run is no longer waiting there (another event or its timeout won).
@@ -100,12 +106,24 @@ def resolve_wait(run_id: str, step_id: str, event: dict[str, Any], using: str = 
         Step.objects.using(using).filter(id=step.id, status=StepStatus.PENDING).update(
             status=StepStatus.COMPLETED, output=output, finished_at=now
         )
-        return nudge_for(run_id, using)
+        return message_for(run_id, using)
 
 
 def child_id(run_id: str, step_id: str, index: int) -> str:
     """The deterministic id of a step's child run (the same on every replay)."""
     return str(uuid.uuid5(CHILD_NAMESPACE, f"{run_id}/{step_id}/{index}"))
+
+
+@dataclass
+class ChildrenRecorded:
+    """What recording a step's children did.
+
+    The children to publish, and the parent's message when none is left to wait for (all
+    completed in an earlier attempt).
+    """
+
+    created: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
+    resume: RunMessage | None = None
 
 
 def children(
@@ -118,14 +136,15 @@ def children(
     output: str,
     wake_at: datetime | None,
     using: str = "default",
-) -> list[tuple[str, dict[str, Any], bool]] | None:
+) -> ChildrenRecorded | None:
     """Record a step's child runs and suspend the parent until they finish.
 
-    Returns ``(child id, spec, durable)`` for each child to publish after commit, or
-    ``None`` if the parent is no longer ours.
+    Returns the ``(child id, spec, durable)`` of each child to publish after commit (and the
+    parent's own message if it has nothing to wait for), or ``None`` if the parent is no
+    longer ours.
     """
     now = clock.now()
-    created = []
+    recorded = ChildrenRecorded()
     with transaction.atomic(using=using):
         # Children of an earlier attempt that completed already (a replay) are not waited for.
         ids = [child_id(run_id, step_id, i) for i in range(len(specs))]
@@ -134,7 +153,7 @@ def children(
         fields: dict[str, Any] = {"status": RunStatus.WAITING, "wake_at": wake_at, "children_pending": pending}
         if not pending:
             fields = {"status": RunStatus.QUEUED, "wake_at": None, "children_pending": 0, "published_at": now}
-        if _suspend(run_id, generation, **fields) != 1:
+        if _suspend(run_id, generation, using, **fields) != 1:
             return None
         _pending_step(run_id, step_id, kind, output, False, now, using)
         for index, (spec, is_durable) in enumerate(zip(specs, durable, strict=True)):
@@ -161,14 +180,10 @@ def children(
                     )
             except IntegrityError:
                 continue  # created by an earlier attempt of this step
-            created.append((cid, spec, is_durable))
+            recorded.created.append((cid, spec, is_durable))
         if not pending:
-            from celery import current_app
-
-            from .integration.publish import publish
-
-            transaction.on_commit(lambda: publish(current_app, nudge_for(run_id, using)), using=using)
-    return created
+            recorded.resume = message_for(run_id, using)
+    return recorded
 
 
 def children_of(run_id: str, step_id: str, using: str = "default") -> list[dict[str, Any]]:
@@ -190,22 +205,22 @@ def children_of(run_id: str, step_id: str, using: str = "default") -> list[dict[
     ]
 
 
-def child_finished(parent_id: str, using: str = "default") -> Nudge | None:
+def child_finished(parent_id: str, using: str = "default") -> RunMessage | None:
     """Count a finished child; when it was the last, queue the parent. Call inside the child's transaction."""
     parents = Run.objects.using(using).filter(id=parent_id, status=RunStatus.WAITING, waiting_for__isnull=True)
     parents.filter(children_pending__gt=0).update(children_pending=F("children_pending") - 1)
     resumed = parents.filter(children_pending=0).update(status=RunStatus.QUEUED, wake_at=None, published_at=clock.now())
-    return nudge_for(parent_id, using) if resumed == 1 else None
+    return message_for(parent_id, using) if resumed == 1 else None
 
 
 def finish_plain_child(
     run_id: str, completed: bool, result: str | None, error: str | None, using: str = "default"
-) -> Nudge | None:
+) -> RunMessage | None:
     """A plain Celery task that ran as a child finished: record it and maybe resume its parent."""
     now = clock.now()
     with transaction.atomic(using=using):
         child = Run.objects.using(using).filter(id=run_id, durable=False).values("parent_id", "status").first()
-        if child is None or child["status"] in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
+        if child is None or child["status"] in CHILD_ENDED:
             return None
         Run.objects.using(using).filter(id=run_id).update(
             status=RunStatus.COMPLETED if completed else RunStatus.FAILED,
@@ -225,4 +240,4 @@ def mark_plain_child_started(run_id: str, using: str = "default") -> None:
 
 def wait_again(run_id: str, generation: int, wake_at: datetime | None, using: str = "default") -> bool:
     """Children still running (woken early): suspend the parent again."""
-    return _suspend(run_id, generation, status=RunStatus.WAITING, wake_at=wake_at) == 1
+    return _suspend(run_id, generation, using, status=RunStatus.WAITING, wake_at=wake_at) == 1

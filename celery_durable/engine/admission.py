@@ -1,25 +1,22 @@
 """Admission at ``.delay()``: idempotency keys, debounce, singletons, rate limits, throttles.
 
-Each decision reads and writes one ``FlowState`` row per key, locked for the intake
-transaction, so concurrent callers on any host see each other's decisions.
+Each decision reads and writes one flow-state row per key (:mod:`..store.flow_state`),
+locked for the intake transaction, so concurrent callers on any host see each other's decisions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from django.db import IntegrityError, transaction
-
-from . import clock, serialization
-from .flow import gcra
-from .flow.keys import resolve_key
-from .models import FINISHED_STATUSES, FlowState, Run, RunStatus
-from .options import to_seconds
-
-if TYPE_CHECKING:
-    from .integration.task import DurableTask
+from .. import clock, serialization
+from ..conf import get_settings
+from ..flow import gcra
+from ..flow.keys import resolve_key
+from ..options import to_seconds
+from ..store import flow_state
+from .spec import TaskSpec
 
 
 @dataclass
@@ -34,18 +31,8 @@ class Decision:
     holds: list[str] | None = None  # FlowState names to point at the new run
 
 
-def _state(name: str) -> FlowState:
-    """The row for ``name``, locked for this transaction (created if missing)."""
-    try:
-        with transaction.atomic():
-            FlowState.objects.get_or_create(name=name)
-    except IntegrityError:
-        pass  # created concurrently
-    return FlowState.objects.select_for_update().get(name=name)
-
-
 def admit(
-    task: DurableTask,
+    spec: TaskSpec,
     run_id: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -55,24 +42,21 @@ def admit(
 ) -> Decision:
     """Decide a call's fate; call inside the intake transaction."""
     now = clock.now()
-    bound = task.bound_arguments(list(args), kwargs)
-    args, kwargs = task.call_arguments(args, kwargs)
+    bound = spec.bound_arguments(list(args), kwargs)
+    args, kwargs = spec.call_arguments(args, kwargs)
 
-    def key(option: str, spec: Any) -> str:
-        return f"{option}:{task.name}:{resolve_key(task.name, option, spec, bound, args, kwargs)}"
+    def key(option: str, key_spec: Any) -> str:
+        return f"{option}:{spec.name}:{resolve_key(spec.name, option, key_spec, bound, args, kwargs)}"
 
     holds: list[str] = []
-    if task.idempotency_key is not None:
-        state = _state(key("idempotency_key", task.idempotency_key))
+    if spec.idempotency_key is not None:
+        state = flow_state.lock(key("idempotency_key", spec.idempotency_key))
         if state.run_id and state.expires_at and state.expires_at > now:
             return Decision("existing", state.run_id)
-        from .conf import get_settings
-
-        state.run_id, state.expires_at = run_id, now + get_settings().IDEMPOTENCY_WINDOW
-        state.save(update_fields=["run_id", "expires_at"])
-    if task.debounce is not None:
-        debounce = task.debounce
-        state = _state(key("debounce", debounce.key))
+        flow_state.save(state, run_id=run_id, expires_at=now + get_settings().IDEMPOTENCY_WINDOW)
+    if spec.debounce is not None:
+        debounce = spec.debounce
+        state = flow_state.lock(key("debounce", debounce.key))
         period = timedelta(seconds=to_seconds(debounce.period, "Debounce.period"))
         if state.run_id and state.started_at:
             latest = now + period
@@ -80,47 +64,37 @@ def admit(
                 cap = state.started_at + timedelta(seconds=to_seconds(debounce.timeout, "Debounce.timeout"))
                 latest = min(latest, cap)
             # The newest call's arguments win, and the start moves out (unless it started already).
-            updated = Run.objects.filter(id=state.run_id, status=RunStatus.QUEUED, wake_at__isnull=False).update(
-                args=args_json, kwargs=kwargs_json, wake_at=latest
-            )
-            if updated:
+            if flow_state.debounce(state.run_id, args_json, kwargs_json, latest):
                 return Decision("debounced", state.run_id, wake_at=latest)
-        state.run_id, state.started_at = run_id, now
-        state.save(update_fields=["run_id", "started_at"])
+        flow_state.save(state, run_id=run_id, started_at=now)
         wake_at = max(wake_at or now, now + period)
     singleton_state = cancel = None
-    if task.singleton is not None:
-        singleton = task.singleton
+    if spec.singleton is not None:
+        singleton = spec.singleton
         name = key("singleton", singleton.key)
-        singleton_state = _state(name)
-        holder = (
-            singleton_state.run_id
-            and Run.objects.filter(id=singleton_state.run_id).exclude(status__in=FINISHED_STATUSES).exists()
-        )
+        singleton_state = flow_state.lock(name)
+        holder = bool(singleton_state.run_id) and flow_state.is_unfinished(str(singleton_state.run_id))
         if holder and singleton.mode == "skip":
             return Decision("skip", run_id, reason=f"singleton: run {singleton_state.run_id} is still unfinished")
         cancel = singleton_state.run_id if holder else None
         holds.append(name)
-    if task.durable_rate_limit is not None:
-        limit = task.durable_rate_limit
-        state = _state(key("rate_limit", limit.key))
+    if spec.rate_limit is not None:
+        limit = spec.rate_limit
+        state = flow_state.lock(key("rate_limit", limit.key))
         # A sliding log of the admissions inside the window: exact "at most limit per period".
         window_start = now - timedelta(seconds=to_seconds(limit.period, "RateLimit.period"))
         admitted = [t for t in serialization.loads(state.admitted) if t > window_start]
         if len(admitted) >= limit.limit:
             return Decision("skip", run_id, reason=f"rate limit: {limit.limit} per {limit.period}")
-        state.admitted = serialization.dumps([*admitted, now], "rate limit log")
-        state.save(update_fields=["admitted"])
-    if task.throttle is not None:
-        throttle = task.throttle
-        state = _state(key("throttle", throttle.key))
+        flow_state.save(state, admitted=serialization.dumps([*admitted, now], "rate limit log"))
+    if spec.throttle is not None:
+        throttle = spec.throttle
+        state = flow_state.lock(key("throttle", throttle.key))
         cell = gcra.Cell(throttle.limit, to_seconds(throttle.period, "Throttle.period"), burst=throttle.burst)
         start, tat = gcra.schedule(cell, state.tat, max(now, wake_at or now))
-        state.tat = tat
-        state.save(update_fields=["tat"])
+        flow_state.save(state, tat=tat)
         if start > now:
             wake_at = start
     if singleton_state is not None:  # only now: a call the rate limit skips must not take the key
-        singleton_state.run_id = run_id
-        singleton_state.save(update_fields=["run_id"])
+        flow_state.save(singleton_state, run_id=run_id)
     return Decision("start", run_id, wake_at=wake_at, cancel=cancel, holds=holds)

@@ -1,4 +1,4 @@
-"""The ORM checkpoint writer: one fenced INSERT per new step.
+"""Checkpoints: one fenced INSERT per new step, and the fence of an atomic step.
 
 A checkpoint is written with ``INSERT ... SELECT ... FROM run WHERE id=%s AND generation=%s
 AND cancel_requested_at IS NULL``: one statement (no read before it, one commit in autocommit
@@ -15,22 +15,22 @@ from typing import Any
 
 from django.db import IntegrityError, connections, transaction
 
-from . import clock
-from .exceptions import _Cancelled, _LeaseLost
-from .models import Run, RunStatus, Step, StepStatus
+from .. import clock
+from ..exceptions import _Cancelled, _LeaseLost
+from ..models import Run, Step
+from ..states import RunStatus, StepStatus
+from .runs import stopped_by_cancel
 
 _COLUMNS = ("run_id", "step_id", "kind", "status", "output", "attempts", "started_at", "finished_at")
 
 
-class OrmCheckpointWriter:
+class CheckpointStore:
     """Writes checkpoints of one execution, fenced by the generation it claimed."""
 
-    def __init__(self, run_id: str, generation: int, using: str = "default", task_name: str = "") -> None:
+    def __init__(self, run_id: str, generation: int, using: str = "default") -> None:
         self.run_id = run_id
         self.generation = generation
         self.using = using
-        self.task_name = task_name
-        self.cancelled = False  # set by the heartbeat when it sees a cancellation request
         q = connections[using].ops.quote_name
         self._step, self._run = q(Step._meta.db_table), q(Run._meta.db_table)
         self._q = q
@@ -56,8 +56,6 @@ class OrmCheckpointWriter:
 
     def _refused(self) -> None:
         """The fence refused a write: say why (rare path, one query)."""
-        from .runs import stopped_by_cancel
-
         if stopped_by_cancel(self.run_id, self.generation, self.using):
             raise _Cancelled()
         raise _LeaseLost(f"run {self.run_id} is no longer held at generation {self.generation}")
@@ -92,18 +90,6 @@ class OrmCheckpointWriter:
                 finished,
             ]
         self._execute(sql, [*params, self.run_id, self.generation], step_id)
-        from . import signals
-
-        if signals.step_completed.has_listeners(self.task_name):
-            duration = (clock.now() - started_at).total_seconds()
-            signals.send(
-                signals.step_completed,
-                self.task_name,
-                self.run_id,
-                step_id=step_id,
-                attempt=attempts,
-                duration=duration,
-            )
 
     def complete_pending(self, step_id: str, output: str) -> None:
         """Complete a pending sleep, wait or child-run step (fenced)."""
@@ -114,30 +100,6 @@ class OrmCheckpointWriter:
         )
         params = [StepStatus.COMPLETED, output, self._value(clock.now()), self.run_id, step_id, StepStatus.PENDING]
         self._execute(sql, [*params, self.run_id, self.generation], step_id)
-
-    def find_event(self, name: str, match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
-        """The oldest matching event received since the run was created."""
-        from .events import find_event
-
-        return find_event(self.run_id, name, match, exclude, self.using)
-
-    def children(self, step_id: str) -> list[dict[str, Any]]:
-        """The step's child runs in order, with their outcome."""
-        from .suspend import children_of
-
-        return children_of(self.run_id, step_id, self.using)
-
-    def cancel_requested(self) -> bool:
-        """Known cancellation (from the heartbeat); no query."""
-        from .execution import active
-
-        return self.cancelled or self.run_id in active.cancelled
-
-    def send_event(self, name: str, data: dict[str, Any], event_id: str) -> dict[str, Any]:
-        """Send an event (deduplicated by ``event_id``) and return it as JSON."""
-        from .events import send_event
-
-        return send_event(name, data, id=event_id).to_json()
 
     def atomic(self) -> AbstractContextManager[Any]:
         """The transaction of an atomic step: its body, a fence on the run row and its checkpoint."""
@@ -151,7 +113,7 @@ class _FencedAtomic:
     between the fence and the commit: the step's writes and checkpoint are exactly-once.
     """
 
-    def __init__(self, writer: OrmCheckpointWriter) -> None:
+    def __init__(self, writer: CheckpointStore) -> None:
         self.writer = writer
         self.atomic = transaction.atomic(using=writer.using)
 

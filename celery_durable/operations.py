@@ -1,8 +1,8 @@
 """Operations over many runs, for the admin and the management commands.
 
-Everything here goes through the public API (:func:`celery_durable.api.replay`,
-:func:`celery_durable.api.cancel`) one run at a time, so the admin, the shell commands and
-user code change runs the same way. This module adds what an operator needs on top:
+Everything here goes through the same actions as the public API
+(:mod:`celery_durable.integration.actions`) one run at a time, so the admin, the shell
+commands and user code change runs the same way. This module adds what an operator needs on top:
 replay from the first step, bulk operations that skip runs in the wrong state and say so,
 retention pruning in bounded batches, and plain-data descriptions of runs for ``--json``.
 """
@@ -17,18 +17,22 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import DurableError, RunNotFound, RunStateError
+from .integration import actions
+from .states import CANCELLABLE as _CANCELLABLE
+from .states import FINISHED as _FINISHED
+from .states import REPLAYABLE as _REPLAYABLE
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
 
     from .models import Run
 
-#: Statuses a run can be replayed from (the state machine's ``runs.REPLAYABLE``).
-REPLAYABLE = ("failed", "cancelled")
+#: Statuses a run can be replayed from.
+REPLAYABLE = tuple(sorted(_REPLAYABLE))
 #: Statuses a run can be cancelled from: every unfinished one.
-CANCELLABLE = ("pending", "queued", "running", "sleeping", "waiting")
+CANCELLABLE = tuple(sorted(_CANCELLABLE))
 #: Terminal statuses: only these are ever pruned.
-FINISHED = ("completed", "failed", "cancelled", "skipped")
+FINISHED = tuple(sorted(_FINISHED))
 
 BATCH_SIZE = 500
 
@@ -104,21 +108,16 @@ def replay(run_id: str, *, from_step: str | None = None, from_start: bool = Fals
     Replaying from the start is ``replay(run_id, from_step=<its first step>)``: every
     checkpoint is discarded and the task body runs again from the top.
     """
-    from . import api
-
     if from_start:
         if from_step is not None:
             raise ValueError("pass from_step or from_start, not both")
         from_step = first_step_id(run_id)
-    return api.replay(run_id, from_step=from_step)
+    return actions.replay(run_id, from_step=from_step)
 
 
 def cancel(run_id: str, reason: str = "") -> Run:
-    """Cancel one run through :func:`celery_durable.api.cancel`; return the run as it is now."""
-    from . import api, runs
-
-    api.cancel(run_id, reason=reason)
-    return runs.get(run_id)
+    """Cancel one run (as :func:`celery_durable.cancel` does); return the run as it is now."""
+    return actions.cancel(run_id, reason=reason)
 
 
 def _keyset(runs: QuerySet[Run], statuses: Iterable[str], batch: int) -> Iterator[list[str]]:

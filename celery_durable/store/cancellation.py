@@ -6,22 +6,22 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from . import clock, serialization
-from .exceptions import DurableConfigError, RunNotFound, RunStateError
-from .models import FINISHED_STATUSES, Run, RunStatus
-from .runs import OBSERVED, Nudge, check_id
-
-# Unfinished and not executing: cancelled at once (a running run stops at its next step boundary).
-NOT_RUNNING = (RunStatus.PENDING, RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING)
+from .. import clock, serialization
+from ..exceptions import DurableConfigError, RunNotFound, RunStateError
+from ..models import Run
+from ..states import FINISHED, RunStatus
+from .messages import RunMessage
+from .runs import OBSERVED, check_id
+from .suspension import child_finished
 
 
 @dataclass
 class Cancellation:
-    """What a cancel did: runs cancelled now, runs asked to stop, and nudges to publish."""
+    """What a cancel did: runs cancelled now, runs asked to stop, and messages to publish."""
 
     cancelled: list[str] = field(default_factory=list)
     requested: list[str] = field(default_factory=list)
-    nudges: list[Nudge] = field(default_factory=list)
+    messages: list[RunMessage] = field(default_factory=list)
 
 
 def _error(reason: str) -> str:
@@ -53,7 +53,7 @@ def _cancel(run_id: str, reason: str, outcome: Cancellation, using: str, top: bo
         status = row["status"]
         if top and not row["durable"] and row["parent_id"] is None:
             raise RunStateError(run_id, status, "cancel", OBSERVED)
-        if status in FINISHED_STATUSES:
+        if status in FINISHED:
             if top:
                 raise RunStateError(run_id, status, "cancel")
             return
@@ -80,15 +80,18 @@ def _cancel(run_id: str, reason: str, outcome: Cancellation, using: str, top: bo
     raise RunStateError(run_id, "changing concurrently", "cancel")
 
 
+def cancel_descendant(run_id: str, reason: str, outcome: Cancellation, using: str = "default") -> None:
+    """Cancel a run as part of a larger cancellation (an event's ``cancel_on``): a finished run is skipped."""
+    _cancel(run_id, reason, outcome, using, top=False)
+
+
 def _after_cancel(run_id: str, parent_id: str | None, reason: str, outcome: Cancellation, using: str) -> None:
-    for child in Run.objects.using(using).filter(parent_id=run_id).exclude(status__in=FINISHED_STATUSES):
+    for child in Run.objects.using(using).filter(parent_id=run_id).exclude(status__in=FINISHED):
         _cancel(child.id, f"parent {run_id} was cancelled", outcome, using, top=False)
     if parent_id is not None:
-        from .suspend import child_finished
-
-        nudge = child_finished(parent_id, using)
-        if nudge is not None:
-            outcome.nudges.append(nudge)
+        message = child_finished(parent_id, using)
+        if message is not None:
+            outcome.messages.append(message)
 
 
 def stop_at_boundary(run_id: str, generation: int, using: str = "default") -> Cancellation | None:
@@ -140,7 +143,7 @@ def take_timed_out(limit: int, using: str = "default") -> Cancellation:
     now = clock.now()
     outcome = Cancellation()
     # A running run already asked to stop is not asked again every tick.
-    unfinished = Run.objects.using(using).exclude(status__in=FINISHED_STATUSES).filter(cancel_requested_at__isnull=True)
+    unfinished = Run.objects.using(using).exclude(status__in=FINISHED).filter(cancel_requested_at__isnull=True)
     late_finish = unfinished.filter(finish_by__lt=now).values_list("id", flat=True)[:limit]
     late_start = unfinished.filter(start_by__lt=now, started_at__isnull=True).values_list("id", flat=True)[:limit]
     for run_id, why in [*((r, "finish") for r in late_finish), *((r, "start") for r in late_start)]:
@@ -150,3 +153,9 @@ def take_timed_out(limit: int, using: str = "default") -> Cancellation:
         except (RunStateError, RunNotFound):
             continue
     return outcome
+
+
+def cancelled_rows(run_ids: list[str]) -> list[tuple[str, str, str | None, bool]]:
+    """``(id, task name, reason, durable)`` of cancelled runs, for the result backend and signals."""
+    rows = Run.objects.filter(id__in=run_ids).values_list("id", "task_name", "cancel_reason", "durable")
+    return list(rows)

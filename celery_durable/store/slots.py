@@ -10,57 +10,19 @@ polling loop waits for slots. A slot held by a run that is neither queued nor ru
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
+from django.db.models.functions import Coalesce
 
-from . import clock
-from .exceptions import DurableConfigError
-from .flow.keys import resolve_key
-from .models import Run, RunStatus, Slot
-from .runs import Nudge, nudge_for
-
-if TYPE_CHECKING:
-    from .integration.task import DurableTask
+from .. import clock
+from ..models import Run, Slot
+from ..states import HOLDING_SLOTS, RunStatus
+from .messages import RunMessage
+from .rows import message_for
 
 PROMOTION_CANDIDATES = 10
-HOLDING = (RunStatus.QUEUED, RunStatus.RUNNING)
-
-
-def slot_limits(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, int]:
-    """The slot keys of one call with their limits (``{"task:user-7": 1}``)."""
-    concurrency = task.concurrency
-    if concurrency is None:
-        return {}
-    entries = list(concurrency) if isinstance(concurrency, list | tuple) else [concurrency]
-    bound = task.bound_arguments(list(args), kwargs)
-    args, kwargs = task.call_arguments(args, kwargs)
-    limits: dict[str, int] = {}
-    for index, entry in enumerate(entries):
-        value = resolve_key(task.name, "concurrency", entry.key, bound, args, kwargs)
-        if entry.scope == "global":
-            key = f"{entry.name}:{value}"
-        else:  # the key's path (or position) keeps two dimensions of one task apart
-            key = f"{task.name}:{entry.key if isinstance(entry.key, str) else f'#{index}'}:{value}"
-        limits[key[:255]] = entry.limit
-    return limits
-
-
-def priority_of(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    """The run's priority (-600..600 seconds of head start), from an int or a callable."""
-    priority = task.durable_priority
-    if priority is None:
-        return 0
-    if callable(priority):
-        call_args, call_kwargs = task.call_arguments(args, kwargs)
-        try:
-            priority = priority(*call_args, **call_kwargs)
-        except Exception as exc:
-            raise DurableConfigError(f"{task.name}: the priority function raised {exc!r}") from exc
-    if isinstance(priority, bool) or not isinstance(priority, int) or not -600 <= priority <= 600:
-        raise DurableConfigError(f"{task.name}: priority must be an int in -600..600, got {priority!r}")
-    return priority
 
 
 _last_call: Any = None
@@ -113,7 +75,7 @@ def acquire(run_id: str, limits: dict[str, int | None]) -> bool:
     return True
 
 
-def release(run_id: str) -> list[Nudge]:
+def release(run_id: str) -> list[RunMessage]:
     """Give back a finished or suspended run's slots and promote the next pending runs.
 
     A run with one key hands its slot straight to the head of that key's backlog when the
@@ -122,7 +84,7 @@ def release(run_id: str) -> list[Nudge]:
     with transaction.atomic():
         row = (
             Run.objects.filter(id=run_id, holds_slots=True)
-            .exclude(status__in=HOLDING)
+            .exclude(status__in=HOLDING_SLOTS)
             .values_list("slot_key1", "slot_key2")
             .first()
         )
@@ -142,7 +104,7 @@ def release(run_id: str) -> list[Nudge]:
     return promote(keys)
 
 
-def _hand_over(key: str) -> Nudge | None:
+def _hand_over(key: str) -> RunMessage | None:
     """Pass a released slot of ``key`` to the head of its backlog if that run needs only this key.
 
     Not when a lowered limit left the key over it (the slot must go back then). Locks the
@@ -171,19 +133,19 @@ def _hand_over(key: str) -> Nudge | None:
     taken = Run.objects.filter(
         id=head, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
     ).update(status=RunStatus.QUEUED, published_at=clock.now(), holds_slots=True)
-    return nudge_for(head) if taken else None
+    return message_for(head) if taken else None
 
 
-def promote(keys: list[str]) -> list[Nudge]:
+def promote(keys: list[str]) -> list[RunMessage]:
     """Start the next pending run of each key that can take all its slots (a transaction each)."""
-    nudges: list[Nudge] = []
+    messages: list[RunMessage] = []
     for key in keys:
         with transaction.atomic():
-            nudges += _promote_one(key)
-    return nudges
+            messages += _promote_one(key)
+    return messages
 
 
-def _promote_one(key: str) -> list[Nudge]:
+def _promote_one(key: str) -> list[RunMessage]:
     now = clock.now()
     candidates: list[tuple[Any, str]] = []
     for field in ("slot_key1", "slot_key2"):
@@ -198,39 +160,43 @@ def _promote_one(key: str) -> list[Nudge]:
             continue
         keys_of = Run.objects.filter(id=run_id).values_list("slot_key1", "slot_key2").get()
         if acquire(run_id, {k: None for k in keys_of if k}):
-            return [nudge_for(run_id)]
+            return [message_for(run_id)]
         Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING, published_at=None)
     return []
 
 
 def reclaim(run_id: str, generation: int, limits: dict[str, int]) -> bool:
-    """A resumed run (after a sleep, wait or retry) takes its slots again, or waits in the backlog."""
+    """A resumed run (after a sleep, wait or retry) takes its slots again, or waits in the backlog.
+
+    ``False`` when it goes back to the backlog, or when the execution of ``generation`` no
+    longer holds the run (then nothing changes).
+    """
     with transaction.atomic():
+        held = Run.objects.filter(id=run_id, generation=generation, status=RunStatus.RUNNING)
+        # The fence, and the row lock that keeps a takeover out until this transaction ends.
+        if held.update(backlog_at=Coalesce(F("backlog_at"), clock.now())) != 1:
+            return False
         # A run recorded without intake (``send_task``, or created before its task declared
         # ``concurrency``) has no keys yet: without them its release would give nothing back.
         keys = sorted(limits)
         if keys:
-            runs = Run.objects.filter(id=run_id)
-            runs.filter(slot_key1__isnull=True).update(slot_key1=keys[0], slot_key2=keys[1] if len(keys) > 1 else None)
-            runs.filter(backlog_at__isnull=True).update(backlog_at=clock.now())
+            held.filter(slot_key1__isnull=True).update(slot_key1=keys[0], slot_key2=keys[1] if len(keys) > 1 else None)
         if acquire(run_id, dict(limits)):
             return True
-        Run.objects.filter(id=run_id, generation=generation, status=RunStatus.RUNNING).update(
-            status=RunStatus.PENDING, lease_owner=None, lease_expires_at=None
-        )
+        held.update(status=RunStatus.PENDING, lease_owner=None, lease_expires_at=None)
         return False
 
 
-def repair(limit: int) -> list[Nudge]:
+def repair(limit: int) -> list[RunMessage]:
     """Backstop: runs that hold slots but are neither queued nor running give them back."""
-    leaked = Run.objects.filter(holds_slots=True).exclude(status__in=HOLDING).values_list("id", flat=True)[:limit]
-    nudges: list[Nudge] = []
+    leaked = Run.objects.filter(holds_slots=True).exclude(status__in=HOLDING_SLOTS).values_list("id", flat=True)[:limit]
+    messages: list[RunMessage] = []
     for run_id in list(leaked):
-        nudges += release(run_id)
-    return nudges
+        messages += release(run_id)
+    return messages
 
 
-def promote_stranded(limit: int) -> list[Nudge]:
+def promote_stranded(limit: int) -> list[RunMessage]:
     """Backstop: pending runs whose keys have free slots (a release raced their suspension)."""
     keys = set(_backlog_keys(limit))
     free = set(Slot.objects.filter(key__in=keys, in_use__lt=F("limit")).values_list("key", flat=True))
@@ -260,3 +226,11 @@ def _backlog_keys(limit: int) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute(sql, [RunStatus.PENDING, RunStatus.PENDING, limit])
         return [row[0] for row in cursor.fetchall()]
+
+
+def admit(run_id: str, limits: dict[str, int]) -> bool:
+    """A new ``pending`` run takes every slot now and becomes ``queued``, or stays in the backlog."""
+    if not acquire(run_id, dict(limits)):
+        return False
+    Run.objects.filter(id=run_id, status=RunStatus.PENDING).update(status=RunStatus.QUEUED, published_at=clock.now())
+    return True

@@ -1,0 +1,66 @@
+"""One pass of the services.
+
+Wake due runs, cancel timed-out ones, republish lost messages, reap expired leases, and
+repair slots (the backstops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..conf import get_settings
+from ..exceptions import WorkerLost
+from ..models import Run
+from ..store import cancellation, recovery, slots
+from ..store.cancellation import Cancellation
+from . import cancel
+from .ports import Publisher
+
+
+@dataclass
+class TickReport:
+    """What one tick of the services did."""
+
+    woken: int = 0
+    republished: int = 0
+    recovered: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    promoted: int = 0
+
+
+def tick(publisher: Publisher, using: str = "default", backstops: bool = True) -> TickReport:
+    """One pass: publish due runs, republish lost messages, requeue expired leases.
+
+    An idle pass costs one query (:func:`recovery.work_pending`); ``backstops`` adds the
+    slot backstops (the services loop runs them every ``BACKSTOP_EVERY`` ticks).
+    """
+    settings = get_settings()
+    report = TickReport()
+    batch = settings.WAKER_BATCH_SIZE
+    if recovery.work_pending(settings.WAKER_INTERVAL, settings.REPUBLISH_AFTER_SECONDS, using):
+        # Runs due within the next interval go out now with a short countdown: just in time.
+        due = recovery.take_due(batch, settings.WAKER_INTERVAL, using)
+        publisher.publish(due)
+        report.woken = len(due)
+        timed_out = cancellation.take_timed_out(batch, using)
+        cancel.finish(timed_out, publisher)
+        report.timed_out = len(timed_out.cancelled) + len(timed_out.requested)
+        lost = recovery.take_unpublished(settings.REPUBLISH_AFTER_SECONDS, batch, using)
+        publisher.publish(lost)
+        report.republished = len(lost)
+        reaped = recovery.take_expired(settings.MAX_RECOVERIES, batch, using)
+        publisher.publish(reaped.messages)
+        report.recovered = len(reaped.messages)
+        cancel.finish(Cancellation(cancelled=reaped.cancelled), publisher)
+        names = dict(Run.objects.using(using).filter(id__in=reaped.failed).values_list("id", "task_name"))
+        for run_id in reaped.failed:
+            publisher.failed_for_good(run_id, names.get(run_id, ""), WorkerLost(run_id))
+        report.failed = len(reaped.failed)
+    if backstops:
+        # Slots held by runs that are no longer queued or running, and backlogs whose slots
+        # are free (each normally handled in the transition itself).
+        promoted = slots.repair(batch) + slots.promote_stranded(batch)
+        publisher.publish(promoted)
+        report.promoted = len(promoted)
+    return report

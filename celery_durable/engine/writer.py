@@ -1,0 +1,66 @@
+"""The writer of a real run's step context.
+
+The fenced checkpoint store, plus the event, child-run and cancellation look-ups that the
+suspending steps need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from .. import clock, signals
+from ..store import events, suspension
+from ..store.checkpoints import CheckpointStore
+from .active import active
+
+
+class RunWriter(CheckpointStore):
+    """The :class:`~celery_durable.runtime.records.CheckpointWriter` of one execution."""
+
+    def __init__(
+        self,
+        run_id: str,
+        generation: int,
+        task_name: str,
+        send_event: Callable[[str, dict[str, Any], str], Any],
+        using: str = "default",
+    ) -> None:
+        super().__init__(run_id, generation, using)
+        self.task_name = task_name
+        self._send_event = send_event
+
+    def save_output(
+        self, step_id: str, kind: str, output: str, attempts: int, started_at: datetime, exists: bool
+    ) -> None:
+        """Record a completed step (fenced), then tell ``step_completed`` receivers."""
+        super().save_output(step_id, kind, output, attempts, started_at, exists)
+        if signals.step_completed.has_listeners(self.task_name):
+            duration = (clock.now() - started_at).total_seconds()
+            signals.send(
+                signals.step_completed,
+                self.task_name,
+                self.run_id,
+                step_id=step_id,
+                attempt=attempts,
+                duration=duration,
+            )
+
+    def find_event(self, name: str, match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
+        """The oldest matching event received since the run was created."""
+        return events.find_event(self.run_id, name, match, exclude, self.using)
+
+    def children(self, step_id: str) -> list[dict[str, Any]]:
+        """The step's child runs in order, with their outcome."""
+        return suspension.children_of(self.run_id, step_id, self.using)
+
+    def cancel_requested(self) -> bool:
+        """Known cancellation (from the heartbeat); no query."""
+        return self.run_id in active.cancelled
+
+    def send_event(self, name: str, data: dict[str, Any], event_id: str) -> dict[str, Any]:
+        """Send an event (deduplicated by ``event_id``) and return it as JSON."""
+        event = self._send_event(name, data, event_id)
+        result: dict[str, Any] = event.to_json()
+        return result

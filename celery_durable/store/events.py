@@ -1,0 +1,84 @@
+"""Event rows: recording an event once per id, and finding the events and waits that match."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from .. import clock, serialization
+from ..models import Event as EventRow
+from ..models import Run, Step
+from ..runtime.events import Event, matches
+from ..states import FINISHED, RunStatus, StepStatus
+
+
+def as_event(row: EventRow) -> Event:
+    """The public :class:`Event` of a stored row."""
+    return Event(name=row.name, data=row.data_value, id=str(row.event_id), received_at=row.received_at)
+
+
+def record(name: str, data_json: str, event_id: str | None, window: timedelta) -> tuple[EventRow, bool]:
+    """Store an event; ``(row, False)`` with the first event if ``event_id`` was used within ``window``."""
+    now = clock.now()
+    key = event_id or uuid.uuid4().hex
+    for _ in range(2):
+        try:
+            with transaction.atomic():
+                return EventRow.objects.create(name=name, data=data_json, event_id=key, received_at=now), True
+        except IntegrityError:
+            # The id is taken. Past the window it may be reused: release the old holder once.
+            released = EventRow.objects.filter(event_id=key, received_at__lt=now - window).update(
+                event_id=f"{key}~{uuid.uuid4().hex[:12]}"[:255]
+            )
+            if not released:
+                return EventRow.objects.get(event_id=key), False
+    return EventRow.objects.get(event_id=key), False
+
+
+def find_event(
+    run_id: str, name: str, match: dict[str, Any] | None, exclude: set[str], using: str = "default"
+) -> dict[str, Any] | None:
+    """The oldest event ``name`` received since the run was created that matches and is unused."""
+    created_at = Run.objects.using(using).values_list("created_at", flat=True).get(id=run_id)
+    rows = EventRow.objects.using(using).filter(name=name, received_at__gte=created_at).order_by("received_at", "id")
+    for row in rows.iterator(chunk_size=200):
+        if f"row:{row.pk}" in exclude:
+            continue
+        event = as_event(row)
+        if matches(event.data, match):
+            return {**event.to_json(), "_row": row.pk}
+    return None
+
+
+def pending_waits(name: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(run id, step id, wait state)`` of every run waiting for ``name``, in one joined query."""
+    pending = Step.objects.filter(
+        run__status=RunStatus.WAITING, run__waiting_for=name, kind="wait", status=StepStatus.PENDING
+    ).values_list("run_id", "step_id", "output")
+    return [(run_id, step_id, serialization.loads(output or "{}")) for run_id, step_id, output in pending]
+
+
+def wait_state(run_id: str, step_id: str, using: str = "default") -> dict[str, Any] | None:
+    """The stored state of a run's wait step (its name and match), if the step exists."""
+    step = Step.objects.using(using).filter(run_id=run_id, step_id=step_id).values("output").first()
+    return None if step is None else serialization.loads(step["output"] or "{}")
+
+
+def consumed_events(run_id: str, using: str = "default") -> list[dict[str, Any]]:
+    """The events the run's completed waits consumed."""
+    outputs = Step.objects.using(using).filter(run_id=run_id, kind="wait", status=StepStatus.COMPLETED)
+    found = []
+    for out in outputs.values_list("output", flat=True):
+        event = serialization.loads(out or "{}").get("event")
+        if event:
+            found.append(event)
+    return found
+
+
+def unfinished_runs(task_name: str) -> list[tuple[str, list[Any], dict[str, Any]]]:
+    """``(id, args, kwargs)`` of a task's unfinished runs (``cancel_on`` matching)."""
+    candidates = Run.objects.filter(task_name=task_name).exclude(status__in=FINISHED)
+    return [(run.id, run.args_value, run.kwargs_value) for run in candidates.only("id", "args", "kwargs")]

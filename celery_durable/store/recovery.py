@@ -1,0 +1,161 @@
+"""The services' transitions: wake due runs, republish lost messages, reap expired leases.
+
+Each takes a batch of rows locked with ``SKIP LOCKED`` (where the database has it), so two
+services loops never take the same run; each returns the messages to publish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import connections, transaction
+from django.db.models import F
+
+from .. import clock, serialization
+from ..models import Run
+from ..states import FINISHED, WAKEABLE, RunStatus
+from .cancellation import stop_abandoned
+from .messages import RunMessage
+from .rows import locked_ids, messages_for
+from .suspension import child_finished
+
+
+def take_due(limit: int, horizon: float = 0.0, using: str = "default") -> list[RunMessage]:
+    """Runs whose wake time comes within ``horizon`` seconds: queue them and return their messages.
+
+    A run due in the future gets a broker countdown of at most ``horizon`` seconds.
+    """
+    now = clock.now()
+    until = now + timedelta(seconds=horizon)
+    with transaction.atomic(using=using):
+        due = Run.objects.using(using).filter(status__in=WAKEABLE, wake_at__lte=until).order_by("wake_at")
+        ids = locked_ids(due, limit, using)
+        if not ids:
+            return []
+        candidates = Run.objects.using(using).filter(id__in=ids, status__in=WAKEABLE, wake_at__lte=until)
+        rows = {run_id: wake_at or now for run_id, wake_at in candidates.values_list("id", "wake_at")}
+        Run.objects.using(using).filter(id__in=list(rows), status__in=WAKEABLE, wake_at__lte=until).update(
+            status=RunStatus.QUEUED, wake_at=None, waiting_for=None, published_at=now
+        )
+        return [
+            RunMessage(
+                n.run_id, n.task_name, n.args, n.kwargs, n.options, _countdown(rows[n.run_id], now), rows[n.run_id]
+            )
+            for n in messages_for(list(rows), using)
+        ]
+
+
+def work_pending(horizon: float, republish_after: float, using: str = "default") -> bool:
+    """Whether the waker, the timeouts, the sweeper or the reaper has anything to do now.
+
+    One round trip of index probes, so that an idle tick costs one query whatever the size
+    of the tables.
+    """
+    now = clock.now()
+    runs = Run.objects.using(using)
+    unfinished = runs.exclude(status__in=FINISHED).filter(cancel_requested_at__isnull=True)
+    # Each probe is a scalar subquery ordered like the query it stands for, so that it reads
+    # the same index (PostgreSQL drops ORDER BY and LIMIT inside EXISTS, and then may scan
+    # the table when it expects many matches).
+    probes = [
+        runs.filter(status__in=WAKEABLE, wake_at__lte=now + timedelta(seconds=horizon)).order_by("wake_at"),
+        runs.filter(
+            status=RunStatus.QUEUED, wake_at__isnull=True, published_at__lt=now - timedelta(seconds=republish_after)
+        ).order_by("published_at"),
+        runs.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now).order_by("lease_expires_at"),
+        unfinished.filter(finish_by__lt=now).order_by("finish_by"),
+        unfinished.filter(start_by__lt=now, started_at__isnull=True).order_by("start_by"),
+    ]
+    parts, params = [], []
+    for probe in probes:
+        sql, probe_params = probe.values("id")[:1].query.get_compiler(using).as_sql()
+        parts.append(f"({sql}) IS NOT NULL")
+        params.extend(probe_params)
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT " + " OR ".join(parts), params)
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _countdown(wake_at: datetime, now: datetime) -> float | None:
+    seconds = (wake_at - now).total_seconds()
+    return seconds if seconds > 0.001 else None
+
+
+def take_unpublished(republish_after: float, limit: int, using: str = "default") -> list[RunMessage]:
+    """Queued runs whose message may have been lost (commit then crash, broker restart)."""
+    now = clock.now()
+    stale = now - timedelta(seconds=republish_after)
+    with transaction.atomic(using=using):
+        lost = (
+            Run.objects.using(using)
+            .filter(status=RunStatus.QUEUED, wake_at__isnull=True, published_at__lt=stale)
+            .order_by("published_at")
+        )
+        ids = locked_ids(lost, limit, using)
+        if not ids:
+            return []
+        Run.objects.using(using).filter(id__in=ids, status=RunStatus.QUEUED, published_at__lt=stale).update(
+            published_at=now
+        )
+        return messages_for(ids, using)
+
+
+@dataclass
+class Reaped:
+    """What the reaper did: runs to publish again, runs failed for good, runs cancelled."""
+
+    messages: list[RunMessage]
+    failed: list[str]
+    cancelled: list[str]
+
+
+def take_expired(max_recoveries: int, limit: int, using: str = "default") -> Reaped:
+    """Reaper: requeue runs whose lease expired (their worker died).
+
+    A run whose worker died more than ``max_recoveries`` times fails (a task that kills its
+    worker every time); one whose cancellation was requested is cancelled, not requeued.
+    """
+    now = clock.now()
+    with transaction.atomic(using=using):
+        expired = (
+            Run.objects.using(using)
+            .filter(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+            .order_by("lease_expires_at")
+        )
+        ids = locked_ids(expired, limit, using)
+        if not ids:
+            return Reaped([], [], [])
+        runs = Run.objects.using(using).filter(id__in=ids, status=RunStatus.RUNNING, lease_expires_at__lt=now)
+        stopping = list(runs.filter(cancel_requested_at__isnull=False).values_list("id", flat=True))
+        stopped = stop_abandoned(stopping, using)
+        runs = runs.exclude(id__in=stopping)
+        ids = [run_id for run_id in ids if run_id not in stopping]
+        doomed = list(runs.filter(recoveries__gte=max_recoveries).values_list("id", flat=True))
+        parents = list(runs.filter(id__in=doomed, parent_id__isnull=False).values_list("parent_id", flat=True))
+        if doomed:
+            error = serialization.dumps(
+                {
+                    "type": "WorkerLost",
+                    "module": "celery_durable.exceptions",
+                    "message": f"the run's worker was lost {max_recoveries + 1} times; giving up "
+                    f"(CELERY_DURABLE['MAX_RECOVERIES'])",
+                    "traceback": "",
+                },
+                "error record",
+            )
+            runs.filter(id__in=doomed).update(
+                status=RunStatus.FAILED, error=error, finished_at=now, lease_owner=None, lease_expires_at=None
+            )
+        requeue = [run_id for run_id in ids if run_id not in doomed]
+        runs.filter(id__in=requeue).update(
+            status=RunStatus.QUEUED,
+            recoveries=F("recoveries") + 1,
+            lease_owner=None,
+            lease_expires_at=None,
+            published_at=now,
+        )
+        resumed = [child_finished(parent, using) for parent in parents]
+        messages = messages_for(requeue, using) + [n for n in resumed if n is not None] + stopped.messages
+        return Reaped(messages, doomed, stopped.cancelled)

@@ -1,0 +1,29 @@
+"""Reading run rows for the transitions: their messages, and batches locked for one tick."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connections
+
+from ..models import Run
+from .messages import RunMessage
+
+_FIELDS = ("id", "task_name", "args", "kwargs", "options")
+
+
+def message_for(run_id: str, using: str = "default") -> RunMessage:
+    """The message that publishes ``run_id`` (one query)."""
+    return RunMessage(*Run.objects.using(using).values_list(*_FIELDS).get(id=run_id))
+
+
+def messages_for(ids: list[str], using: str = "default") -> list[RunMessage]:
+    """The messages of several runs (one query)."""
+    return [RunMessage(*row) for row in Run.objects.using(using).filter(id__in=ids).values_list(*_FIELDS)]
+
+
+def locked_ids(queryset: Any, limit: int, using: str) -> list[str]:
+    """Up to ``limit`` ids of ``queryset``, rows locked and skipped if another tick holds them."""
+    if connections[using].features.has_select_for_update_skip_locked:
+        queryset = queryset.select_for_update(skip_locked=True)
+    return list(queryset.values_list("id", flat=True)[:limit])
