@@ -60,9 +60,10 @@ def tests(session: nox.Session, django: str) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff, mypy, migrations and the docs build."""
+    """ruff, mypy, the import contracts, migrations and the docs build."""
     session.install("-e", ".[dev]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", "celery_durable")
     session.run("mypy", "celery_durable")
+    session.run("lint-imports")  # the layers of docs/architecture.md (contracts in pyproject.toml)
     session.run("mkdocs", "build", "--strict", "--quiet", "--site-dir", "var/site")

@@ -138,3 +138,23 @@ def test_bad_celery_retry_option__fails_at_import_naming_the_task(options, fragm
             return None
 
     assert "t.bad_retry" in str(info.value)
+
+
+def test_priority_option_does_not_trigger_celerys_deprecation_warning():
+    import warnings
+
+    from celery import Celery
+
+    from celery_durable import DurableTask
+
+    app = Celery("priority-warning", set_as_current=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        @app.task(base=DurableTask, priority=30, shared=False)
+        def prioritized() -> None: ...
+
+        prioritized.bind(app)  # Celery warns here about a 'priority' in the task class's dict
+        prioritized.name  # noqa: B018  (forces the lazy task to bind)
+    assert [str(w.message) for w in caught if "priority" in str(w.message)] == []
+    assert prioritized.durable_spec.priority == 30
