@@ -17,7 +17,9 @@ from .exceptions import (
     RunCancelled,
     RunNotFound,
     RunSkipped,
+    RunStateError,
     SerializationError,
+    StepNotFound,
 )
 from .integration.install import install
 from .integration.task import DurableTask, durable_task
@@ -42,7 +44,9 @@ __all__ = [
     "RunCancelled",
     "RunNotFound",
     "RunSkipped",
+    "RunStateError",
     "SerializationError",
+    "StepNotFound",
     "Singleton",
     "Throttle",
     "Timeouts",

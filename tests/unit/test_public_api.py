@@ -31,6 +31,8 @@ EXPECTED = [
     "NonDeterminismError",
     "RunNotFound",
     "RunSkipped",
+    "RunStateError",
+    "StepNotFound",
     "RunCancelled",
     "ChildRunFailed",
 ]
