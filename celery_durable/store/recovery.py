@@ -17,7 +17,7 @@ from ..models import Run
 from ..states import FINISHED, WAKEABLE, RunStatus
 from .cancellation import stop_abandoned
 from .messages import RunMessage
-from .rows import locked_ids, messages_for
+from .rows import locked_ids, locked_messages, messages_for
 from .suspension import child_finished
 
 
@@ -30,19 +30,15 @@ def take_due(limit: int, horizon: float = 0.0, using: str = "default") -> list[R
     until = now + timedelta(seconds=horizon)
     with transaction.atomic(using=using):
         due = Run.objects.using(using).filter(status__in=WAKEABLE, wake_at__lte=until).order_by("wake_at")
-        ids = locked_ids(due, limit, using)
-        if not ids:
+        taken = locked_messages(due, limit, using)
+        if not taken:
             return []
-        candidates = Run.objects.using(using).filter(id__in=ids, status__in=WAKEABLE, wake_at__lte=until)
-        rows = {run_id: wake_at or now for run_id, wake_at in candidates.values_list("id", "wake_at")}
-        Run.objects.using(using).filter(id__in=list(rows), status__in=WAKEABLE, wake_at__lte=until).update(
-            status=RunStatus.QUEUED, wake_at=None, waiting_for=None, published_at=now
-        )
+        Run.objects.using(using).filter(
+            id__in=[message.run_id for message, _ in taken], status__in=WAKEABLE, wake_at__lte=until
+        ).update(status=RunStatus.QUEUED, wake_at=None, waiting_for=None, published_at=now)
         return [
-            RunMessage(
-                n.run_id, n.task_name, n.args, n.kwargs, n.options, _countdown(rows[n.run_id], now), rows[n.run_id]
-            )
-            for n in messages_for(list(rows), using)
+            RunMessage(m.run_id, m.task_name, m.args, m.kwargs, m.options, _countdown(at or now, now), at or now)
+            for m, at in taken
         ]
 
 
@@ -93,13 +89,13 @@ def take_unpublished(republish_after: float, limit: int, using: str = "default")
             .filter(status=RunStatus.QUEUED, wake_at__isnull=True, published_at__lt=stale)
             .order_by("published_at")
         )
-        ids = locked_ids(lost, limit, using)
-        if not ids:
+        taken = [message for message, _ in locked_messages(lost, limit, using)]
+        if not taken:
             return []
-        Run.objects.using(using).filter(id__in=ids, status=RunStatus.QUEUED, published_at__lt=stale).update(
-            published_at=now
-        )
-        return messages_for(ids, using)
+        Run.objects.using(using).filter(
+            id__in=[message.run_id for message in taken], status=RunStatus.QUEUED, published_at__lt=stale
+        ).update(published_at=now)
+        return taken
 
 
 @dataclass

@@ -27,3 +27,14 @@ def locked_ids(queryset: Any, limit: int, using: str) -> list[str]:
     if connections[using].features.has_select_for_update_skip_locked:
         queryset = queryset.select_for_update(skip_locked=True)
     return list(queryset.values_list("id", flat=True)[:limit])
+
+
+def locked_messages(queryset: Any, limit: int, using: str) -> list[tuple[RunMessage, Any]]:
+    """Up to ``limit`` runs of ``queryset`` as ``(message, wake_at)``, locked in the same query.
+
+    Rows that another services tick holds are skipped (where the database can).
+    """
+    if connections[using].features.has_select_for_update_skip_locked:
+        queryset = queryset.select_for_update(skip_locked=True)
+    rows = queryset.values_list(*_FIELDS, "wake_at")[:limit]
+    return [(RunMessage(*row[:-1]), row[-1]) for row in rows]
