@@ -16,6 +16,7 @@ from celery.result import AsyncResult
 from celery.utils import uuid
 
 from .. import clock, serialization
+from ..dbcheck import translated
 from ..exceptions import DurableConfigError, DurableError, RetryAfter, RunCancelled, SerializationError, _StepFailed
 from ..options import (
     CancelOn,
@@ -247,6 +248,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             self._durable_exec_options = options
         return self._durable_exec_options
 
+    @translated
     def apply_async(
         self,
         args: Any = None,

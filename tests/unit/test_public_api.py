@@ -33,6 +33,7 @@ EXPECTED = [
     "RunSkipped",
     "RunCancelled",
     "ChildRunFailed",
+    "DurableNotMigrated",
 ]
 
 
