@@ -661,3 +661,6 @@ def durable_task(*args: Any, **options: Any) -> Any:
     if args:
         raise DurableConfigError("durable_task takes keyword options only")
     return decorate
+
+
+from . import guard  # noqa: E402, F401  (connects the worker's startup check for a missing install(app))
