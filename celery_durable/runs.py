@@ -7,7 +7,7 @@ must be published; callers publish after commit (:mod:`celery_durable.integratio
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -507,6 +507,7 @@ class Reaped:
     nudges: list[Nudge]
     failed: list[str]
     cancelled: list[str]
+    requeued: list[str] = field(default_factory=list)  # after a lost worker (the rest of nudges: parents)
 
 
 def take_expired(max_recoveries: int, limit: int, using: str = "default") -> Reaped:
@@ -560,7 +561,7 @@ def take_expired(max_recoveries: int, limit: int, using: str = "default") -> Rea
 
         resumed = [child_finished(parent, using) for parent in parents]
         nudges = _nudges(requeue, using) + [n for n in resumed if n is not None] + stopped.nudges
-        return Reaped(nudges, doomed, stopped.cancelled)
+        return Reaped(nudges, doomed, stopped.cancelled, requeue)
 
 
 def fail_unregistered(run_id: str, task_name: str, using: str = "default") -> bool:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Ignore
 
-from .. import serialization
+from .. import serialization, signals
 
 if TYPE_CHECKING:
     from ..runs import Nudge
@@ -72,6 +72,7 @@ def _execute(task: DurableTask, nudge: Nudge) -> list[Nudge]:
         retries=0,
     )
     request = task.request
+    signals.send(signals.run_handed_off, task.name, nudge.run_id, from_run_id=outer.id)
     try:
         _store_outcome(task, nudge.run_id, args, kwargs, request)
         return take_promoted(task)

@@ -245,3 +245,6 @@ def install(app: Celery) -> None:
     signals.task_postrun.connect(_plain_child_finished, weak=False, dispatch_uid="celery_durable.child_postrun")
     _cancel_on_revoke(app)
     observe.connect()
+    from ..logs import log_transitions
+
+    log_transitions()  # "sleeping until ...", "handed off inline", ... in the worker's log

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from celery import Celery
 from django.db import DatabaseError, connections
 
-from .. import runs
+from .. import runs, signals
 from ..conf import get_settings
 from .publish import publish_all
 
@@ -73,6 +73,7 @@ def _services(app: Celery, report: TickReport, batch: int, using: str) -> None:
     lost = runs.take_unpublished(settings.REPUBLISH_AFTER_SECONDS, batch, using)
     report.republished = publish_all(app, lost)
     reaped = runs.take_expired(settings.MAX_RECOVERIES, batch, using)
+    signals.recovered(reaped.nudges, reaped.requeued)
     report.recovered = publish_all(app, reaped.nudges)
     from ..cancellation import Cancellation
     from ..exceptions import WorkerLost
