@@ -51,3 +51,24 @@ def spawn():
     yield start
     for spawned in reversed(started):
         spawned.stop()
+
+
+@pytest.fixture
+def fresh_pg_database():
+    """A new, empty PostgreSQL database named for this test; dropped at teardown."""
+    import uuid
+
+    from tests.conftest import service_unavailable
+    from tests.quickstart import pg_connect
+
+    name = f"durable_new_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = pg_connect()
+    except Exception as exc:
+        service_unavailable(f"PostgreSQL is unreachable: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield name
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
