@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .dbcheck import translated
+
 if TYPE_CHECKING:
     from .models import Run
     from .runtime.events import Event
 
 
+@translated
 def send_event(name: str, data: dict[str, Any] | None = None, *, id: str | None = None) -> Event:
     """Record an event; start ``on_event`` tasks, resume matching waits, apply ``cancel_on``.
 

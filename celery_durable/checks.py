@@ -57,18 +57,34 @@ def sqlite_messages(databases: dict[str, Any]) -> list[checks.CheckMessage]:
 
 
 def _celery_app() -> Any:
-    from celery import current_app
+    from celery._state import get_current_app
 
-    return current_app
+    return get_current_app()
 
 
 @checks.register()
 def check_celery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """E004/W006: durable tasks need acks_late and install(app); W007-W009: broker priority."""
+    """E004/E010/W011: durable tasks need acks_late and install(app); W007-W009: broker priority."""
+    return celery_messages(_celery_app())
+
+
+def celery_messages(app: Any) -> list[checks.CheckMessage]:
+    """The Celery checks over one Celery app, after importing its task modules as a worker does."""
+    from .integration import guard
     from .integration.task import DurableTask
 
-    app = _celery_app()
     messages: list[checks.CheckMessage] = []
+    try:
+        guard.import_task_modules(app)
+    except Exception as exc:
+        messages.append(
+            checks.Warning(
+                f"the Celery task modules could not be imported: {exc!r}",
+                hint="The checks of durable tasks (E004, E010, W007-W009) only see tasks already "
+                "imported. A worker would fail to import them too.",
+                id="celery_durable.W011",
+            )
+        )
     durable = [task for task in app.tasks.values() if isinstance(task, DurableTask)]
     for task in durable:
         if not task.acks_late:
@@ -80,14 +96,14 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
                     id="celery_durable.E004",
                 )
             )
-    installed = getattr(app, "_celery_durable_installed", False)
+    installed = guard.installed(app)
     if durable and not installed:
+        names = sorted(task.name for task in durable)
         messages.append(
-            checks.Warning(
-                "durable tasks are declared but celery_durable.install(app) was not called",
-                hint="Call celery_durable.install(app) in your Celery module so workers run the "
-                "waker and reaper and keep their database connection.",
-                id="celery_durable.W006",
+            checks.Error(
+                guard.missing_install_message(app, names),
+                hint=guard.missing_install_hint(app),
+                id="celery_durable.E010",
             )
         )
     prioritized = [task.name for task in durable if task.durable_priority is not None]

@@ -161,6 +161,10 @@ class WorkerLost(DurableError):
         return f"the worker of run {self.run_id!r} was lost too many times (CELERY_DURABLE['MAX_RECOVERIES'])"
 
 
+class DurableNotMigrated(DurableError, RuntimeError):
+    """celery-durable's tables are missing or out of date: run ``python manage.py migrate``."""
+
+
 class StepOutputTooLarge(SerializationError):
     """A step output exceeds ``MAX_STEP_OUTPUT_BYTES``."""
 

@@ -29,6 +29,10 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from .integration.worker_log import log_transitions
+
+__all__ = ["current_fields", "log_signals", "log_transitions", "stop_logging_signals"]
+
 FIELDS = ("run_id", "task_name", "step_id", "attempt")
 
 #: The logger :func:`log_signals` writes to.
@@ -142,4 +146,7 @@ LEVELS = {
     "run_cancelled": logging.INFO,
     "step_failed": logging.WARNING,
     "step_completed": logging.DEBUG,
+    "run_suspended": logging.INFO,
+    "run_handed_off": logging.INFO,
+    "run_recovered": logging.WARNING,
 }

@@ -10,16 +10,25 @@ Every signal is sent with ``sender`` = the task name and keyword arguments ``run
 - ``run_cancelled``: with ``reason``.
 - ``step_failed``: with ``step_id``, ``attempt``, ``error`` and ``retry_in`` (None: no retry).
 - ``step_completed``: with ``step_id``, ``attempt`` and ``duration``.
+- ``run_suspended``: the run's execution ended and the run waits, with ``reason``
+  (``"sleep"``, ``"wait"``, ``"children"``), ``step_id``, ``wake_at`` (the sleep's end, the
+  wait's or the children's deadline, or None), ``event`` (the awaited event name) and
+  ``children`` (how many child runs it waits for).
+- ``run_handed_off``: a process that freed a concurrency slot executes the promoted run
+  inline, with ``from_run_id`` (the run that finished there).
+- ``run_recovered``: the reaper requeued the run because its worker was lost (its lease
+  expired); it resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from django.dispatch import Signal
 
 logger = logging.getLogger("celery_durable")
+OutcomeT = TypeVar("OutcomeT")
 
 run_started = Signal()
 run_resumed = Signal()
@@ -28,6 +37,9 @@ run_failed = Signal()
 run_cancelled = Signal()
 step_failed = Signal()
 step_completed = Signal()
+run_suspended = Signal()
+run_handed_off = Signal()
+run_recovered = Signal()
 
 
 def send(signal: Signal, task_name: str, run_id: str, **kwargs: Any) -> None:
@@ -37,3 +49,32 @@ def send(signal: Signal, task_name: str, run_id: str, **kwargs: Any) -> None:
     for receiver, response in signal.send_robust(sender=task_name, run_id=run_id, task_name=task_name, **kwargs):
         if isinstance(response, Exception):
             logger.error("celery_durable signal receiver %r failed: %r", receiver, response)
+
+
+def suspended(task_name: str, run_id: str, suspension: Any, outcome: OutcomeT) -> OutcomeT:
+    """Send ``run_suspended`` for a committed suspension (``outcome.kind == "suspended"``); return ``outcome``.
+
+    ``suspension`` is the ``_Suspend`` the body raised (its ``reason`` and ``details``).
+    """
+    if getattr(outcome, "kind", None) == "suspended":
+        details = suspension.details
+        children = len(details["specs"]) if "specs" in details else details.get("children")
+        send(
+            run_suspended,
+            task_name,
+            run_id,
+            reason="children" if suspension.reason.startswith("children") else suspension.reason,
+            step_id=details.get("step_id"),
+            wake_at=details.get("wake_at"),
+            event=details.get("event"),
+            children=children,
+        )
+    return outcome
+
+
+def recovered(nudges: list[Any], requeued: list[str]) -> None:
+    """Send ``run_recovered`` for the reaper's requeued runs (``nudges`` give their task names)."""
+    ids = set(requeued)
+    for nudge in nudges:
+        if nudge.run_id in ids:
+            send(run_recovered, nudge.task_name, nudge.run_id)

@@ -130,7 +130,7 @@ def execute(
             context.deactivate(token)
         return _finish(run, value)
     except _Suspend as suspend:
-        return _suspend(run, suspend)
+        return signals.suspended(task_name, run_id, suspend, _suspend(run, suspend))
     except _StepFailed as failed:
         return _step_failed(run, failed, settings.WAKER_INTERVAL)
     except _Cancelled:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import signals
 from ..conf import get_settings
 from ..exceptions import WorkerLost
 from ..models import Run
@@ -50,6 +51,7 @@ def tick(publisher: Publisher, using: str = "default", backstops: bool = True) -
         publisher.publish(lost)
         report.republished = len(lost)
         reaped = recovery.take_expired(settings.MAX_RECOVERIES, batch, using)
+        signals.recovered(reaped.messages, reaped.requeued)
         publisher.publish(reaped.messages)
         report.recovered = len(reaped.messages)
         cancel.finish(Cancellation(cancelled=reaped.cancelled), publisher)

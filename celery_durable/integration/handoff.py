@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from celery.exceptions import Ignore
 
-from .. import serialization
+from .. import serialization, signals
 from ..store.messages import RunMessage
 
 
@@ -87,6 +87,7 @@ def _execute(task: DurableTask, message: RunMessage) -> list[RunMessage]:
         retries=0,
     )
     request = task.request
+    signals.send(signals.run_handed_off, task.name, message.run_id, from_run_id=outer.id)
     try:
         _store_outcome(task, message.run_id, args, kwargs, request)
         return take_promoted(task)

@@ -19,6 +19,7 @@ from . import observe
 from .publish import CHILD_HEADER, NUDGE_HEADER, publish_all
 from .routing import install_router
 from .task import DurableTask
+from .worker_log import log_transitions
 
 logger = logging.getLogger("celery_durable")
 
@@ -238,3 +239,4 @@ def install(app: Celery) -> None:
     signals.task_postrun.connect(_plain_child_finished, weak=False, dispatch_uid="celery_durable.child_postrun")
     _cancel_on_revoke(app)
     observe.connect()
+    log_transitions()  # "sleeping until ...", "handed off inline", ... in the worker's log

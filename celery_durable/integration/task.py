@@ -23,6 +23,7 @@ from django.db import transaction
 
 from .. import clock, serialization
 from ..conf import get_settings
+from ..dbcheck import translated
 from ..engine.declaration import celery_retry_options, validate_options
 from ..engine.spec import TaskSpec
 from ..exceptions import DurableConfigError, RetryAfter, RunCancelled, RunSkipped, _StepFailed
@@ -32,7 +33,7 @@ from ..runtime.memory import ephemeral_context
 from ..runtime.steps import StepContext
 from ..states import RunStatus
 from ..store.messages import RunMessage
-from . import handoff
+from . import handoff  # guard: connects the worker's startup check for a missing install(app)
 from .publish import NUDGE_HEADER, publish_all
 from .registry import CeleryPublisher, CeleryRegistry, call_on_failure
 
@@ -159,6 +160,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             self._durable_exec_options = options
         return self._durable_exec_options
 
+    @translated
     def apply_async(
         self,
         args: Any = None,

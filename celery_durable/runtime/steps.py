@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -21,6 +23,8 @@ from .records import CheckpointWriter, StoredStep
 from .suspension import SuspendingSteps
 
 T = TypeVar("T")
+
+logger = logging.getLogger("celery_durable")
 
 # Set by ``celery_durable.testing`` to inject step failures: (task name, step id) -> error.
 fault_hook: Callable[[str, str], BaseException | None] | None = None
@@ -69,6 +73,9 @@ class StepContext(SuspendingSteps):
         self._clock = clock
         self._max_output_bytes = max_output_bytes
         self._occurrences: dict[str, int] = {}
+        # Where each step id was first used, to tell a loop from a copy-pasted id.
+        self._first_sites: dict[str, tuple[str, int]] = {}
+        self._warned: set[str] = set()
         self._attempt = 1
         self._current: tuple[str, str] | None = None  # (step id as given, with occurrence suffix)
         self.replayed: list[str] = []
@@ -100,7 +107,34 @@ class StepContext(SuspendingSteps):
         validate_step_id(step_id)
         count = self._occurrences.get(step_id, 0) + 1
         self._occurrences[step_id] = count
-        return step_id if count == 1 else f"{step_id}{OCCURRENCE_SEPARATOR}{count}"
+        site = _call_site()
+        if count == 1:
+            self._first_sites[step_id] = site
+            return step_id
+        sid = f"{step_id}{OCCURRENCE_SEPARATOR}{count}"
+        if step_id not in self._warned and site != self._first_sites.get(step_id) and sid not in self._checkpoints:
+            self._warn_repeated(step_id, sid, site)
+        return sid
+
+    def _warn_repeated(self, step_id: str, sid: str, site: tuple[str, int]) -> None:
+        """A step id used again from another line (not a loop): once per run and step id.
+
+        A loop repeats an id from the same line and is silent; the warning comes when the
+        new occurrence is first recorded, so replays of the run do not repeat it.
+        """
+        self._warned.add(step_id)
+        first = self._first_sites.get(step_id, ("?", 0))
+        logger.warning(
+            "durable run %s (%s): step id %r is used again at %s:%d (first at %s:%d); it is recorded as %r. "
+            "Give each step its own id (a loop may repeat one).",
+            self._run_id,
+            self._task_name,
+            step_id,
+            *site,
+            *first,
+            sid,
+            extra={"run_id": self._run_id, "task_name": self._task_name, "step_id": sid},
+        )
 
     def _stored(self, sid: str, kind: str, description: str) -> StoredStep | None:
         stored = self._checkpoints.get(sid)
@@ -167,3 +201,11 @@ class StepContext(SuspendingSteps):
     def steps(self) -> Iterator[StoredStep]:
         """The checkpoints known to this execution (loaded and newly written)."""
         return iter(self._checkpoints.values())
+
+
+def _call_site() -> tuple[str, int]:
+    """File and line of the first caller outside celery_durable (the task body's step call)."""
+    frame = sys._getframe(2)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("celery_durable."):
+        frame = frame.f_back  # type: ignore[assignment]
+    return ("?", 0) if frame is None else (frame.f_code.co_filename, frame.f_lineno)

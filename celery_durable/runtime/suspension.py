@@ -208,7 +208,7 @@ class SuspendingSteps:
         if unfinished:
             timeout_at = state.get("timeout_at")
             if timeout_at is None or self._clock() < timeout_at:
-                raise _Suspend("children-pending", step_id=sid, wake_at=timeout_at)
+                raise _Suspend("children-pending", step_id=sid, wake_at=timeout_at, children=len(unfinished))
             outcome: dict[str, Any] = {
                 "failed": {"run_id": unfinished[0]["id"], "type": "Timeout", "message": f"not finished by {timeout_at}"}
             }

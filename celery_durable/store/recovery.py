@@ -6,7 +6,7 @@ services loops never take the same run; each returns the messages to publish.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import connections, transaction
@@ -105,6 +105,7 @@ class Reaped:
     messages: list[RunMessage]
     failed: list[str]
     cancelled: list[str]
+    requeued: list[str] = field(default_factory=list)  # after a lost worker (the rest of messages: parents)
 
 
 def take_expired(max_recoveries: int, limit: int, using: str = "default") -> Reaped:
@@ -154,4 +155,4 @@ def take_expired(max_recoveries: int, limit: int, using: str = "default") -> Rea
         )
         resumed = [child_finished(parent, using) for parent in parents]
         messages = messages_for(requeue, using) + [n for n in resumed if n is not None] + stopped.messages
-        return Reaped(messages, doomed, stopped.cancelled)
+        return Reaped(messages, doomed, stopped.cancelled, requeue)

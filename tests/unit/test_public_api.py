@@ -35,6 +35,7 @@ EXPECTED = [
     "StepNotFound",
     "RunCancelled",
     "ChildRunFailed",
+    "DurableNotMigrated",
 ]
 
 
