@@ -3,7 +3,8 @@
 import pytest
 
 from celery_durable import get_run
-from celery_durable.models import RunStatus, Step
+from celery_durable.models import Step
+from celery_durable.states import RunStatus
 from tests.e2e.conftest import wait_for
 from tests.testapp import flows
 
