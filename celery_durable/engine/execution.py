@@ -130,7 +130,7 @@ def execute(
             context.deactivate(token)
         return _finish(run, value)
     except _Suspend as suspend:
-        return signals.suspended(task_name, run_id, suspend, _suspend(run, suspend))
+        return signals.suspended(task_name, run_id, suspend, _commit_suspension(run, suspend))
     except _StepFailed as failed:
         return _step_failed(run, failed, settings.WAKER_INTERVAL)
     except _Cancelled:
@@ -253,7 +253,7 @@ def _step_failed(run: _Run, failed: _StepFailed, publish_within: float) -> Outco
     return Outcome("suspended", messages=[queued] if isinstance(queued, RunMessage) else [])
 
 
-def _suspend(run: _Run, suspend: _Suspend) -> Outcome:
+def _commit_suspension(run: _Run, suspend: _Suspend) -> Outcome:
     """Commit a sleep, a wait or child runs; the Celery task then ends."""
     details = suspend.details
     try:

@@ -40,7 +40,7 @@ def _pending_step(run_id: str, step_id: str, kind: str, output: str, exists: boo
         )
 
 
-def _suspend(run_id: str, generation: int, using: str, **fields: Any) -> int:
+def _leave_running(run_id: str, generation: int, using: str, **fields: Any) -> int:
     """Leave ``running`` (fenced by the generation, refused once a cancel is requested)."""
     return (
         Run.objects.using(using)
@@ -55,7 +55,7 @@ def sleep(
     """Suspend a run in ``step.sleep`` until ``wake_at``; ``False`` if it is no longer ours."""
     now = clock.now()
     with transaction.atomic(using=using):
-        if _suspend(run_id, generation, using, status=RunStatus.SLEEPING, wake_at=wake_at) != 1:
+        if _leave_running(run_id, generation, using, status=RunStatus.SLEEPING, wake_at=wake_at) != 1:
             return False
         _pending_step(run_id, step_id, "sleep", output, exists, now, using)
     return True
@@ -74,7 +74,7 @@ def wait(
     """Suspend a run in ``step.wait_for_event`` until a matching event or ``wake_at`` (timeout)."""
     now = clock.now()
     with transaction.atomic(using=using):
-        if _suspend(run_id, generation, using, status=RunStatus.WAITING, waiting_for=event, wake_at=wake_at) != 1:
+        if _leave_running(run_id, generation, using, status=RunStatus.WAITING, waiting_for=event, wake_at=wake_at) != 1:
             return False
         _pending_step(run_id, step_id, "wait", output, exists, now, using)
     return True
@@ -153,7 +153,7 @@ def children(
         fields: dict[str, Any] = {"status": RunStatus.WAITING, "wake_at": wake_at, "children_pending": pending}
         if not pending:
             fields = {"status": RunStatus.QUEUED, "wake_at": None, "children_pending": 0, "published_at": now}
-        if _suspend(run_id, generation, using, **fields) != 1:
+        if _leave_running(run_id, generation, using, **fields) != 1:
             return None
         _pending_step(run_id, step_id, kind, output, False, now, using)
         for index, (spec, is_durable) in enumerate(zip(specs, durable, strict=True)):
@@ -240,4 +240,4 @@ def mark_plain_child_started(run_id: str, using: str = "default") -> None:
 
 def wait_again(run_id: str, generation: int, wake_at: datetime | None, using: str = "default") -> bool:
     """Children still running (woken early): suspend the parent again."""
-    return _suspend(run_id, generation, using, status=RunStatus.WAITING, wake_at=wake_at) == 1
+    return _leave_running(run_id, generation, using, status=RunStatus.WAITING, wake_at=wake_at) == 1
