@@ -40,15 +40,7 @@ def record(
     """Record the call ``message`` describes; its message goes out when the transaction commits."""
     if spec.has_admission:
         return _admit(spec, message, args, kwargs, wake_at, publisher)
-    created = runs.create(
-        run_id=message.run_id,
-        task_name=spec.name,
-        args=message.args,
-        kwargs=message.kwargs,
-        options=message.options,
-        wake_at=wake_at,
-        deadlines=spec.deadlines(clock.now()),
-    )
+    created = runs.record(message, wake_at=wake_at, deadlines=spec.deadlines(clock.now()))
     if created and wake_at is None:
         publisher.publish_on_commit([message])
     return Intake(message.run_id)
@@ -69,14 +61,7 @@ def _admit(
         if decision.kind in ("existing", "debounced"):
             return Intake(decision.run_id)
         if decision.kind == "skip":
-            runs.create_skipped(
-                run_id=message.run_id,
-                task_name=spec.name,
-                args=message.args,
-                kwargs=message.kwargs,
-                options=message.options,
-                reason=decision.reason,
-            )
+            runs.create_skipped(message, decision.reason)
             return Intake(message.run_id, skipped=decision.reason)
         if decision.cancel is not None:
             try:
@@ -87,12 +72,8 @@ def _admit(
         limits = spec.slot_limits(args, kwargs)
         keys = sorted(limits)
         backlogged = bool(limits) and decision.wake_at is None
-        created = runs.create(
-            run_id=message.run_id,
-            task_name=spec.name,
-            args=message.args,
-            kwargs=message.kwargs,
-            options=message.options,
+        created = runs.record(
+            message,
             wake_at=decision.wake_at,
             deadlines=spec.deadlines(clock.now()),
             extra={

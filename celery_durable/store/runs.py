@@ -91,17 +91,37 @@ def record_call(
     return RunMessage(run_id, task_name, args, kwargs, options) if created else None
 
 
-def create_skipped(*, run_id: str, task_name: str, args: str, kwargs: str, options: str, reason: str) -> None:
+def record(
+    message: RunMessage,
+    *,
+    wake_at: datetime | None = None,
+    deadlines: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> bool:
+    """Insert the run a message describes (:func:`create`); ``False`` if it exists already."""
+    return create(
+        run_id=message.run_id,
+        task_name=message.task_name,
+        args=message.args,
+        kwargs=message.kwargs,
+        options=message.options,
+        wake_at=wake_at,
+        deadlines=deadlines,
+        extra=extra,
+    )
+
+
+def create_skipped(message: RunMessage, reason: str) -> None:
     """Record a run that flow control skipped at ``.delay()`` (status ``skipped``)."""
     now = clock.now()
     error = {"type": "RunSkipped", "module": "celery_durable.exceptions", "message": reason, "traceback": ""}
     Run.objects.create(
-        id=run_id,
-        task_name=task_name,
+        id=message.run_id,
+        task_name=message.task_name,
         status=RunStatus.SKIPPED,
-        args=args,
-        kwargs=kwargs,
-        options=options,
+        args=message.args,
+        kwargs=message.kwargs,
+        options=message.options,
         error=serialization.dumps(error, "error record"),
         created_at=now,
         finished_at=now,
