@@ -176,12 +176,17 @@ def parse_age(text: str) -> timedelta:
 
 
 def prunable(older_than: timedelta, now: datetime | None = None) -> QuerySet[Run]:
-    """Finished runs that finished more than ``older_than`` ago."""
+    """Finished runs that finished more than ``older_than`` ago, except children of unfinished parents.
+
+    A parent waiting in ``step.gather`` or ``step.invoke`` reads its finished children when
+    it resumes: they are kept until the parent finishes too.
+    """
     from . import clock
     from .models import Run
 
     cutoff = (now or clock.now()) - older_than
-    return Run.objects.filter(status__in=FINISHED, finished_at__lt=cutoff)
+    unfinished = Run.objects.exclude(status__in=FINISHED).values("pk")
+    return Run.objects.filter(status__in=FINISHED, finished_at__lt=cutoff).exclude(parent_id__in=unfinished)
 
 
 def prune(
@@ -199,29 +204,49 @@ def prune(
     touches more than one batch and locks are held briefly. Unfinished runs are never
     deleted. With ``dry_run`` nothing is deleted and the count is what would be.
     """
-    from django.db import transaction
-
-    from .models import Run, Step
-
     old = prunable(older_than, now)
     if dry_run:
         return old.count()
     deleted = 0
     while True:
-        # Oldest first through the finished_at index; deleted rows drop out of the next batch.
-        ids = list(old.order_by("finished_at", "pk").values_list("pk", flat=True)[:batch])
+        ids = next_batch(old, batch)
         if not ids:
             return deleted
-        with transaction.atomic():
-            Step.objects.filter(run_id__in=ids).delete()
-            Run.objects.filter(parent_id__in=ids).update(parent=None)
-            # Re-check the status: a run replayed since the batch was read is not finished.
-            gone = Run.objects.filter(pk__in=ids, status__in=FINISHED).only("pk").delete()[1].get(Run._meta.label, 0)
+        gone = delete_batch(ids, older_than, now)
         deleted += gone
         if progress is not None:
             progress(deleted)
         if gone == 0:
             return deleted  # every run of the batch changed state meanwhile: stop, don't spin
+
+
+def next_batch(old: QuerySet[Run], batch: int) -> list[str]:
+    """The ids of the next ``batch`` prunable runs, oldest first (through the finished_at index)."""
+    return list(old.order_by("finished_at", "pk").values_list("pk", flat=True)[:batch])
+
+
+def delete_batch(ids: list[str], older_than: timedelta, now: datetime | None = None) -> int:
+    """Delete the runs of ``ids`` that are still prunable, with their steps; return how many.
+
+    One transaction: the runs are re-checked and locked first (``SELECT ... FOR UPDATE``;
+    SQLite serializes writers), so a run replayed since its id was read, or a child whose
+    parent was replayed, keeps its row and its checkpoints; a replay that comes later finds
+    no run. Only the locked runs' steps are deleted.
+    """
+    from django.db import transaction
+
+    from .models import Run, Step
+
+    with transaction.atomic():
+        locked = list(
+            prunable(older_than, now).select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True)
+        )
+        if not locked:
+            return 0
+        Step.objects.filter(run_id__in=locked).delete()
+        Run.objects.filter(parent_id__in=locked).update(parent=None)
+        Run.objects.filter(pk__in=locked).delete()
+    return len(locked)
 
 
 # --- plain-data descriptions (``--json``) ---------------------------------------------------
