@@ -38,7 +38,9 @@ def send_event(name: str, data: dict[str, Any] | None = None, *, id: str | None 
     if id is not None and (not isinstance(id, str) or not id or len(id) > 255 or "\x00" in id):
         raise DurableConfigError(f"send_event({name!r}): id must be a non-empty str (max 255, no NUL), got {id!r}")
     settings = get_settings()
-    data_json = serialization.dumps(data, f"data of event {name!r}", settings.MAX_ARGUMENT_BYTES, "MAX_ARGUMENT_BYTES")
+    data_json = serialization.dumps_value(
+        data, f"data of event {name!r}", settings.MAX_ARGUMENT_BYTES, "MAX_ARGUMENT_BYTES"
+    )
     with transaction.atomic():
         row, created = _record(name, data_json, id, settings.IDEMPOTENCY_WINDOW)
         event = _as_event(row)

@@ -16,7 +16,7 @@ from celery.result import AsyncResult
 from celery.utils import uuid
 
 from .. import clock, serialization
-from ..exceptions import DurableConfigError, DurableError, RetryAfter, RunCancelled, SerializationError, _StepFailed
+from ..exceptions import DurableConfigError, DurableError, RetryAfter, RunCancelled, _StepFailed
 from ..options import (
     CancelOn,
     Concurrency,
@@ -428,20 +428,10 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             raise TypeError(f"{self.name}: {exc}") from None
 
     def _encode_args(self, args: tuple[Any, ...]) -> str:
-        try:
-            return serialization.dumps(list(args), f"arguments of {self.name}", _max_argument_bytes())
-        except SerializationError:
-            for index, value in enumerate(args):  # name the culprit
-                serialization.dumps(value, f"argument {index} of {self.name}", _max_argument_bytes())
-            raise
+        return serialization.dumps_arguments(list(args), self.name, _max_argument_bytes())
 
     def _encode_kwargs(self, kwargs: dict[str, Any]) -> str:
-        try:
-            return serialization.dumps(kwargs, f"keyword arguments of {self.name}", _max_argument_bytes())
-        except SerializationError:
-            for name, value in kwargs.items():
-                serialization.dumps(value, f"argument {name!r} of {self.name}", _max_argument_bytes())
-            raise
+        return serialization.dumps_arguments(kwargs, self.name, _max_argument_bytes())
 
     # --- execution ----------------------------------------------------------------------
 

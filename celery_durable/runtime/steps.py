@@ -201,7 +201,7 @@ class StepContext(SuspendingSteps):
         return result
 
     def _encode(self, sid: str, value: Any) -> str:
-        return serialization.dumps(value, f"output of step {sid!r} of {self._task_name}", self._max_output_bytes)
+        return serialization.dumps_value(value, f"output of step {sid!r} of {self._task_name}", self._max_output_bytes)
 
     def steps(self) -> Iterator[StoredStep]:
         """The checkpoints known to this execution (loaded and newly written)."""
