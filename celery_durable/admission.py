@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 
 from . import clock, serialization
 from .flow import gcra
-from .flow.keys import resolve_key
+from .flow.keys import resolve_key, stored_key
 from .models import FINISHED_STATUSES, FlowState, Run, RunStatus
 from .options import to_seconds
 
@@ -59,7 +59,7 @@ def admit(
     args, kwargs = task.call_arguments(args, kwargs)
 
     def key(option: str, spec: Any) -> str:
-        return f"{option}:{task.name}:{resolve_key(task.name, option, spec, bound, args, kwargs)}"
+        return stored_key(f"{option}:{task.name}:{resolve_key(task.name, option, spec, bound, args, kwargs)}")
 
     holds: list[str] = []
     if task.idempotency_key is not None:

@@ -17,7 +17,7 @@ from django.db.models import F
 
 from . import clock
 from .exceptions import DurableConfigError
-from .flow.keys import resolve_key
+from .flow.keys import resolve_key, stored_key
 from .models import Run, RunStatus, Slot
 from .runs import Nudge, nudge_for
 
@@ -43,7 +43,7 @@ def slot_limits(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
             key = f"{entry.name}:{value}"
         else:  # the key's path (or position) keeps two dimensions of one task apart
             key = f"{task.name}:{entry.key if isinstance(entry.key, str) else f'#{index}'}:{value}"
-        limits[key[:255]] = entry.limit
+        limits[stored_key(key)] = entry.limit
     return limits
 
 

@@ -201,10 +201,23 @@ def test_idempotency_keys__distinct_keys_are_distinct_runs_and_a_repeat_is_the_s
     assert all(len(name) <= 255 for name in FlowState.objects.values_list("name", flat=True))
 
 
+def test_the_admin_finds_a_run_by_its_long_or_quoted_key(durable):
+    from celery_durable.admin.changelist import runs_by_flow_key
+
+    a, b = once.delay(LONG), once.delay(7)
+    assert runs_by_flow_key(LONG, ["is.once"]) == [a.id]
+    assert runs_by_flow_key("7", ["is.once"]) == [b.id]
+
+
+@durable_task(name="is.power", idempotency_key=lambda n: 10**n)
+def power(n):
+    return n
+
+
 def test_an_int_key_too_large_to_print__is_refused_by_name(durable):
     before = counts()
-    with pytest.raises(DurableConfigError):
-        once.delay(10**5000)
+    with pytest.raises(DurableConfigError, match="too large"):
+        power.delay(5000)
     assert counts() == before
 
 
