@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from . import clock, serialization
+from . import clock, serialization, validation
 from .conf import get_settings
 from .exceptions import DurableConfigError
 from .models import FINISHED_STATUSES, Run, RunStatus, Step, StepStatus
@@ -35,8 +35,8 @@ def send_event(name: str, data: dict[str, Any] | None = None, *, id: str | None 
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise DurableConfigError(f"send_event({name!r}): data must be a dict, got {type(data).__name__}")
-    if id is not None and (not isinstance(id, str) or not id or len(id) > 255 or "\x00" in id):
-        raise DurableConfigError(f"send_event({name!r}): id must be a non-empty str (max 255, no NUL), got {id!r}")
+    if id is not None:
+        validation.check_identifier(id, f"send_event({name!r}): id")
     settings = get_settings()
     data_json = serialization.dumps_value(
         data, f"data of event {name!r}", settings.MAX_ARGUMENT_BYTES, "MAX_ARGUMENT_BYTES"

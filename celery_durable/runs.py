@@ -15,7 +15,7 @@ from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Coalesce
 
-from . import clock, serialization
+from . import clock, serialization, validation
 from .exceptions import RunNotFound, RunStateError, StepNotFound
 from .models import FINISHED_STATUSES, Run, RunStatus, Step, StepStatus
 from .runtime.steps import StoredStep
@@ -583,7 +583,7 @@ def fail_unregistered(run_id: str, task_name: str, using: str = "default") -> bo
 
 def check_id(run_id: str) -> None:
     """Raise :class:`RunNotFound` for an id no run can have (the database would refuse the query)."""
-    if isinstance(run_id, str) and "\x00" in run_id:
+    if isinstance(run_id, str) and not validation.storable(run_id):
         raise RunNotFound(run_id)
 
 
@@ -616,7 +616,7 @@ def replay(run_id: str, from_step: str | None = None, using: str = "default") ->
             raise RunStateError(run_id, run.status, "replay")
         steps = Step.objects.using(using).filter(run_id=run_id)
         if from_step is not None:
-            anchor = None if "\x00" in str(from_step) else steps.filter(step_id=from_step).first()
+            anchor = steps.filter(step_id=from_step).first() if validation.storable(str(from_step)) else None
             if anchor is None:
                 raise StepNotFound(run_id, from_step)
             steps.filter(id__gte=anchor.id).delete()

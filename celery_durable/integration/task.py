@@ -15,7 +15,7 @@ from celery.exceptions import Ignore
 from celery.result import AsyncResult
 from celery.utils import uuid
 
-from .. import clock, serialization
+from .. import clock, serialization, validation
 from ..exceptions import DurableConfigError, DurableError, RetryAfter, RunCancelled, _StepFailed
 from ..options import (
     CancelOn,
@@ -265,8 +265,8 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         self._check_arguments(args, kwargs)
-        run_id = task_id or uuid()
-        wake_at = _wake_time(options.pop("countdown", None), options.pop("eta", None))
+        run_id = validation.task_id(task_id, self.name) or uuid()
+        wake_at = validation.wake_time(options.pop("countdown", None), options.pop("eta", None), clock.now())
         stored = {k: v for k, v in options.items() if k not in TRANSIENT_OPTIONS and v is not None}
         for name, value in (("link", link), ("link_error", link_error), ("shadow", shadow)):
             if value is not None:
@@ -607,16 +607,6 @@ def _max_argument_bytes() -> int:
     from ..conf import get_settings
 
     return get_settings().MAX_ARGUMENT_BYTES
-
-
-def _wake_time(countdown: float | None, eta: datetime | str | None) -> datetime | None:
-    if eta is not None:
-        if isinstance(eta, str):
-            eta = datetime.fromisoformat(eta)
-        return eta
-    if countdown:
-        return clock.now() + timedelta(seconds=float(countdown))
-    return None
 
 
 def durable_task(*args: Any, **options: Any) -> Any:

@@ -19,6 +19,7 @@ from ..exceptions import (
     _StepFailed,
 )
 from ..options import RetryPolicy
+from ..validation import storable
 from .suspension import SuspendingSteps
 
 T = TypeVar("T")
@@ -81,8 +82,8 @@ def validate_step_id(step_id: object) -> str:
         )
     if len(step_id) > MAX_STEP_ID_LENGTH:
         raise StepIdError(f"step id {step_id[:40]!r}... is longer than {MAX_STEP_ID_LENGTH} characters")
-    if "\x00" in step_id:  # PostgreSQL cannot store it: the checkpoint write would fail
-        raise StepIdError(f"step id {step_id!r} contains a NUL character")
+    if not storable(step_id):  # no database stores it: the checkpoint write would fail
+        raise StepIdError(f"step id {step_id!r} contains a NUL character or a lone surrogate")
     return step_id
 
 

@@ -252,7 +252,6 @@ SURROGATE = "a\udc80b"
         (lambda: echo.apply_async((1,), task_id=SURROGATE), DurableConfigError),
         (lambda: echo.apply_async((1,), task_id="t" * 256), DurableConfigError),
         (lambda: echo.apply_async((1,), task_id="a\x00"), DurableConfigError),
-        (lambda: echo.apply_async((1,), task_id=""), DurableConfigError),
     ],
 )
 def test_bad_text_at_entry_points__is_a_named_error_and_stores_nothing(durable, call, error):
