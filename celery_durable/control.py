@@ -181,12 +181,15 @@ def prunable(older_than: timedelta, now: datetime | None = None) -> QuerySet[Run
     A parent waiting in ``step.gather`` or ``step.invoke`` reads its finished children when
     it resumes: they are kept until the parent finishes too.
     """
+    from django.db.models import Exists, OuterRef
+
     from . import clock
     from .models import Run
 
     cutoff = (now or clock.now()) - older_than
-    unfinished = Run.objects.exclude(status__in=FINISHED).values("pk")
-    return Run.objects.filter(status__in=FINISHED, finished_at__lt=cutoff).exclude(parent_id__in=unfinished)
+    # NOT EXISTS on the parent's primary key: an anti-join, not a NOT IN over every unfinished run.
+    unfinished_parent = Run.objects.filter(pk=OuterRef("parent_id")).exclude(status__in=FINISHED)
+    return Run.objects.filter(status__in=FINISHED, finished_at__lt=cutoff).exclude(Exists(unfinished_parent))
 
 
 def prune(
