@@ -233,8 +233,9 @@ def delete_batch(ids: list[str], older_than: timedelta, now: datetime | None = N
 
     One transaction: the runs are re-checked and locked first (``SELECT ... FOR UPDATE``;
     SQLite serializes writers), so a run replayed since its id was read, or a child whose
-    parent was replayed, keeps its row and its checkpoints; a replay that comes later finds
-    no run. Only the locked runs' steps are deleted.
+    parent was replayed, keeps its row and its checkpoints; a replay that comes meanwhile
+    waits for the lock, then finds the run gone and changes nothing. Only the locked runs'
+    steps are deleted.
     """
     from django.db import transaction
 
