@@ -127,3 +127,12 @@ def test_error_record__caps_message_and_traceback():
         record = error_record(exc, max_bytes=4096)
     assert len(record["message"].encode()) <= 4096 and record["message"].startswith("éé")
     assert len(record["traceback"].encode()) <= 4096 and "truncated" in record["traceback"]
+
+
+@pytest.mark.parametrize("value", [0, 1023, "64k", True, 1.5])
+def test_max_error_text_bytes__must_be_an_int_of_at_least_1024(settings, value):
+    from celery_durable.conf import get_settings
+
+    settings.CELERY_DURABLE = {"MAX_ERROR_TEXT_BYTES": value}
+    with pytest.raises(DurableConfigError, match="MAX_ERROR_TEXT_BYTES"):
+        get_settings()
