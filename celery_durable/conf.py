@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "REPUBLISH_AFTER_SECONDS": 120.0,
     "MAX_STEP_OUTPUT_BYTES": 1_048_576,
     "MAX_ARGUMENT_BYTES": 1_048_576,
+    "MAX_ERROR_TEXT_BYTES": 65_536,
     "IDEMPOTENCY_WINDOW": timedelta(hours=24),
     "RETENTION_DAYS": 30,
     "MAX_RECOVERIES": 20,
@@ -40,6 +41,8 @@ class DurableSettings:
     REPUBLISH_AFTER_SECONDS: float
     MAX_STEP_OUTPUT_BYTES: int
     MAX_ARGUMENT_BYTES: int
+    # An error's message and its traceback are each cut to this many bytes (with a marker).
+    MAX_ERROR_TEXT_BYTES: int
     IDEMPOTENCY_WINDOW: timedelta
     RETENTION_DAYS: int
     MAX_RECOVERIES: int
@@ -61,6 +64,9 @@ def _validate(values: dict[str, Any]) -> None:
         value = values[name]
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise DurableConfigError(f"CELERY_DURABLE[{name!r}] must be a positive int, got {value!r}")
+    error_bytes = values["MAX_ERROR_TEXT_BYTES"]
+    if not isinstance(error_bytes, int) or isinstance(error_bytes, bool) or error_bytes < 1024:
+        raise DurableConfigError(f"CELERY_DURABLE['MAX_ERROR_TEXT_BYTES'] must be an int >= 1024, got {error_bytes!r}")
     for name in ("INLINE_HANDOFF_RUNS",):
         if not isinstance(values[name], int) or isinstance(values[name], bool) or values[name] < 0:
             raise DurableConfigError(f"CELERY_DURABLE[{name!r}] must be an int >= 0, got {values[name]!r}")
@@ -105,3 +111,11 @@ def get_settings() -> DurableSettings:
     if isinstance(values["OBSERVE_PLAIN_TASKS"], list):
         values["OBSERVE_PLAIN_TASKS"] = tuple(values["OBSERVE_PLAIN_TASKS"])
     return DurableSettings(**{f.name: values[f.name] for f in fields(DurableSettings)})
+
+
+def error_text_limit() -> int:
+    """``MAX_ERROR_TEXT_BYTES``, or its default where settings cannot be read (recording an error must not fail)."""
+    try:
+        return get_settings().MAX_ERROR_TEXT_BYTES
+    except Exception:
+        return DEFAULTS["MAX_ERROR_TEXT_BYTES"]  # type: ignore[no-any-return]

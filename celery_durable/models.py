@@ -143,7 +143,10 @@ class Event(models.Model):
 
     name = models.CharField(max_length=255)
     data = models.TextField(default="{}", help_text="JSON object")
-    event_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    # The id it was sent with (kept for ever) and, while the idempotency window lasts, the same
+    # id in the unique ``dedup_key``: a reuse after the window clears the old row's key only.
+    event_id = models.CharField(max_length=255, null=True, blank=True)
+    dedup_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
     received_at = models.DateTimeField()
 
     class Meta:

@@ -21,6 +21,7 @@ from .integration import actions
 from .states import CANCELLABLE as _CANCELLABLE
 from .states import FINISHED as _FINISHED
 from .states import REPLAYABLE as _REPLAYABLE
+from .store import prune as pruning
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -174,15 +175,6 @@ def parse_age(text: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
-def prunable(older_than: timedelta, now: datetime | None = None) -> QuerySet[Run]:
-    """Finished runs that finished more than ``older_than`` ago."""
-    from . import clock
-    from .models import Run
-
-    cutoff = (now or clock.now()) - older_than
-    return Run.objects.filter(status__in=FINISHED, finished_at__lt=cutoff)
-
-
 def prune(
     older_than: timedelta,
     *,
@@ -198,24 +190,15 @@ def prune(
     touches more than one batch and locks are held briefly. Unfinished runs are never
     deleted. With ``dry_run`` nothing is deleted and the count is what would be.
     """
-    from django.db import transaction
-
-    from .models import Run, Step
-
-    old = prunable(older_than, now)
+    old = pruning.prunable(older_than, now)
     if dry_run:
         return old.count()
     deleted = 0
     while True:
-        # Oldest first through the finished_at index; deleted rows drop out of the next batch.
-        ids = list(old.order_by("finished_at", "pk").values_list("pk", flat=True)[:batch])
+        ids = pruning.next_batch(old, batch)
         if not ids:
             return deleted
-        with transaction.atomic():
-            Step.objects.filter(run_id__in=ids).delete()
-            Run.objects.filter(parent_id__in=ids).update(parent=None)
-            # Re-check the status: a run replayed since the batch was read is not finished.
-            gone = Run.objects.filter(pk__in=ids, status__in=FINISHED).only("pk").delete()[1].get(Run._meta.label, 0)
+        gone = pruning.delete_batch(ids, older_than, now)
         deleted += gone
         if progress is not None:
             progress(deleted)

@@ -109,6 +109,7 @@ class DurableTestRunner:
 
     def _run_plain_child(self, task: Any, run_id: str, args: str, kwargs: str) -> None:
         """A plain Celery task invoked as a child: run it in-process (``apply``) and report it."""
+        from .conf import error_text_limit
         from .runtime.errors import error_record
         from .store.suspension import finish_plain_child, mark_plain_child_started
 
@@ -118,7 +119,7 @@ class DurableTestRunner:
         if outcome.successful():
             finish_plain_child(run_id, True, serialization.dumps(outcome.result, "child result"), None)
         else:
-            error = serialization.dumps(error_record(outcome.result), "error record")
+            error = serialization.dumps(error_record(outcome.result, error_text_limit()), "error record")
             finish_plain_child(run_id, False, None, error)
 
     def wake_due(self) -> int:

@@ -32,6 +32,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.functional import cached_property
 
+from ..flow.keys import stored_key
 from ..models import Run, Step
 from ..states import StepStatus
 
@@ -148,7 +149,7 @@ def runs_by_flow_key(key: str, names: list[str] | None = None) -> list[str]:
     from ..models import FlowState
 
     tasks = task_names() if names is None else names
-    states = [f"{option}:{task}:{key}" for option in KEYED_OPTIONS for task in tasks]
+    states = [stored_key(f"{option}:{task}:{key}") for option in KEYED_OPTIONS for task in tasks]
     if not states:
         return []
     rows = FlowState.objects.filter(name__in=states, run_id__isnull=False).values_list("run_id", flat=True)
@@ -174,7 +175,7 @@ def search_ids(term: str, names: list[str]) -> list[str] | None:
     Each lookup is an exact match on an index, so the changelist then filters on a short
     list of primary keys. ``None`` if a key matches more than ``MAX_SEARCH_IDS`` runs.
     """
-    keys = [term, *(f"{task}:{term}" for task in names)]
+    keys = [stored_key(term), *(stored_key(f"{task}:{term}") for task in names)]
     by_key = list(
         Run.objects.filter(Q(slot_key1__in=keys) | Q(slot_key2__in=keys))
         .order_by()

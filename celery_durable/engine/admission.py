@@ -13,7 +13,7 @@ from typing import Any
 from .. import clock, serialization
 from ..conf import get_settings
 from ..flow import gcra
-from ..flow.keys import resolve_key
+from ..flow.keys import resolve_key, stored_key
 from ..options import to_seconds
 from ..store import flow_state
 from .spec import TaskSpec
@@ -46,7 +46,7 @@ def admit(
     args, kwargs = spec.call_arguments(args, kwargs)
 
     def key(option: str, key_spec: Any) -> str:
-        return f"{option}:{spec.name}:{resolve_key(spec.name, option, key_spec, bound, args, kwargs)}"
+        return stored_key(f"{option}:{spec.name}:{resolve_key(spec.name, option, key_spec, bound, args, kwargs)}")
 
     holds: list[str] = []
     if spec.idempotency_key is not None:

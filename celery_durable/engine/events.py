@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db import transaction
 
-from .. import clock, serialization
+from .. import clock, serialization, validation
 from ..conf import get_settings
 from ..exceptions import DurableConfigError
 from ..runtime.events import MISSING, Event, lookup, matches, validate_event_name
@@ -31,14 +31,12 @@ def send_event(
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise DurableConfigError(f"send_event({name!r}): data must be a dict, got {type(data).__name__}")
-    if event_id is not None and (
-        not isinstance(event_id, str) or not event_id or len(event_id) > 255 or "\x00" in event_id
-    ):
-        raise DurableConfigError(
-            f"send_event({name!r}): id must be a non-empty str (max 255, no NUL), got {event_id!r}"
-        )
+    if event_id is not None:
+        validation.check_identifier(event_id, f"send_event({name!r}): id")
     settings = get_settings()
-    data_json = serialization.dumps(data, f"data of event {name!r}", settings.MAX_ARGUMENT_BYTES, "MAX_ARGUMENT_BYTES")
+    data_json = serialization.dumps_value(
+        data, f"data of event {name!r}", settings.MAX_ARGUMENT_BYTES, "MAX_ARGUMENT_BYTES"
+    )
     with transaction.atomic():
         row, created = events.record(name, data_json, event_id, settings.IDEMPOTENCY_WINDOW)
         event = events.as_event(row)

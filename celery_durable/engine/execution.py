@@ -16,7 +16,7 @@ from typing import Any
 from django.db import DatabaseError, connections
 
 from .. import clock, serialization, signals
-from ..conf import get_settings
+from ..conf import error_text_limit, get_settings
 from ..exceptions import (
     RetryAfter,
     SerializationError,
@@ -193,7 +193,7 @@ def _finish(run: _Run, value: Any) -> Outcome:
 
 
 def _fail(run: _Run, exc: BaseException, step: tuple[str, int] | None) -> Outcome:
-    record = error_record(exc)
+    record = error_record(exc, error_text_limit())
     try:
         done = runs.fail(run.run_id, run.generation, record, step, run.parent_id, run.using)
     except DatabaseError as db_exc:
@@ -217,7 +217,7 @@ def _fail(run: _Run, exc: BaseException, step: tuple[str, int] | None) -> Outcom
 def _step_failed(run: _Run, failed: _StepFailed, publish_within: float) -> Outcome:
     if failed.retry_in is None:
         return _fail(run, failed.error, (failed.step_id, failed.attempts))
-    record = error_record(failed.error)
+    record = error_record(failed.error, error_text_limit())
     try:
         queued = runs.retry_step(
             run.run_id,

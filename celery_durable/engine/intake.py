@@ -10,7 +10,7 @@ from django.db import transaction
 
 from .. import clock, serialization
 from ..conf import get_settings
-from ..exceptions import DurableError, SerializationError
+from ..exceptions import DurableError
 from ..states import RunStatus
 from ..store import cancellation, runs, slots
 from ..store.messages import RunMessage
@@ -95,16 +95,6 @@ def _admit(
 def encode_arguments(task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
     """A call's arguments as stored JSON; a :class:`SerializationError` names the argument at fault."""
     limit = get_settings().MAX_ARGUMENT_BYTES
-    try:
-        args_json = serialization.dumps(list(args), f"arguments of {task_name}", limit)
-    except SerializationError:
-        for index, value in enumerate(args):  # name the culprit
-            serialization.dumps(value, f"argument {index} of {task_name}", limit)
-        raise
-    try:
-        kwargs_json = serialization.dumps(kwargs, f"keyword arguments of {task_name}", limit)
-    except SerializationError:
-        for name, value in kwargs.items():
-            serialization.dumps(value, f"argument {name!r} of {task_name}", limit)
-        raise
-    return args_json, kwargs_json
+    return serialization.dumps_arguments(list(args), task_name, limit), serialization.dumps_arguments(
+        kwargs, task_name, limit
+    )

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..exceptions import DurableConfigError
-from ..flow.keys import resolve_key
+from ..flow.keys import resolve_key, stored_key
 from ..options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Singleton, Throttle, Timeouts, to_seconds
 from ..runtime.events import Event
 
@@ -98,7 +98,7 @@ class TaskSpec:
                 key = f"{entry.name}:{value}"
             else:  # the key's path (or position) keeps two dimensions of one task apart
                 key = f"{self.name}:{entry.key if isinstance(entry.key, str) else f'#{index}'}:{value}"
-            limits[key[:255]] = entry.limit
+            limits[stored_key(key)] = entry.limit
         return limits
 
     def priority_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import DurableConfigError
 from ..runtime.events import MISSING, lookup
+
+#: Key columns (``FlowState.name``, ``Slot.key``, a run's slot keys) hold this many characters.
+MAX_STORED_KEY = 255
+_HASH_SUFFIX = re.compile(r"~[0-9a-f]{64}\Z")
+_INT_TEXT = re.compile(r"-?[0-9]+\Z")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def check_key_spec(task_name: str, option: str, key: Any, fn: Callable[..., Any] | None) -> None:
@@ -61,4 +69,32 @@ def resolve_key(
         raise DurableConfigError(
             f"{task_name}: the {option} key must be a str or int, got {type(value).__name__} {value!r}"
         )
-    return str(value)
+    return key_text(task_name, option, value)
+
+
+def key_text(task_name: str, option: str, value: str | int) -> str:
+    """A key value as text, keeping ``7`` and ``"7"`` apart.
+
+    An int is its digits; a str is itself, except one that reads as an int or starts with
+    ``"`` is quoted (``"7"`` becomes ``'"7"'``), so no str and int ever share a text.
+    """
+    if isinstance(value, int):
+        try:
+            return str(int(value))
+        except ValueError as exc:  # more digits than Python prints (sys.get_int_max_str_digits)
+            raise DurableConfigError(f"{task_name}: the {option} key is an int too large to use: {exc}") from None
+    return f'"{value}"' if value.startswith('"') or _INT_TEXT.match(value) else value
+
+
+def stored_key(name: str) -> str:
+    """``name`` as it is stored in a key column: itself, or a readable prefix and its sha256.
+
+    A name longer than :data:`MAX_STORED_KEY`, with a NUL or a lone surrogate (which no
+    database stores), or ending like a hashed name is stored as ``<prefix>~<sha256 of the
+    whole>``: distinct names never share a row, however long.
+    """
+    if len(name) <= MAX_STORED_KEY and not _UNSTORABLE.search(name) and not _HASH_SUFFIX.search(name):
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+    prefix = _UNSTORABLE.sub("", name[: MAX_STORED_KEY - 65])
+    return f"{prefix}~{digest}"

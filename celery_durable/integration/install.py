@@ -12,7 +12,7 @@ from celery import Celery, bootsteps, current_app, signals
 from django.db import DatabaseError, connections
 
 from .. import serialization
-from ..conf import get_settings
+from ..conf import error_text_limit, get_settings
 from ..exceptions import RunNotFound, RunStateError
 from ..runtime.errors import error_record
 from . import observe
@@ -173,10 +173,10 @@ def _plain_child_finished(
         try:
             result = serialization.dumps(retval, f"result of {task.name}")
         except Exception as exc:
-            completed, error = False, serialization.dumps(error_record(exc), "error record")
+            completed, error = False, serialization.dumps(error_record(exc, error_text_limit()), "error record")
     else:
         error = serialization.dumps(
-            error_record(retval)
+            error_record(retval, error_text_limit())
             if isinstance(retval, BaseException)
             else {"type": "Error", "module": "", "message": str(retval), "traceback": ""},
             "error record",

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from .. import clock, serialization
-from ..conf import get_settings
+from ..conf import error_text_limit, get_settings
 from ..engine.spec import TaskSpec
 from ..runtime.errors import error_record
 from ..states import RunStatus
@@ -96,7 +96,11 @@ def on_postrun(
     result = _json(retval, UNRECORDABLE, f"result of {task.name}", limit) if completed else None
     error = None
     if not completed:
-        record = error_record(retval) if isinstance(retval, BaseException) else {"type": state, "message": str(retval)}
+        record = (
+            error_record(retval, error_text_limit())
+            if isinstance(retval, BaseException)
+            else {"type": state, "message": str(retval)}
+        )
         error = serialization.dumps(record, "error record")
     attempts = (task.request.retries or 0) + 1
     started_at = getattr(task.request, STARTED, None) or now

@@ -21,7 +21,7 @@ from celery.result import AsyncResult
 from celery.utils import uuid
 from django.db import transaction
 
-from .. import clock, serialization
+from .. import clock, serialization, start_time, validation
 from ..conf import get_settings
 from ..dbcheck import translated
 from ..engine.declaration import celery_retry_options, validate_options
@@ -179,8 +179,8 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         self._check_arguments(args, kwargs)
-        run_id = task_id or uuid()
-        wake_at = _wake_time(options.pop("countdown", None), options.pop("eta", None))
+        run_id = validation.task_id(task_id, self.name) or uuid()
+        wake_at = start_time.wake_time(options.pop("countdown", None), options.pop("eta", None), clock.now())
         stored = {k: v for k, v in options.items() if k not in TRANSIENT_OPTIONS and v is not None}
         for name, value in (("link", link), ("link_error", link_error), ("shadow", shadow)):
             if value is not None:
@@ -292,16 +292,6 @@ def _stored_error(status: str, error: dict[str, Any] | None) -> Exception:
     if status == "cancelled":
         return RunCancelled(message)
     return RunSkipped(message)
-
-
-def _wake_time(countdown: float | None, eta: datetime | str | None) -> datetime | None:
-    if eta is not None:
-        if isinstance(eta, str):
-            eta = datetime.fromisoformat(eta)
-        return eta
-    if countdown:
-        return clock.now() + timedelta(seconds=float(countdown))
-    return None
 
 
 def durable_task(*args: Any, **options: Any) -> Any:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ..exceptions import DurableConfigError
+from ..validation import storable
 
 MISSING = object()
 
@@ -69,7 +70,9 @@ def validate_match(match: Any, where: str) -> dict[str, Any] | None:
 
 
 def validate_event_name(name: Any, where: str) -> str:
-    """An event name is a non-empty str of at most 255 characters, without NUL (PostgreSQL refuses it)."""
-    if not isinstance(name, str) or not name.strip() or len(name) > 255 or "\x00" in name:
-        raise DurableConfigError(f"{where}: an event name must be a non-empty str (max 255, no NUL), got {name!r}")
+    """An event name is a non-empty str of at most 255 characters, without NUL or lone surrogates."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 255 or not storable(name):
+        raise DurableConfigError(
+            f"{where}: an event name must be a non-empty str (max 255, no NUL or lone surrogates), got {name!r}"
+        )
     return name

@@ -19,6 +19,7 @@ from ..exceptions import (
     _StepFailed,
 )
 from ..options import RetryPolicy
+from ..validation import storable
 from .records import CheckpointWriter, StoredStep
 from .suspension import SuspendingSteps
 
@@ -46,8 +47,8 @@ def validate_step_id(step_id: object) -> str:
         )
     if len(step_id) > MAX_STEP_ID_LENGTH:
         raise StepIdError(f"step id {step_id[:40]!r}... is longer than {MAX_STEP_ID_LENGTH} characters")
-    if "\x00" in step_id:  # PostgreSQL cannot store it: the checkpoint write would fail
-        raise StepIdError(f"step id {step_id!r} contains a NUL character")
+    if not storable(step_id):  # no database stores it: the checkpoint write would fail
+        raise StepIdError(f"step id {step_id!r} contains a NUL character or a lone surrogate")
     return step_id
 
 
@@ -196,7 +197,7 @@ class StepContext(SuspendingSteps):
         return result
 
     def _encode(self, sid: str, value: Any) -> str:
-        return serialization.dumps(value, f"output of step {sid!r} of {self._task_name}", self._max_output_bytes)
+        return serialization.dumps_value(value, f"output of step {sid!r} of {self._task_name}", self._max_output_bytes)
 
     def steps(self) -> Iterator[StoredStep]:
         """The checkpoints known to this execution (loaded and newly written)."""

@@ -151,7 +151,7 @@ class SuspendingSteps:
         validate_event_name(name, where)
         if not isinstance(data, dict):
             raise DurableConfigError(f"{where}: data must be a dict, got {type(data).__name__}")
-        serialization.dumps(data, f"{where} data")
+        serialization.dumps_value(data, f"{where} data")
         sid, stored = self._begin(step_id, "send_event", where)
         if stored is not None and stored.status == "completed":
             return Event.from_json(serialization.loads(stored.output or "{}"))

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from .. import clock, serialization
-from ..exceptions import DurableConfigError, RunNotFound, RunStateError
+from .. import clock, serialization, validation
+from ..exceptions import RunNotFound, RunStateError
 from ..models import Run
 from ..states import FINISHED, RunStatus
 from .messages import RunMessage
@@ -34,8 +34,7 @@ def cancel(run_id: str, reason: str = "", using: str = "default") -> Cancellatio
 
     Raises ``RunNotFound`` for an unknown id and ``RunStateError`` for a finished run.
     """
-    if reason is not None and (not isinstance(reason, str) or "\x00" in reason):
-        raise DurableConfigError(f"cancel({run_id!r}): reason must be a str without NUL, got {reason!r}")
+    validation.check_text(reason, f"cancel({run_id!r}): reason", optional=True)
     check_id(run_id)
     outcome = Cancellation()
     with transaction.atomic(using=using):

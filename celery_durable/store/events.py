@@ -27,15 +27,15 @@ def record(name: str, data_json: str, event_id: str | None, window: timedelta) -
     for _ in range(2):
         try:
             with transaction.atomic():
-                return EventRow.objects.create(name=name, data=data_json, event_id=key, received_at=now), True
+                row = EventRow.objects.create(name=name, data=data_json, event_id=key, dedup_key=key, received_at=now)
+                return row, True
         except IntegrityError:
-            # The id is taken. Past the window it may be reused: release the old holder once.
-            released = EventRow.objects.filter(event_id=key, received_at__lt=now - window).update(
-                event_id=f"{key}~{uuid.uuid4().hex[:12]}"[:255]
-            )
+            # The id is taken. Past the window it may be reused: the old event keeps its id
+            # and row, and gives up the key (once; a concurrent sender may take it first).
+            released = EventRow.objects.filter(dedup_key=key, received_at__lt=now - window).update(dedup_key=None)
             if not released:
-                return EventRow.objects.get(event_id=key), False
-    return EventRow.objects.get(event_id=key), False
+                return EventRow.objects.get(dedup_key=key), False
+    return EventRow.objects.get(dedup_key=key), False
 
 
 def find_event(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from .. import clock
+from .. import clock, validation
 from ..exceptions import RunStateError, StepNotFound
 from ..models import Run, Step
 from ..states import REPLAYABLE, UNFINISHED, RunStatus, StepStatus
@@ -27,7 +27,7 @@ def replay(run_id: str, from_step: str | None = None, using: str = "default") ->
             raise RunStateError(run_id, run.status, "replay")
         steps = Step.objects.using(using).filter(run_id=run_id)
         if from_step is not None:
-            anchor = None if "\x00" in str(from_step) else steps.filter(step_id=from_step).first()
+            anchor = steps.filter(step_id=from_step).first() if validation.storable(str(from_step)) else None
             if anchor is None:
                 raise StepNotFound(run_id, from_step)
             steps.filter(id__gte=anchor.id).delete()

@@ -19,7 +19,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils.dateparse import parse_datetime
 
-from .. import clock, serialization
+from .. import clock, serialization, validation
 from ..exceptions import RunNotFound, TaskNotRegistered
 from ..models import Run, Step
 from ..runtime.records import StoredStep
@@ -440,7 +440,7 @@ OBSERVED = "it is an observed plain Celery task, not a durable run (convert the 
 
 def check_id(run_id: str) -> None:
     """Raise :class:`RunNotFound` for an id no run can have (the database would refuse the query)."""
-    if isinstance(run_id, str) and "\x00" in run_id:
+    if isinstance(run_id, str) and not validation.storable(run_id):
         raise RunNotFound(run_id)
 
 

@@ -222,3 +222,21 @@ def durable_backend_pid():
 @shared_task(name="t.plain_backend_pid")
 def plain_backend_pid():
     return backend_pid()
+
+
+@durable_task(name="t.identity")
+def identity(value):
+    """Checkpoint and return its argument (deep values cross the broker and come back)."""
+    return step.run("identity", lambda: value)
+
+
+@durable_task(name="t.cyclic_output")
+def cyclic_output():
+    """A step returning a list that contains itself: the run fails with SerializationError."""
+
+    def build():
+        value = [1]
+        value.append(value)
+        return value
+
+    return step.run("cycle", build)
