@@ -2,7 +2,7 @@
 
 ``nox -s tests`` runs every cell; ``scripts/test.sh`` (the README's test command, also what
 CI runs) picks one old and one new cell. Set CELERY_DURABLE_REQUIRE_SERVICES=1 to make an
-unreachable database or broker a failure instead of a skip.
+unreachable database or broker, or a missing Python of the matrix, a failure instead of a skip.
 """
 
 import os
@@ -16,6 +16,10 @@ nox.options.reuse_existing_virtualenvs = True
 CELLS = [("3.11", "5.2"), ("3.12", "5.2"), ("3.12", "6.1"), ("3.13", "5.2"), ("3.13", "6.1")]
 SERVICES = {"postgres": ("127.0.0.1", 5432), "mysql": ("127.0.0.1", 3306)}
 REQUIRE = os.environ.get("CELERY_DURABLE_REQUIRE_SERVICES") == "1"
+if REQUIRE:
+    # nox skips a session whose interpreter is missing unless CI is set in its environment;
+    # a run that requires its services requires every Python of the matrix too.
+    nox.options.error_on_missing_interpreters = True
 
 
 def reachable(host: str, port: int) -> bool:

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/chaos.py --minutes 10 --broker redis
     .venv/bin/python bench/chaos.py --minutes 10 --broker rabbitmq
+    .venv/bin/python bench/chaos.py --minutes 10 --broker redis --seed 123456   # replay a seed
 
 Three workers (w0 and w1 with 3 pool processes, w1's waker on a jumpable clock; w2 with 2
 in its own network namespace) run a mixed workload (tests/chaos/workload.py: multi-step runs
@@ -9,8 +10,13 @@ with atomic steps, sleeps, waits for events, child runs, per-key concurrency, ca
 while a fault lands every few seconds, kinds in a random order: SIGKILL of a pool process or
 a whole worker, duplicated messages, dropped database sessions, waker clock jumps, a frozen
 worker, the namespaced worker cut off, restarts of PostgreSQL and of the broker (skipped,
-and counted as skipped, while someone else's tests or benchmarks run on this machine).
+and counted as skipped, while someone else's tests or benchmarks run on this machine; a
+skip ends the run with an error under CELERY_DURABLE_REQUIRE_SERVICES=1).
 Then the faults are undone, the remaining events sent, and every run must finish.
+
+The seed (``--seed``, else ``$DURABLE_CHAOS_SEED``, else a new one) is printed first; every
+random choice of the session derives from it (tests/chaos/seeds.py), so the same seed
+replays the same fault order, workload and fault targets (not the workers' timing).
 
 Prints: runs completed / lost / duplicated step bodies / limit violations, faults by kind,
 recovery time after a worker kill (lease expiry -> next claim, database clock, p50/p99), and
@@ -25,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -74,13 +79,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--broker", choices=sorted(BROKERS), default="redis")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", default=None, help="replay this seed (default: $DURABLE_CHAOS_SEED or a new one)")
     parser.add_argument("--fault-every", type=float, default=6.0, help="mean seconds between faults")
     parser.add_argument("--rate", type=float, default=2.0, help="runs called per second (bursts count once)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("needs root: network namespaces and service restarts")
-    seed = args.seed if args.seed is not None else random.randrange(10**6)
+    from tests.chaos import seeds
+
+    try:
+        seed = seeds.chaos_seed(args.seed)
+    except seeds.BadSeed as exc:
+        parser.error(str(exc))
+    print(seeds.banner(seed), flush=True)
     broker = BROKERS[args.broker]
     setup(broker)
 
@@ -105,7 +116,7 @@ def main() -> int:
     fleet = harness.Fleet(broker=broker, db_name=DB_NAME, directory=directory)
     try:
         session = harness.run(
-            fleet, random.Random(seed), args.minutes * 60, None, rate=args.rate,
+            fleet, seed, args.minutes * 60, None, rate=args.rate,
             fault_every=args.fault_every, drain_timeout=300, progress=progress,
         )  # fmt: skip
         drain = time.monotonic() - began - args.minutes * 60

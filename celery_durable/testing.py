@@ -75,7 +75,12 @@ class DurableTestRunner:
         return pending.pop(0) if pending else None
 
     def run_next(self) -> str | None:
-        """Execute the oldest due queued run once; return its id, or ``None`` if none is due."""
+        """Execute the oldest due queued run once; return its id, or ``None`` if none is due.
+
+        The run's own failure (its error recorded on the run, a cancellation, a skip) is not
+        raised: :meth:`result` raises it. Any other exception (the library's, or one raised
+        after the run recorded its outcome) propagates, with a note naming the run.
+        """
         from celery import current_app
 
         from .models import Run
@@ -100,9 +105,12 @@ class DurableTestRunner:
             self.executions += 1
             task(*serialization.loads(args), **serialization.loads(kwargs))
         except Ignore:
-            pass
-        except Exception:
-            pass  # the run's failure is recorded on its row; result() raises it
+            pass  # suspended, retrying, or not this execution's any more: the row says which
+        except Exception as exc:
+            if not _recorded_outcome(str(run_id), exc):
+                exc.add_note(f"celery_durable.testing: raised while executing run {run_id}, not recorded on it")
+                raise
+            # The run's own failure (or cancellation) is on its row; result() raises it.
         finally:
             task.pop_request()
         return str(run_id)
@@ -185,6 +193,37 @@ class DurableTestRunner:
         from .models import Step
 
         return list(Step.objects.filter(run_id=run_id).order_by("id").values_list("step_id", "status", "attempts"))
+
+
+def _recorded_outcome(run_id: str, exc: Exception) -> bool:
+    """Whether ``exc`` is how run ``run_id`` ended, as recorded on its row.
+
+    A failed run stores its error's type, module and message; a cancelled or skipped run is
+    answered with ``RunCancelled`` or ``RunSkipped``. Anything else did not come from the run.
+    """
+    from .exceptions import RunCancelled, RunSkipped
+    from .models import Run
+    from .states import RunStatus
+
+    row = Run.objects.filter(id=run_id).values_list("status", "error").first()
+    if row is None:
+        return False
+    status, error = row
+    if status == RunStatus.CANCELLED:
+        return isinstance(exc, RunCancelled)
+    if status == RunStatus.SKIPPED:
+        return isinstance(exc, RunSkipped)
+    if status != RunStatus.FAILED or error is None:
+        return False
+    record = serialization.loads(error)
+    if not isinstance(record, dict):
+        return False
+    kind = type(exc)
+    return (record.get("type"), record.get("module"), record.get("message")) == (
+        kind.__qualname__,
+        kind.__module__,
+        str(exc),
+    )
 
 
 class RunNotFinished(AssertionError):

@@ -5,8 +5,6 @@ pair and socat forwarders removed, and any service a fault stopped is started ag
 """
 
 import os
-import random
-import uuid
 
 import pytest
 from django.db import connection
@@ -14,7 +12,7 @@ from django.db import connection
 from tests.conftest import service_unavailable
 from tests.e2e.conftest import BROKERS, reachable, reset_producer_pool
 
-from . import config, faults, harness, procs
+from . import config, faults, harness, procs, seeds
 
 
 @pytest.fixture(params=sorted(BROKERS))
@@ -64,7 +62,10 @@ def fleet(use_broker, chaos_db, tmp_path):
 
 
 @pytest.fixture
-def chaos_rng():
-    seed = int(os.environ.get("DURABLE_CHAOS_SEED") or uuid.uuid4().int % 10**6)
-    print(f"chaos seed: DURABLE_CHAOS_SEED={seed}")  # shown with a failure's captured output
-    return random.Random(seed)
+def chaos_seed(capsys):
+    """The session's seed (``DURABLE_CHAOS_SEED`` replays one), printed before anything runs."""
+    seed = seeds.chaos_seed()
+    with capsys.disabled():
+        print(f"\n{seeds.banner(seed)}", flush=True)
+    print(seeds.banner(seed))  # again in the captured output shown with a failure
+    return seed

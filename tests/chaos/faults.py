@@ -1,8 +1,10 @@
 """Fault injection for the chaos suite; each fault is recorded in ``ChaosFault`` with the pids it hit.
 
 Faults that restart a shared service (Redis, RabbitMQ, PostgreSQL) first make sure nobody
-else's tests or benchmarks run on this machine; when someone does, the fault is skipped
-and recorded as ``<kind>:skipped``. A stopped service is always started again.
+else's tests or benchmarks run on this machine; when someone does (or restarts are
+disallowed), the fault is skipped and recorded as ``<kind>:skipped``; under
+``CELERY_DURABLE_REQUIRE_SERVICES=1`` (CI, where nothing else runs) a skip is a failure:
+:class:`RestartSkipped`. A stopped service is always started again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,35 @@ from . import clock, procs
 from .netns import Namespace
 
 RESTARTS = {"redis_restart": "redis", "rabbitmq_restart": "rabbitmq", "pg_restart": "postgres"}
+REQUIRE_ENV = "CELERY_DURABLE_REQUIRE_SERVICES"
+
+
+class RestartSkipped(AssertionError):
+    """A service restart of the plan could not happen while services are required."""
+
+
+def required() -> bool:
+    """Whether a skipped restart fails the session (``CELERY_DURABLE_REQUIRE_SERVICES=1``)."""
+    return os.environ.get(REQUIRE_ENV) == "1"
+
+
+def may_restart(kind: str, others: list[str], *, allowed: bool, require: bool) -> bool:
+    """Whether the restart ``kind`` goes ahead now; ``False``: skip it (recorded as ``<kind>:skipped``).
+
+    ``others``: the competing test runs and benchmarks (:func:`procs.others_running`);
+    ``allowed``: restarts not disallowed by the caller. With ``require``, a skip raises
+    :class:`RestartSkipped` naming the kind and the competing processes instead.
+    """
+    if allowed and not others:
+        return True
+    if require:
+        if others:
+            shown = "; ".join(others[:5]) + (f"; and {len(others) - 5} more" if len(others) > 5 else "")
+            why = f"{len(others)} other test run or benchmark process(es) use the services: {shown}"
+        else:
+            why = "restarts are disallowed"
+        raise RestartSkipped(f"{kind} could not run ({why}) and {REQUIRE_ENV}=1 demands every restart")
+    return False
 
 
 def now() -> datetime:
@@ -71,6 +102,7 @@ class Injector:
         cut_worker: str | None = None,
         clock_file: Path | None = None,
         allow_restarts: bool = True,
+        require_restarts: bool | None = None,
     ) -> None:
         self.rng = rng
         self.fleet = fleet
@@ -82,6 +114,7 @@ class Injector:
         self.cut_worker = cut_worker
         self.clock_file = clock_file
         self.allow_restarts = allow_restarts
+        self.require_restarts = required() if require_restarts is None else require_restarts
         self.pending: list[tuple[float, Callable[[], None]]] = []  # (monotonic time, undo)
         self.busy: set[str] = set()  # workers frozen or cut off now
         self.counts: dict[str, int] = {}
@@ -259,8 +292,8 @@ class Injector:
 
     def _restart(self, kind: str, outage: float) -> None:
         service = RESTARTS[kind]
-        others = procs.others_running()
-        if not self.allow_restarts or others:
+        others = procs.others_running() if self.allow_restarts else []
+        if not may_restart(kind, others, allowed=self.allow_restarts, require=self.require_restarts):
             self.record(f"{kind}:skipped", now(), set(), others=others[:5])
             return
         at = now()

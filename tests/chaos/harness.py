@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from random import Random
 
 from celery_durable.models import Run
 from celery_durable.states import FINISHED as FINISHED_STATUSES
@@ -25,11 +25,29 @@ from .checker import TASKS
 from .config import HEARTBEAT, LEASE, REPUBLISH, WAKER
 from .faults import Injector
 from .netns import Namespace
+from .seeds import streams
 from .workload import Workload
 
 # Every fault kind once (the short form), the broker's restart added per broker.
 PLAN = ["kill_child", "kill_worker", "duplicate", "drop_connections", "clock_jump", "freeze", "cut_off",
         "kill_child", "duplicate", "clock_jump", "drop_connections", "pg_restart"]  # fmt: skip
+
+
+def restart_of(broker: str) -> str:
+    """The fault kind that restarts ``broker`` (a broker URL)."""
+    return "redis_restart" if broker.startswith("redis") else "rabbitmq_restart"
+
+
+def short_plan(seed: int, broker: str) -> list[str]:
+    """The short form's faults: every kind of :data:`PLAN` and the broker's restart, in the seed's order."""
+    kinds = [*PLAN, restart_of(broker)]
+    return streams(seed).plan.sample(kinds, len(kinds))
+
+
+def not_landed(plan: list[str], counts: dict[str, int], *, require: bool) -> list[str]:
+    """The kinds of ``plan`` that never landed. A restart skipped while others used the
+    services (``<kind>:skipped``) counts as landed, unless ``require`` (CI) is set."""
+    return sorted(kind for kind in set(plan) if not counts.get(kind) and (require or not counts.get(f"{kind}:skipped")))
 
 
 def worker_env(*, broker: str, db_name: str, queue: str, tag: str) -> dict[str, str]:
@@ -93,7 +111,7 @@ class Fleet:
         worker.wait_ready()
         return worker
 
-    def injector(self, rng: Random, allow_restarts: bool = True) -> Injector:
+    def injector(self, rng: random.Random, allow_restarts: bool = True) -> Injector:
         return Injector(
             rng, self.workers, self.start, tag=self.tag, queue=self.queue, lease=LEASE, ns=self.ns,
             cut_worker="w2" if self.ns is not None else None, clock_file=self.clock_file,
@@ -118,15 +136,19 @@ class Session:
     unfinished: list[str] = field(default_factory=list)
 
 
-def run(fleet: Fleet, rng: Random, seconds: float, plan: list[str] | None, *, rate: float = 2.0,
+def run(fleet: Fleet, seed: int, seconds: float, plan: list[str] | None, *, rate: float = 2.0,
         fault_every: float = 3.0, drain_timeout: float = 180.0, allow_restarts: bool = True,
         progress=None) -> Session:  # fmt: skip
     """Run the workload for ``seconds`` with faults (``plan`` in order, or random kinds
     forever), then undo the faults, send the remaining events and cancels, and wait until
-    every chaos run has finished (or ``drain_timeout`` passes: the checker reports the rest)."""
-    workload = Workload(rng, fleet.queue)
-    injector = fleet.injector(rng, allow_restarts)
-    kinds = [*PLAN, f"{'redis' if fleet.broker.startswith('redis') else 'rabbitmq'}_restart"]
+    every chaos run has finished (or ``drain_timeout`` passes: the checker reports the rest).
+
+    Every random choice comes from ``seed`` (:mod:`tests.chaos.seeds`), one stream per use."""
+    rngs = streams(seed)
+    workload = Workload(rngs.workload, fleet.queue)
+    injector = fleet.injector(rngs.faults, allow_restarts)
+    rng = rngs.schedule
+    kinds = [*PLAN, restart_of(fleet.broker)]
     queue = list(plan) if plan is not None else []
     start = time.monotonic()
     next_fault = start + fault_every

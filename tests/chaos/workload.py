@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from random import Random
 
@@ -52,7 +51,8 @@ class Workload:
         elif kind == "waiter":
             self._call(tasks.waiter, n)
             # Some events come before the run reaches its wait (recorded, then found), most after.
-            self.events.append((soon + self.rng.choice([0.0, 0.5, 1.0, 2.0, 4.0]), n, uuid.uuid4().hex))
+            delay, token = self.rng.choice([0.0, 0.5, 1.0, 2.0, 4.0]), f"{self.rng.getrandbits(128):032x}"
+            self.events.append((soon + delay, n, token))
         elif kind == "parent":
             self._call(tasks.parent, n)
         elif kind == "limited":

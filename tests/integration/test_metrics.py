@@ -12,10 +12,11 @@ from django.utils import timezone
 from celery_durable import NonRetriableError, durable_task, logs, metrics, step
 from celery_durable.models import Run
 from celery_durable.states import RunStatus
+from tests.conftest import require_module
 from tests.integration.test_admin import make_runs
 from tests.testapp import tasks
 
-prometheus_client = pytest.importorskip("prometheus_client")
+prometheus_client = require_module("prometheus_client")
 
 user_log = logging.getLogger("tests.user_code")
 

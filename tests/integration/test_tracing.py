@@ -3,11 +3,12 @@
 import pytest
 
 from celery_durable import NonRetriableError, tracing
+from tests.conftest import require_module
 from tests.testapp import tasks
 
-sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
-in_memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
-export = pytest.importorskip("opentelemetry.sdk.trace.export")
+sdk_trace = require_module("opentelemetry.sdk.trace")
+in_memory = require_module("opentelemetry.sdk.trace.export.in_memory_span_exporter")
+export = require_module("opentelemetry.sdk.trace.export")
 
 
 @pytest.fixture
