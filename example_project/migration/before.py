@@ -32,10 +32,15 @@ LOCK_SECONDS = 600  # longer than a transcode ever takes... we hope
 REPORT_LOCK_SECONDS = 3 * 3600
 
 
+_clients: dict[str, redis.Redis] = {}
+
+
 def redis_client() -> redis.Redis:
-    """The Redis that holds the locks and the hand-kept state."""
+    """The Redis that holds the locks and the hand-kept state (one client, one pool, per URL)."""
     url = getattr(settings, "MIGRATION_REDIS_URL", "redis://127.0.0.1:6379/0")
-    return redis.Redis.from_url(url, decode_responses=True)
+    if url not in _clients:
+        _clients[url] = redis.Redis.from_url(url, decode_responses=True)
+    return _clients[url]
 
 
 def state_key(upload_id: int) -> str:
