@@ -82,14 +82,14 @@ def execute(
     spec: TaskSpec,
     registry: TaskRegistry,
     send_event: Callable[[str, dict[str, Any], str], Any],
-    slot_limits: dict[str, int] | None = None,
     using: str = "default",
 ) -> Outcome:
     """Claim ``run_id`` and run the task body with the run's stored arguments under a step context.
 
-    With ``slot_limits`` (a task with ``concurrency``), a run that does not hold its slots
-    (resumed after a sleep, wait or retry) takes them first, or goes back to the backlog.
-    ``send_event`` is what ``step.send_event`` calls (it returns the event).
+    A run of a task with ``concurrency`` that does not hold its slots (resumed after a sleep,
+    wait or retry) takes them first, or goes back to the backlog; if its key cannot be
+    computed (the key function raises), the run fails. ``send_event`` is what
+    ``step.send_event`` calls (it returns the event).
     """
     task_name, body, policy = spec.name, spec.body(), spec.policy
     settings = get_settings()
@@ -105,13 +105,18 @@ def execute(
             return _abandon(run_id, "claim", exc, using)
     if claim is None:
         return Outcome("dropped")
-    if slot_limits and not claim.run.holds_slots and not slots.reclaim(run_id, claim.generation, slot_limits):
-        return Outcome("dropped")
+    run = _Run(run_id, task_name, claim.generation, claim.run.parent_id, using, registry, claim.run.started_at)
+    if spec.concurrency and not claim.run.holds_slots:
+        try:
+            limits = spec.slot_limits(claim.run.args_value, claim.run.kwargs_value)
+        except Exception as exc:  # a key function that raises: the run cannot take its slots, it fails
+            return _fail(run, exc, None)
+        if not slots.reclaim(run_id, claim.generation, limits):
+            return Outcome("dropped")
     if claim.run.executions == 1:
         signals.send(signals.run_started, task_name, run_id, execution=1)
     else:
         signals.send(signals.run_resumed, task_name, run_id, execution=claim.run.executions)
-    run = _Run(run_id, task_name, claim.generation, claim.run.parent_id, using, registry, claim.run.started_at)
     ctx = StepContext(
         run_id=run_id,
         task_name=task_name,
@@ -383,8 +388,7 @@ def deliver(
     def send_event(name: str, data: dict[str, Any], event_id: str) -> Any:
         return dispatch_event(name, data, event_id, registry, publisher)
 
-    limits = spec.slot_limits(args, kwargs) if spec.concurrency else None
-    outcome = execute(run_id=run_id, spec=spec, registry=registry, send_event=send_event, slot_limits=limits)
+    outcome = execute(run_id=run_id, spec=spec, registry=registry, send_event=send_event)
     if outcome.kind == "dropped":
         status, value = runs.outcome_of(run_id)
         if status in FINISHED:

@@ -60,19 +60,34 @@ def status(run_id):
 # --- library errors propagate ---------------------------------------------------------------
 
 
-def test_library_error_before_execution__propagates_and_the_run_is_unchanged(durable):
-    run = keyed.delay(3)  # admitted: the key function worked then
+def test_a_run_holding_its_slot__executes_without_computing_its_key_again(durable):
+    run = keyed.delay(3)  # admitted: the key function worked then, and the run holds its slot
     KEY_LOOKUP_FAILS["now"] = True
-    with pytest.raises(DurableConfigError, match="the concurrency key function raised") as raised:
-        durable.run_next()
-    assert any(run.id in note for note in raised.value.__notes__)
-    row = Run.objects.get(id=run.id)
-    assert (row.status, row.executions, row.error) == (RunStatus.QUEUED, 0, None)
-    assert not Step.objects.filter(run_id=run.id).exists()
-
-    KEY_LOOKUP_FAILS["now"] = False
     durable.run_until_idle()
     assert durable.result(run.id) == 6
+
+
+@durable_task(name="t.runner_keyed_sleeps", concurrency=Concurrency(limit=1, key=user_key))
+def keyed_sleeps(user_id):
+    step.sleep("nap", 60)
+    return step.run("work", lambda: user_id)
+
+
+def test_a_resumed_run_whose_key_function_raises__fails_as_a_run_and_is_not_retried(durable):
+    # Issue 13 #6: the run used to stay queued (its message republished for ever) while the
+    # result backend said FAILURE. It now fails as a run; nothing is left to republish.
+    run = keyed_sleeps.delay(4)
+    durable.run_next()  # sleeps: its slot is given back
+    assert status(run.id) == RunStatus.SLEEPING
+    KEY_LOOKUP_FAILS["now"] = True
+    durable.run_until_idle()
+    row = Run.objects.get(id=run.id)
+    assert row.status == RunStatus.FAILED
+    assert (row.error_value["type"], row.holds_slots) == ("DurableConfigError", False)
+    assert "user directory unavailable" in row.error_value["message"]
+    assert not Step.objects.filter(run_id=run.id, step_id="work").exists()
+    with pytest.raises(RunNotFinished):
+        durable.result(run.id)
 
 
 @pytest.mark.django_db
