@@ -8,7 +8,7 @@ reach the test.
 
 import pytest
 
-from celery_durable import Concurrency, DurableConfigError, NonRetriableError, cancel, durable_task, step
+from celery_durable import Concurrency, NonRetriableError, cancel, durable_task, step
 from celery_durable.models import Run, Step
 from celery_durable.states import RunStatus
 from celery_durable.testing import DurableTestRunner, RunNotFinished
