@@ -161,7 +161,7 @@ def _promote_one(key: str) -> list[RunMessage]:
         keys_of = Run.objects.filter(id=run_id).values_list("slot_key1", "slot_key2").get()
         if acquire(run_id, {k: None for k in keys_of if k}):
             return [message_for(run_id)]
-        Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING, published_at=None)
+        Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING)
     return []
 
 
