@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import transaction
@@ -16,6 +17,8 @@ from ..store.messages import RunMessage
 from . import cancel
 from .ports import Publisher, TaskRegistry
 from .spec import TaskSpec
+
+logger = logging.getLogger("celery_durable")
 
 
 def send_event(
@@ -79,7 +82,15 @@ def _cancel_matching(event: Event, specs: list[TaskSpec]) -> Cancellation:
         if not rules:
             continue
         for run_id, args, kwargs in events.unfinished_runs(spec.name):
-            arguments = spec.bound_arguments(args, kwargs)
+            try:
+                arguments = spec.bound_arguments(args, kwargs)
+            except TypeError as exc:
+                # Stored arguments that no longer fit the task's signature (a deploy changed
+                # it): this run cannot be matched, and it must not stop the event for others.
+                logger.warning(
+                    "durable run %s: cancel_on of %r skipped, its arguments do not bind: %s", run_id, event.name, exc
+                )
+                continue
             if any(_rule_matches(rule.match, event.data, arguments) for rule in rules):
                 cancel_descendant(run_id, f"cancelled by event {event.name!r}", outcome)
     return outcome

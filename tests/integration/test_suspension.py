@@ -4,9 +4,18 @@ from datetime import timedelta
 
 import pytest
 
-from celery_durable import DurableConfigError, RunNotFound, SerializationError, cancel, get_run, send_event
+from celery_durable import (
+    DurableConfigError,
+    RunNotFound,
+    SerializationError,
+    cancel,
+    durable_task,
+    get_run,
+    send_event,
+    step,
+)
 from celery_durable.exceptions import RunStateError
-from celery_durable.models import Run, Step
+from celery_durable.models import Event, Run, Step
 from celery_durable.states import RunStatus
 from tests.testapp import flows
 from tests.testapp.models import BodyRun
@@ -400,3 +409,26 @@ def test_send_event__reads_the_waits_of_all_waiting_runs_in_one_query(durable):
     durable.run_until_idle(advance_clock=False)
     assert Run.objects.filter(status=RunStatus.WAITING).count() == 29
     assert queries_for(998) == few  # 29 waiting runs, none a match: no query per run
+
+
+@durable_task(name="t.waits_for_cancellations")
+def waits_for_cancellations():
+    return step.wait_for_event("cancelled", "order.cancelled", timeout=3600).data["order_id"]
+
+
+def test_cancel_on__a_run_whose_arguments_no_longer_bind__does_not_break_the_event(durable, caplog):
+    # Issue 13 #5: a deploy dropped a parameter; one stale run made every send_event of the
+    # name raise TypeError (no event stored, no wait resumed, no other run cancelled).
+    stale = flows.cancellable.delay(3)
+    drop = flows.cancellable.delay(2)
+    durable.run_until_idle(advance_clock=False)
+    Run.objects.filter(id=stale.id).update(kwargs='{"order_id": 3, "removed_parameter": 1}')
+    waiting = waits_for_cancellations.delay()
+    durable.run_until_idle(advance_clock=False)
+    event = send_event("order.cancelled", {"order_id": 2})
+    assert Event.objects.filter(event_id=event.id).exists()
+    assert get_run(drop.id).status == RunStatus.CANCELLED
+    assert get_run(stale.id).status == RunStatus.SLEEPING
+    durable.run_until_idle(advance_clock=False)
+    assert durable.result(waiting.id) == 2  # the wait on the same name resumed
+    assert any("do not bind" in r.getMessage() and stale.id in r.getMessage() for r in caplog.records)
