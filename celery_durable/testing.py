@@ -218,11 +218,14 @@ def _recorded_outcome(run_id: str, exc: Exception) -> bool:
     record = serialization.loads(error)
     if not isinstance(record, dict):
         return False
+    from .conf import error_text_limit
+    from .runtime.errors import cap_text
+
     kind = type(exc)
     return (record.get("type"), record.get("module"), record.get("message")) == (
         kind.__qualname__,
         kind.__module__,
-        str(exc),
+        cap_text(str(exc), error_text_limit()),  # as the run stored it
     )
 
 
