@@ -84,7 +84,7 @@ def test_prune__a_replay_holding_the_run_row_makes_the_batch_wait_then_skip_it()
     """Two real connections: a replay that locked the run first wins; prune deletes nothing of it."""
     from django.db import connection, transaction
 
-    from celery_durable.store import runs
+    from celery_durable.store import replay as replaying
     from celery_durable.testing import DurableTestRunner
 
     if connection.vendor not in ("postgresql", "mysql"):
@@ -103,7 +103,7 @@ def test_prune__a_replay_holding_the_run_row_makes_the_batch_wait_then_skip_it()
         def replay_and_hold():
             try:
                 with transaction.atomic():
-                    runs.replay(run.id)  # updates (and locks) the run row
+                    replaying.replay(run.id)  # updates (and locks) the run row
                     replay_locked.set()
                     assert prune_blocked.wait(30)
             finally:
