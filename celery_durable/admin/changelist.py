@@ -27,6 +27,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import Substr
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -341,11 +342,19 @@ class CreatedFilter(admin.ListFilter):
         return iter(choices)
 
 
+#: Characters of the arguments read per listed run (never the whole value).
+ARGS_HEAD_CHARS = 400
+
+
 class RunChangeList(ChangeList):
-    """Loads only the listed columns, and steps done/recorded per run in one query."""
+    """Loads only the listed columns (arguments cut short), and steps done/recorded per run in one query."""
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
-        return super().get_queryset(request, exclude_parameters).only(*LIST_COLUMNS)
+        queryset: QuerySet[Any] = super().get_queryset(request, exclude_parameters)
+        listed: QuerySet[Any] = queryset.only(*LIST_COLUMNS).annotate(
+            args_head=Substr("args", 1, ARGS_HEAD_CHARS), kwargs_head=Substr("kwargs", 1, ARGS_HEAD_CHARS)
+        )
+        return listed
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)

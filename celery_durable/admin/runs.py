@@ -9,7 +9,6 @@ and how many they skip.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -28,7 +27,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 from django.views.decorators.http import require_POST
 
-from .. import control, serialization
+from .. import control, readable, serialization
 from ..exceptions import DurableError
 from ..models import Run, RunStatus, Slot, Step, StepStatus
 from . import dashboard
@@ -44,6 +43,11 @@ from .changelist import (
 
 #: Characters of a step output shown in the timeline.
 OUTPUT_PREVIEW_CHARS = 200
+#: Step outputs up to this many characters are decoded for their preview; longer ones are
+#: read cut at this length and their type markers rewritten in the text.
+OUTPUT_DECODE_CHARS = 4000
+#: Characters of the positional / keyword arguments shown in the changelist.
+ARGS_PREVIEW_CHARS = 60
 #: Characters of arguments / result shown on the run page.
 VALUE_DISPLAY_CHARS = 20_000
 #: Steps shown on the run page (a run that loops may record thousands).
@@ -71,14 +75,8 @@ def human_duration(seconds: float | None) -> str:
 
 
 def pretty_json(text: str | None, limit: int = VALUE_DISPLAY_CHARS) -> tuple[str, bool]:
-    """Indented JSON for display, cut at ``limit`` characters; returns (text, truncated)."""
-    if text is None:
-        return "", False
-    try:
-        shown = json.dumps(serialization.loads(text), indent=2, ensure_ascii=False, sort_keys=True)
-    except ValueError:
-        shown = text
-    return (shown[:limit], True) if len(shown) > limit else (shown, False)
+    """Indented readable JSON for display, cut at ``limit`` characters; returns (text, truncated)."""
+    return readable.pretty(text, limit)
 
 
 def decode_error(text: str | None) -> dict[str, Any] | None:
@@ -87,7 +85,7 @@ def decode_error(text: str | None) -> dict[str, Any] | None:
         return None
     try:
         value = serialization.loads(text)
-    except ValueError:
+    except (ValueError, TypeError, KeyError):
         return {"type": "", "module": "", "message": text, "traceback": ""}
     return value if isinstance(value, dict) else {"type": "", "module": "", "message": str(value), "traceback": ""}
 
@@ -96,7 +94,17 @@ def decode_error(text: str | None) -> dict[str, Any] | None:
 class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Durable runs: monitoring, and cancel/replay actions behind their own permissions."""
 
-    list_display = ("run_link", "task_name", "status_badge", "keys", "priority", "created", "duration", "steps")
+    list_display = (
+        "run_link",
+        "task_name",
+        "status_badge",
+        "arguments",
+        "keys",
+        "priority",
+        "created",
+        "duration",
+        "steps",
+    )
     list_display_links = None
     list_filter = (TaskFilter, "status", CreatedFilter, KeyFilter)
     search_fields = ("=id", "=task_name")
@@ -205,6 +213,13 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             '<a href="?key={}" class="durable-key-link">{}</a>',
             ((quote_plus(key), key) for key in keys),
         )
+
+    @admin.display(description="arguments")
+    def arguments(self, run: Run) -> str:
+        args = readable.compact(getattr(run, "args_head", None), ARGS_PREVIEW_CHARS)
+        kwargs = readable.compact(getattr(run, "kwargs_head", None), ARGS_PREVIEW_CHARS)
+        shown = " ".join(part for part in (args if args != "[]" else "", kwargs if kwargs != "{}" else "") if part)
+        return format_html('<code class="durable-args-preview">{}</code>', shown) if shown else ""
 
     @admin.display(description="duration")
     def duration(self, run: Run) -> str:
@@ -374,7 +389,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         rows = list(
             Step.objects.filter(run_id=run.pk)
             .defer("output")
-            .annotate(output_head=Substr("output", 1, OUTPUT_PREVIEW_CHARS + 1), output_size=Length("output"))
+            .annotate(output_head=Substr("output", 1, OUTPUT_DECODE_CHARS), output_size=Length("output"))
             .order_by("id")[: MAX_TIMELINE_STEPS + 1]
         )
         truncated = len(rows) > MAX_TIMELINE_STEPS
@@ -392,13 +407,11 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             by_step.setdefault(child.parent_step or "", []).append(child)
         timeline = []
         for item in rows:
-            head = item.output_head
-            size = item.output_size
             finished = item.finished_at
             entry: dict[str, Any] = {
                 "step": item,
                 "duration": human_duration((finished - item.started_at).total_seconds()) if finished else "",
-                "preview": (head[:OUTPUT_PREVIEW_CHARS] + "…") if size and size > OUTPUT_PREVIEW_CHARS else head,
+                "preview": readable.compact(item.output_head, OUTPUT_PREVIEW_CHARS),
                 "error": decode_error(item.error),
                 "children": by_step.get(item.step_id, []),
                 "wake_at": None,

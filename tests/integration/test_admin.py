@@ -119,7 +119,9 @@ def test_changelist__does_not_load_arguments_or_results(admin_client):
     run_selects = [sql for sql in sqls if 'FROM "celery_durable_run"' in sql]
     assert run_selects
     for sql in run_selects:
-        assert '"result"' not in sql and '"args"' not in sql
+        # Arguments only as a short prefix (the changelist's preview), never whole.
+        whole = re.sub(r'SUBSTR(?:ING)?\("celery_durable_run"\."(?:args|kwargs)", 1, \d+\)', "", sql, flags=re.I)
+        assert '"result"' not in whole and '"args"' not in whole and '"kwargs"' not in whole
 
 
 def test_changelist__filters_by_status_task_and_creation_time(admin_client):
