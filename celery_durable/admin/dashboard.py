@@ -215,6 +215,13 @@ def context(hours: int = 24, due_within: timedelta = timedelta(hours=1)) -> dict
         .order_by("wake_at", "pk")
         .only("id", "task_name", "status", "wake_at")[:10]
     )
+    # Runs waiting for an event: the next one to give up (the (status, wake_at) index).
+    next_timeout = (
+        Run.objects.filter(status=RunStatus.WAITING, wake_at__isnull=False)
+        .order_by("wake_at", "pk")
+        .only("id", "task_name", "status", "wake_at", "waiting_for")
+        .first()
+    )
     late = (
         Run.objects.filter(status__in=(RunStatus.QUEUED, RunStatus.SLEEPING), wake_at__lte=now)
         .order_by("wake_at")
@@ -232,6 +239,9 @@ def context(hours: int = 24, due_within: timedelta = timedelta(hours=1)) -> dict
         "oldest_backlog": oldest,
         "oldest_backlog_age": None if oldest is None else now - oldest.created_at,
         "due_soon": due_soon,
+        "sleeping_total": sum(t.counts.get(RunStatus.SLEEPING, 0) for t in tasks),
+        "waiting_total": sum(t.counts.get(RunStatus.WAITING, 0) for t in tasks),
+        "next_timeout": next_timeout,
         "due_within_minutes": round(due_within.total_seconds() / 60),
         "waker_lateness": None if late is None else now - late,
         "bars": bars,

@@ -17,7 +17,6 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.db.models.functions import Length, Substr
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -27,10 +26,10 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 from django.views.decorators.http import require_POST
 
-from .. import control, readable, serialization
+from .. import control, readable
 from ..exceptions import DurableError
-from ..models import Run, RunStatus, Slot, Step, StepStatus
-from . import dashboard
+from ..models import Run
+from . import dashboard, run_page
 from .changelist import (
     CreatedFilter,
     EstimatedCountPaginator,
@@ -40,54 +39,10 @@ from .changelist import (
     request_task_names,
     search_ids,
 )
+from .run_page import human_duration
 
-#: Characters of a step output shown in the timeline.
-OUTPUT_PREVIEW_CHARS = 200
-#: Step outputs up to this many characters are decoded for their preview; longer ones are
-#: read cut at this length and their type markers rewritten in the text.
-OUTPUT_DECODE_CHARS = 4000
 #: Characters of the positional / keyword arguments shown in the changelist.
 ARGS_PREVIEW_CHARS = 60
-#: Characters of arguments / result shown on the run page.
-VALUE_DISPLAY_CHARS = 20_000
-#: Steps shown on the run page (a run that loops may record thousands).
-MAX_TIMELINE_STEPS = 500
-#: Child runs listed on the run page.
-MAX_CHILDREN = 200
-
-
-def human_duration(seconds: float | None) -> str:
-    """``"350 ms"``, ``"4.2 s"``, ``"3 min 12 s"``, ``"2 h 5 min"``, ``"3 d 4 h"``; ``""`` for None."""
-    if seconds is None:
-        return ""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs} s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
-
-
-def pretty_json(text: str | None, limit: int = VALUE_DISPLAY_CHARS) -> tuple[str, bool]:
-    """Indented readable JSON for display, cut at ``limit`` characters; returns (text, truncated)."""
-    return readable.pretty(text, limit)
-
-
-def decode_error(text: str | None) -> dict[str, Any] | None:
-    """A stored error record (``{type, module, message, traceback}``) or ``None``."""
-    if not text:
-        return None
-    try:
-        value = serialization.loads(text)
-    except (ValueError, TypeError, KeyError):
-        return {"type": "", "module": "", "message": text, "traceback": ""}
-    return value if isinstance(value, dict) else {"type": "", "module": "", "message": str(value), "traceback": ""}
 
 
 @admin.register(Run)
@@ -382,102 +337,14 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return TemplateResponse(request, "admin/celery_durable/run/run.html", context)
 
     def run_context(self, request: HttpRequest, run: Run) -> dict[str, Any]:
-        """What the run page shows: values, the step timeline, family, actions."""
-        args, args_cut = pretty_json(run.args)
-        kwargs, kwargs_cut = pretty_json(run.kwargs)
-        result, result_cut = pretty_json(run.result)
-        rows = list(
-            Step.objects.filter(run_id=run.pk)
-            .defer("output")
-            .annotate(output_head=Substr("output", 1, OUTPUT_DECODE_CHARS), output_size=Length("output"))
-            .order_by("id")[: MAX_TIMELINE_STEPS + 1]
-        )
-        truncated = len(rows) > MAX_TIMELINE_STEPS
-        rows = rows[:MAX_TIMELINE_STEPS]
-        steps_total = Step.objects.filter(run_id=run.pk).count() if truncated else len(rows)
-        children = list(
-            Run.objects.filter(parent_id=run.pk)
-            .only("id", "task_name", "status", "created_at", "finished_at", "parent_step", "child_index")
-            .order_by("created_at", "pk")[: MAX_CHILDREN + 1]
-        )
-        children_cut = len(children) > MAX_CHILDREN
-        children = children[:MAX_CHILDREN]
-        by_step: dict[str, list[Run]] = {}
-        for child in children:
-            by_step.setdefault(child.parent_step or "", []).append(child)
-        timeline = []
-        for item in rows:
-            finished = item.finished_at
-            entry: dict[str, Any] = {
-                "step": item,
-                "duration": human_duration((finished - item.started_at).total_seconds()) if finished else "",
-                "preview": readable.compact(item.output_head, OUTPUT_PREVIEW_CHARS),
-                "error": decode_error(item.error),
-                "children": by_step.get(item.step_id, []),
-                "wake_at": None,
-                "waiting_for": None,
-            }
-            if item.status == StepStatus.PENDING:
-                entry["wake_at"] = run.wake_at
-                entry["waiting_for"] = run.waiting_for
-            timeline.append(entry)
-        failed_step = next((e["step"].step_id for e in timeline if e["step"].status == StepStatus.FAILED), None)
-        parent = None
-        if run.parent_id:
-            parent = Run.objects.filter(pk=run.parent_id).only("id", "task_name", "status").first()
-        backlog_ahead = None
-        run_keys = [key for key in (run.slot_key1, run.slot_key2) if key]
-        slots = list(Slot.objects.filter(key__in=run_keys).order_by("key")) if run_keys else []
-        key_backlog: dict[str, int] = {}
-        if run.status == RunStatus.PENDING and run_keys and run.backlog_at is not None:
-            # Its place in each key's backlog: pending runs ordered by (backlog_at, id).
-            ahead = Q(backlog_at__lt=run.backlog_at) | Q(backlog_at=run.backlog_at, pk__lt=run.pk)
-            for key in run_keys:
-                key_backlog[key] = (
-                    Run.objects.filter(status=RunStatus.PENDING)
-                    .filter(Q(slot_key1=key) | Q(slot_key2=key))
-                    .filter(ahead)
-                    .count()
-                )
-        elif run.status in (RunStatus.PENDING, RunStatus.QUEUED):
-            backlog_ahead = Run.objects.filter(
-                task_name=run.task_name, status=run.status, created_at__lt=run.created_at
-            ).count()
+        """What the run page shows: values, the step in progress, the timeline, family, actions."""
+        site = self.admin_site.name
         return {
-            "run": run,
-            "run_duration": human_duration(control.duration(run)),
-            "args_json": args,
-            "args_cut": args_cut,
-            "kwargs_json": kwargs,
-            "kwargs_cut": kwargs_cut,
-            "result_json": result,
-            "result_cut": result_cut,
-            "run_error": decode_error(run.error),
-            "timeline": timeline,
-            "steps_total": steps_total,
-            "steps_truncated": truncated,
-            "failed_step": failed_step,
-            "parent": parent,
-            "parent_missing": bool(run.parent_id) and parent is None,
-            "children": children,
-            "children_cut": children_cut,
-            "backlog_ahead": backlog_ahead,
-            "slots": [
-                {"key": slot.key, "in_use": slot.in_use, "limit": slot.limit, "ahead": key_backlog.get(slot.key)}
-                for slot in slots
-            ],
-            "changelist_url": reverse(f"{self.admin_site.name}:celery_durable_run_changelist"),
+            **run_page.context(run),
+            "changelist_url": reverse(f"{site}:celery_durable_run_changelist"),
             "can_cancel": self.has_cancel_permission(request) and run.status in control.CANCELLABLE,
             "can_replay": self.has_replay_permission(request) and run.status in control.REPLAYABLE,
-            "cancel_url": reverse(f"{self.admin_site.name}:celery_durable_run_cancel", args=[quote(run.pk)]),
-            "replay_url": reverse(f"{self.admin_site.name}:celery_durable_run_replay", args=[quote(run.pk)]),
-            "dashboard_url": reverse(f"{self.admin_site.name}:celery_durable_run_dashboard"),
-            "lease_remaining": (run.lease_expires_at - control_now() if run.lease_expires_at is not None else None),
+            "cancel_url": reverse(f"{site}:celery_durable_run_cancel", args=[quote(run.pk)]),
+            "replay_url": reverse(f"{site}:celery_durable_run_replay", args=[quote(run.pk)]),
+            "dashboard_url": reverse(f"{site}:celery_durable_run_dashboard"),
         }
-
-
-def control_now() -> Any:
-    """The clock the library uses (a fake one under the test driver)."""
-    from .. import clock
-
-    return clock.now()

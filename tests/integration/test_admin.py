@@ -238,7 +238,7 @@ def test_run_page__shows_parent_children_and_wait(admin_client):
     child = make_runs(1, status=RunStatus.RUNNING, task="t.child", steps=0, parent=parent, parent_step="fan-out")[0]
     body = admin_client.get(run_url(parent.id)).content.decode()
     assert child.id in body and "t.child" in body
-    assert "waits for event" in body and "invoice.paid" in body
+    assert "waits for its child runs" in body and "invoice.paid" in body
     body = admin_client.get(run_url(child.id)).content.decode()
     assert "Parent run" in body and parent.id in body
 
