@@ -14,10 +14,10 @@ from urllib.parse import quote_plus
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.utils import quote, unquote
+from django.contrib.admin.utils import quote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import dateformat, timezone
@@ -27,9 +27,9 @@ from django.utils.translation import gettext
 from django.views.decorators.http import require_POST
 
 from .. import control, readable
-from ..exceptions import DurableError
 from ..models import Run
 from . import dashboard, run_page
+from .actions import RunActionsAdmin, earlier_of, log_bulk
 from .changelist import (
     CreatedFilter,
     EstimatedCountPaginator,
@@ -46,7 +46,7 @@ ARGS_PREVIEW_CHARS = 60
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class RunAdmin(RunActionsAdmin):
     """Durable runs: monitoring, and cancel/replay actions behind their own permissions."""
 
     list_display = (
@@ -85,14 +85,6 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         # Runs are removed by retention (durable_prune), never by hand: deleting an
         # unfinished run would strand its worker, its children and its waiters.
         return False
-
-    def has_cancel_permission(self, request: HttpRequest) -> bool:
-        """``celery_durable.cancel_run``."""
-        return bool(request.user.has_perm(f"{self.opts.app_label}.cancel_run"))
-
-    def has_replay_permission(self, request: HttpRequest) -> bool:
-        """``celery_durable.replay_run``."""
-        return bool(request.user.has_perm(f"{self.opts.app_label}.replay_run"))
 
     # --- changelist ----------------------------------------------------------------------
 
@@ -231,7 +223,20 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 "media": self.media,
             }
             return TemplateResponse(request, "admin/celery_durable/run/confirm_bulk.html", context)
-        result = control.bulk(operation, queryset, reason=request.POST.get("reason", "").strip())
+        reason = request.POST.get("reason", "").strip()
+        earlier = earlier_of(queryset, control.CANCELLABLE if operation == "cancel" else control.REPLAYABLE)
+        result = control.bulk(operation, queryset, reason=reason)
+        what = {
+            "cancel": "Cancelled",
+            "replay": "Replayed from the failed step",
+            "replay_from_start": "Replayed from the start",
+        }
+        log_bulk(
+            request,
+            result.done,
+            f"{what[operation]} (bulk action{f'; reason: {reason}' if reason else ''})",
+            earlier if operation != "cancel" else {},
+        )
         self.message_user(request, f"{len(result.done)} run(s) {done_verb}.", messages.SUCCESS)
         if result.skipped_total:
             self.message_user(
@@ -255,54 +260,10 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         wrap = self.admin_site.admin_view
         return [
             path("dashboard/", wrap(self.dashboard_view), name="{}_{}_dashboard".format(*info)),
-            path("<path:object_id>/cancel/", wrap(require_POST(self.cancel_view)), name="{}_{}_cancel".format(*info)),
+            path("<path:object_id>/cancel/", wrap(self.cancel_view), name="{}_{}_cancel".format(*info)),
             path("<path:object_id>/replay/", wrap(require_POST(self.replay_view)), name="{}_{}_replay".format(*info)),
             *super().get_urls(),
         ]
-
-    def _run_or_404(self, request: HttpRequest, object_id: str) -> Run:
-        run: Run | None = self.get_object(request, unquote(object_id))
-        if run is None:
-            raise Http404(f"no durable run with id {unquote(object_id)!r}")
-        return run
-
-    def _run_url(self, run_id: str) -> str:
-        return reverse(f"{self.admin_site.name}:celery_durable_run_change", args=[quote(run_id)])
-
-    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """POST: cancel one run (``cancel_run`` permission)."""
-        if not (self.has_view_permission(request) and self.has_cancel_permission(request)):
-            raise PermissionDenied
-        run = self._run_or_404(request, object_id)
-        try:
-            control.cancel(run.pk, reason=request.POST.get("reason", "").strip())
-        except DurableError as exc:
-            self.message_user(request, f"Not cancelled: {exc}", messages.ERROR)
-        else:
-            self.message_user(request, f"Run {run.pk} cancelled.", messages.SUCCESS)
-        return HttpResponseRedirect(self._run_url(run.pk))
-
-    def replay_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """POST: replay one run from its failed step, a given step or the start (``replay_run``)."""
-        if not (self.has_view_permission(request) and self.has_replay_permission(request)):
-            raise PermissionDenied
-        run = self._run_or_404(request, object_id)
-        mode = request.POST.get("from", "failed")
-        try:
-            if mode == "start":
-                control.replay(run.pk, from_start=True)
-            elif mode == "step":
-                control.replay(run.pk, from_step=request.POST.get("step_id") or None)
-            else:
-                control.replay(run.pk)
-        except DurableError as exc:
-            self.message_user(request, f"Not replayed: {exc}", messages.ERROR)
-        else:
-            where = {"start": "from the start", "step": f"from step {request.POST.get('step_id')!r}"}.get(
-                mode, "from the failed step"
-            )
-            self.message_user(request, f"Run {run.pk} replayed {where}.", messages.SUCCESS)
-        return HttpResponseRedirect(self._run_url(run.pk))
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         """Runs per status per task, throughput, backlogs and due sleepers."""
@@ -341,6 +302,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         site = self.admin_site.name
         return {
             **run_page.context(run),
+            **self.history_context(run),
             "changelist_url": reverse(f"{site}:celery_durable_run_changelist"),
             "can_cancel": self.has_cancel_permission(request) and run.status in control.CANCELLABLE,
             "can_replay": self.has_replay_permission(request) and run.status in control.REPLAYABLE,

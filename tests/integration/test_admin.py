@@ -329,7 +329,7 @@ def test_replay_of_a_completed_run__is_refused_with_a_message(admin_client, dura
 
 def test_cancel__cancels_a_queued_run(admin_client, durable):
     run = tasks.add.delay(1, 2)
-    response = admin_client.post(run_url(run.id, "cancel"), {"reason": "bad deploy"}, follow=True)
+    response = admin_client.post(run_url(run.id, "cancel"), {"reason": "bad deploy", "confirmed": "yes"}, follow=True)
     assert response.status_code == 200
     stored = Run.objects.get(id=run.id)
     assert stored.status == RunStatus.CANCELLED
@@ -340,8 +340,10 @@ def test_cancel__cancels_a_queued_run(admin_client, durable):
 def test_actions__are_not_reachable_by_get(admin_client, durable):
     run_id = failed_run(durable)
     assert admin_client.get(run_url(run_id, "replay")).status_code == 405
-    assert admin_client.get(run_url(run_id, "cancel")).status_code == 405
     assert Run.objects.get(id=run_id).status == RunStatus.FAILED
+    queued = tasks.add.delay(1, 2).id
+    assert admin_client.get(run_url(queued, "cancel")).status_code == 200  # the confirmation page
+    assert Run.objects.get(id=queued).status == RunStatus.QUEUED
 
 
 def test_actions__need_a_csrf_token(durable, admin_user):
