@@ -17,18 +17,19 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import dateformat, timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 from django.views.decorators.http import require_POST
 
 from .. import control, readable
 from ..models import Run
-from . import dashboard, run_page
+from . import dashboard, run_page, waterfall
 from .actions import RunActionsAdmin, earlier_of, log_bulk
 from .changelist import (
     CreatedFilter,
@@ -43,6 +44,12 @@ from .run_page import human_duration
 
 #: Characters of the positional / keyword arguments shown in the changelist.
 ARGS_PREVIEW_CHARS = 60
+
+
+#: Seconds between reloads of the changelist and of an unfinished run's page.
+REFRESH_SECONDS = 5
+#: The session key remembering that a user turned auto-refresh off.
+REFRESH_SESSION_KEY = "celery_durable_auto_refresh"
 
 
 @admin.register(Run)
@@ -89,7 +96,31 @@ class RunAdmin(RunActionsAdmin):
     # --- changelist ----------------------------------------------------------------------
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        return super().changelist_view(request, {"title": "Durable runs", **(extra_context or {})})
+        context = {"title": "Durable runs", **self.refresh_context(request), **(extra_context or {})}
+        return super().changelist_view(request, context)
+
+    # --- auto-refresh --------------------------------------------------------------------
+
+    def refresh_context(self, request: HttpRequest) -> dict[str, Any]:
+        """Whether the page reloads itself (a per-session choice, on by default) and the toggle links."""
+        here = quote_plus(request.get_full_path())
+        url = reverse(f"{self.admin_site.name}:celery_durable_run_refresh")
+        return {
+            "auto_refresh": bool(request.session.get(REFRESH_SESSION_KEY, True)),
+            "refresh_seconds": REFRESH_SECONDS,
+            "refresh_off_url": f"{url}?on=0&next={here}",
+            "refresh_on_url": f"{url}?on=1&next={here}",
+        }
+
+    def refresh_view(self, request: HttpRequest) -> HttpResponse:
+        """GET ``?on=0|1&next=``: turn the auto-refresh of the runs pages off or on, go back."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        request.session[REFRESH_SESSION_KEY] = request.GET.get("on") != "0"
+        target = request.GET.get("next", "")
+        if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+            target = reverse(f"{self.admin_site.name}:celery_durable_run_changelist")
+        return HttpResponseRedirect(target)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[RunChangeList]:
         return RunChangeList
@@ -260,6 +291,7 @@ class RunAdmin(RunActionsAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("dashboard/", wrap(self.dashboard_view), name="{}_{}_dashboard".format(*info)),
+            path("refresh/", wrap(self.refresh_view), name="{}_{}_refresh".format(*info)),
             path("<path:object_id>/cancel/", wrap(self.cancel_view), name="{}_{}_cancel".format(*info)),
             path("<path:object_id>/replay/", wrap(require_POST(self.replay_view)), name="{}_{}_replay".format(*info)),
             *super().get_urls(),
@@ -291,6 +323,7 @@ class RunAdmin(RunActionsAdmin):
             "title": f"Run {run.pk}",
             "subtitle": run.task_name,
             "original": run,
+            **self.refresh_context(request),
             "has_view_permission": True,
             **self.run_context(request, run),
             **(extra_context or {}),
@@ -300,8 +333,10 @@ class RunAdmin(RunActionsAdmin):
     def run_context(self, request: HttpRequest, run: Run) -> dict[str, Any]:
         """What the run page shows: values, the step in progress, the timeline, family, actions."""
         site = self.admin_site.name
+        page = run_page.context(run)
         return {
-            **run_page.context(run),
+            **page,
+            "waterfall": waterfall.build(run, page["timeline"], page["in_progress"], page["now"]),
             **self.history_context(run),
             "changelist_url": reverse(f"{site}:celery_durable_run_changelist"),
             "can_cancel": self.has_cancel_permission(request) and run.status in control.CANCELLABLE,
