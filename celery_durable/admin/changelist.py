@@ -164,27 +164,6 @@ def request_task_names(request: HttpRequest) -> list[str]:
     return list(cached)
 
 
-#: A search matching more runs than this by key falls back to a plain filter.
-MAX_SEARCH_IDS = 10_000
-
-
-def search_ids(term: str, names: list[str]) -> list[str] | None:
-    """Ids of runs that ``term`` names: as run id, concurrency key or flow-control key.
-
-    Each lookup is an exact match on an index, so the changelist then filters on a short
-    list of primary keys. ``None`` if a key matches more than ``MAX_SEARCH_IDS`` runs.
-    """
-    keys = [term, *(f"{task}:{term}" for task in names)]
-    by_key = list(
-        Run.objects.filter(Q(slot_key1__in=keys) | Q(slot_key2__in=keys))
-        .order_by()
-        .values_list("pk", flat=True)[: MAX_SEARCH_IDS + 1]
-    )
-    if len(by_key) > MAX_SEARCH_IDS:
-        return None
-    return [term, *by_key, *runs_by_flow_key(term, names)]
-
-
 class TaskFilter(admin.SimpleListFilter):
     """Filter by task name (exact)."""
 
@@ -350,6 +329,11 @@ class RunChangeList(ChangeList):
     """Loads only the listed columns (arguments cut short), and steps done/recorded per run in one query."""
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
+        for values in request.GET.lists():
+            if any("\x00" in item for item in (values[0], *values[1])):
+                # No stored value has one, and PostgreSQL refuses it in a query: the
+                # changelist answers "invalid filter" (?e=1) like any other bad value.
+                raise IncorrectLookupParameters("a NUL character in a filter")
         queryset: QuerySet[Any] = super().get_queryset(request, exclude_parameters)
         listed: QuerySet[Any] = queryset.only(*LIST_COLUMNS).annotate(
             args_head=Substr("args", 1, ARGS_HEAD_CHARS), kwargs_head=Substr("kwargs", 1, ARGS_HEAD_CHARS)

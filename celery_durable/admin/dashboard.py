@@ -148,7 +148,8 @@ def key_backlogs(limit: int = TOP_KEYS) -> list[dict[str, Any]]:
     """The concurrency keys with the most pending runs: count, oldest place, slots in use.
 
     Pending runs are grouped through the ``(status, slot_key, backlog_at)`` indexes of the
-    concurrency backlog (index-only); their slots come from the ``Slot`` rows.
+    concurrency backlog (index-only), and only the ``limit`` longest backlogs per key column
+    are read (not one row per key); their slots come from the ``Slot`` rows.
     """
     from ..models import Slot
 
@@ -158,8 +159,8 @@ def key_backlogs(limit: int = TOP_KEYS) -> list[dict[str, Any]]:
             Run.objects.filter(status=RunStatus.PENDING, **{f"{column}__isnull": False})
             .values(column)
             .annotate(n=Count("*"), first=Min("backlog_at"))
-            .order_by()
-            .values_list(column, "n", "first")
+            .order_by("-n", column)
+            .values_list(column, "n", "first")[:limit]
         )
         for key, n, first in rows:
             entry = pending.setdefault(key, {"key": key, "pending": 0, "oldest": first})

@@ -38,14 +38,16 @@ from .changelist import (
     RunChangeList,
     TaskFilter,
     request_task_names,
-    search_ids,
 )
 from .run_page import human_duration
+from .search import concurrency_keys, search_ids
 
 #: Characters of the positional / keyword arguments shown in the changelist.
 ARGS_PREVIEW_CHARS = 60
 
 
+#: The URL parameters the changelist accepts: its declared filters.
+ALLOWED_LOOKUPS = frozenset({"status", "status__exact", "task", "key", "created_since", "created_from", "created_to"})
 #: Seconds between reloads of the changelist and of an unfinished run's page.
 REFRESH_SECONDS = 5
 #: The session key remembering that a user turned auto-refresh off.
@@ -58,7 +60,7 @@ class RunAdmin(RunActionsAdmin):
 
     list_display = (
         "run_link",
-        "task_name",
+        "task",
         "status_badge",
         "arguments",
         "keys",
@@ -70,7 +72,10 @@ class RunAdmin(RunActionsAdmin):
     list_display_links = None
     list_filter = (TaskFilter, "status", CreatedFilter, KeyFilter)
     search_fields = ("=id", "=task_name")
-    search_help_text = "An exact run id, task name, concurrency key, or idempotency / singleton / debounce key."
+    search_help_text = (
+        "A run id or its first characters, a task name, or the value of a concurrency, idempotency, "
+        "singleton or debounce key (arguments too, with ADMIN_ARGUMENT_SEARCH)."
+    )
     ordering = ("-created_at",)
     list_per_page = 50
     list_max_show_all = 200
@@ -94,6 +99,27 @@ class RunAdmin(RunActionsAdmin):
         return False
 
     # --- changelist ----------------------------------------------------------------------
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        """Only the declared filters: no arbitrary lookup (``?args__regex=``) from the URL."""
+        return lookup in ALLOWED_LOOKUPS
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Run | None:
+        """The run, or ``None`` for an id no run can have (one with a NUL: PostgreSQL refuses it)."""
+        if "\x00" in object_id:
+            return None
+        run: Run | None = super().get_object(request, object_id, from_field)
+        return run
+
+    def response_action(
+        self, request: HttpRequest, queryset: QuerySet[Run], *args: Any, **kwargs: Any
+    ) -> HttpResponse | None:
+        selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        if any("\x00" in run_id for run_id in selected):
+            self.message_user(request, "No run has an id with a NUL character: nothing changed.", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+        response: HttpResponse | None = super().response_action(request, queryset, *args, **kwargs)
+        return response
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         context = {"title": "Durable runs", **self.refresh_context(request), **(extra_context or {})}
@@ -133,6 +159,8 @@ class RunAdmin(RunActionsAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
+        if "\x00" in term:  # no stored value has one (PostgreSQL refuses it in a query)
+            return queryset.none(), False
         names = request_task_names(request)
         if term in names:
             return queryset.filter(task_name=term), False
@@ -143,7 +171,7 @@ class RunAdmin(RunActionsAdmin):
             request._durable_search = cached  # type: ignore[attr-defined]
         ids = cached[term]
         if ids is None:  # a key with very many runs: filter on the key itself
-            keys = [term, *(f"{task}:{term}" for task in names)]
+            keys = concurrency_keys(term, names)
             match = Q(pk=term) | Q(slot_key1__in=keys) | Q(slot_key2__in=keys)
         else:
             match = Q(pk__in=ids)
@@ -197,7 +225,11 @@ class RunAdmin(RunActionsAdmin):
         args = readable.compact(getattr(run, "args_head", None), ARGS_PREVIEW_CHARS)
         kwargs = readable.compact(getattr(run, "kwargs_head", None), ARGS_PREVIEW_CHARS)
         shown = " ".join(part for part in (args if args != "[]" else "", kwargs if kwargs != "{}" else "") if part)
-        return format_html('<code class="durable-args-preview">{}</code>', shown) if shown else ""
+        return format_html('<code class="durable-args-preview" title="{0}">{0}</code>', shown) if shown else ""
+
+    @admin.display(description="task", ordering="task_name")
+    def task(self, run: Run) -> str:
+        return format_html('<span class="durable-task-name" title="{0}">{0}</span>', run.task_name)
 
     @admin.display(description="duration")
     def duration(self, run: Run) -> str:

@@ -21,7 +21,7 @@ def bars(body):
     section = body[body.index('id="durable-waterfall"') :]
     section = section[: section.index("</section>")]
     found = re.findall(
-        r'data-step-id="([^"]+)">.*?class="durable-wf-bar ([^"]+)" style="left: ([\d.]+)%; width: ([\d.]+)%"',
+        r'data-bar="([^"]+)">.*?class="durable-wf-bar ([^"]+)" style="left: ([\d.]+)%; width: ([\d.]+)%"',
         section,
         flags=re.S,
     )
