@@ -376,4 +376,5 @@ class RunAdmin(RunActionsAdmin):
             "cancel_url": reverse(f"{site}:celery_durable_run_cancel", args=[quote(run.pk)]),
             "replay_url": reverse(f"{site}:celery_durable_run_replay", args=[quote(run.pk)]),
             "dashboard_url": reverse(f"{site}:celery_durable_run_dashboard"),
+            "events_url": reverse(f"{site}:celery_durable_event_changelist"),
         }
