@@ -70,8 +70,10 @@ def decode_state(text: str | None) -> dict[str, Any] | None:
 
 def describe_suspension(step: Step, state: dict[str, Any] | None, run: Run, now: datetime) -> SafeString | None:
     """A sleep, wait or child-run step in words: what it waits for and until when."""
-    state = state or {}
     pending = step.status == StepStatus.PENDING
+    if not state and not pending:
+        return None  # no recorded state to describe: the output preview is shown instead
+    state = state or {}
     if step.kind == "sleep":
         wake = state.get("wake_at") or (run.wake_at if pending else None)
         if pending:
@@ -225,7 +227,9 @@ def _timeline(run: Run, now: datetime) -> tuple[list[dict[str, Any]], int, bool]
         timeline.append(
             {
                 "step": item,
-                "duration": human_duration((finished - item.started_at).total_seconds()) if finished else "",
+                "duration": ""
+                if item.status == StepStatus.PENDING
+                else human_duration((finished - item.started_at).total_seconds()),
                 "preview": "" if words else readable.compact(item.output_head, OUTPUT_PREVIEW_CHARS),
                 "words": words,
                 "error": decode_error(item.error),

@@ -64,7 +64,6 @@ class RunAdmin(RunActionsAdmin):
         "status_badge",
         "arguments",
         "keys",
-        "priority",
         "created",
         "duration",
         "steps",
@@ -180,7 +179,7 @@ class RunAdmin(RunActionsAdmin):
     @admin.display(description="run", ordering="id")
     def run_link(self, run: Run) -> str:
         url = self._change_url_pattern().replace("__run_id__", quote(run.pk))
-        shown = run.pk if len(run.pk) <= 16 else f"{run.pk[:13]}…"
+        shown = run.pk if len(run.pk) <= 12 else f"{run.pk[:8]}…"
         return format_html('<a href="{}" class="durable-run-id" title="{}">{}</a>', url, run.pk, shown)
 
     def action_checkbox(self, obj: Run) -> SafeString:
@@ -203,21 +202,30 @@ class RunAdmin(RunActionsAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, run: Run) -> str:
-        return format_html('<span class="durable-status durable-status--{0}">{0}</span>', run.status)
+        badge = format_html('<span class="durable-status durable-status--{0}">{0}</span>', run.status)
+        if run.priority:  # no column of its own: it would push the others off a 1,400 px screen
+            return format_html('{} <span class="durable-note" title="priority">prio {}</span>', badge, run.priority)
+        return badge
 
     @admin.display(description="created", ordering="created_at")
     def created(self, run: Run) -> str:
-        return dateformat.format(timezone.localtime(run.created_at), "Y-m-d H:i:s")
+        moment = timezone.localtime(run.created_at)
+        # Date and time may stack in two lines when the page is narrow.
+        return format_html(
+            "<span>{}</span> <span>{}</span>", dateformat.format(moment, "Y-m-d"), dateformat.format(moment, "H:i:s")
+        )
 
     @admin.display(description="keys")
     def keys(self, run: Run) -> str:
         keys = [key for key in (run.slot_key1, run.slot_key2) if key]
         if not keys:
             return ""
+        # A per-task key reads "path:value" here (the task is in its own column).
+        prefix = f"{run.task_name}:"
         return format_html_join(
             " ",
-            '<a href="?key={}" class="durable-key-link">{}</a>',
-            ((quote_plus(key), key) for key in keys),
+            '<a href="?key={}" class="durable-key-link" title="{}">{}</a>',
+            ((quote_plus(key), key, key.removeprefix(prefix)) for key in keys),
         )
 
     @admin.display(description="arguments")

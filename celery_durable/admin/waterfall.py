@@ -41,6 +41,7 @@ class Bar:
     title: str
     note: str = ""
     open_end: bool = False
+    note_left: str = "0"
 
 
 def _bar(
@@ -51,7 +52,7 @@ def _bar(
     width = min(width, 100 - min(left, 100 - MIN_WIDTH))
     duration = human_duration(max(0.0, (end - start).total_seconds()))
     title = f"{label} ({kind}): {status}, {duration}" + (f", {note}" if note else "")
-    return Bar(label, kind, status, _pct(left), _pct(width), title, note)
+    return Bar(label, kind, status, _pct(left), _pct(width), title, note, note_left=_pct(min(left + width, 88)))
 
 
 def build(run: Run, timeline: list[dict[str, Any]], current: InProgress | None, now: datetime) -> dict[str, Any] | None:
@@ -78,7 +79,8 @@ def build(run: Run, timeline: list[dict[str, Any]], current: InProgress | None, 
         bar.open_end = pending and unfinished
         bars.append(bar)
     if current is not None and current.since is not None and run.status == "running":
-        bar = _bar("(executing now)", "run", "running", current.since, now, t0, span, current.worker or "")
+        bar = _bar("(executing now)", "run", "running", current.since, now, t0, span, "")
+        bar.title += f", on {current.worker}" if current.worker else ""
         bar.open_end = True
         bars.append(bar)
     ticks = [
