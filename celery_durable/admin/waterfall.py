@@ -29,6 +29,13 @@ def _pct(value: float) -> str:
     return f"{max(0.0, min(100.0, value)):.3f}"
 
 
+def _tick(seconds: float) -> str:
+    # Runs that take milliseconds get distinct labels too ("+0.3 ms", not "+0 ms" four times).
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
+    return human_duration(seconds)
+
+
 @dataclass
 class Bar:
     """One row of the waterfall."""
@@ -83,9 +90,6 @@ def build(run: Run, timeline: list[dict[str, Any]], current: InProgress | None, 
         bar.title += f", on {current.worker}" if current.worker else ""
         bar.open_end = True
         bars.append(bar)
-    ticks = [
-        {"left": _pct(i * 100 / (TICKS - 1)), "label": "+" + (human_duration(span * i / (TICKS - 1)) or "0 s")}
-        for i in range(TICKS)
-    ]
+    ticks = [{"left": _pct(i * 100 / (TICKS - 1)), "label": "+" + _tick(span * i / (TICKS - 1))} for i in range(TICKS)]
     ticks[0]["label"] = timezone.localtime(t0).strftime("%H:%M:%S")
     return {"bars": bars, "ticks": ticks, "start": t0, "end": t1, "span": human_duration(span), "live": unfinished}
