@@ -111,6 +111,7 @@ def test_durable_runs_show__plain_and_json(durable):
     run_id = a_run_of_every_type(durable)
     text = show(run_id)
     assert "__type__" not in text and "2024-01-02T03:04:05+00:00" in text and "12.50" in text
+    assert '"text_bytes": "héllo"' in text  # as written, not \u-escaped
     data = json.loads(show(run_id, "--json"))
     assert data["run"]["args"] == ["2024-01-02T03:04:05+00:00"]
     assert data["run"]["kwargs"] == READABLE
