@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "WAKER_BATCH_SIZE": 500,
     "OBSERVE_PLAIN_TASKS": False,
     "INLINE_HANDOFF_RUNS": 10,
+    "ADMIN_ARGUMENT_SEARCH": False,
 }
 
 
@@ -53,6 +54,8 @@ class DurableSettings:
     OBSERVE_PLAIN_TASKS: bool | tuple[str, ...]
     # A process that frees a concurrency slot runs up to this many promoted runs itself.
     INLINE_HANDOFF_RUNS: int
+    # The admin's search also looks inside every run's arguments (a scan of the table).
+    ADMIN_ARGUMENT_SEARCH: bool
 
 
 def _validate(values: dict[str, Any]) -> None:
@@ -78,7 +81,7 @@ def _validate(values: dict[str, Any]) -> None:
         raise DurableConfigError(
             f"CELERY_DURABLE['MAX_RECOVERIES'] must be an int >= 0, got {values['MAX_RECOVERIES']!r}"
         )
-    for name in ("RUN_SERVICES_IN_WORKER", "REUSE_CONNECTIONS"):
+    for name in ("RUN_SERVICES_IN_WORKER", "REUSE_CONNECTIONS", "ADMIN_ARGUMENT_SEARCH"):
         if not isinstance(values[name], bool):
             raise DurableConfigError(f"CELERY_DURABLE[{name!r}] must be True or False, got {values[name]!r}")
     observe = values["OBSERVE_PLAIN_TASKS"]

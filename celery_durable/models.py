@@ -151,6 +151,7 @@ class Event(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["name", "received_at"], name="durable_event_name")]
+        permissions = [("send_event", "Can send events from the admin")]
 
     def __str__(self) -> str:
         return f"{self.name} #{self.pk}"

@@ -224,7 +224,9 @@ def duration(run: Run, now: datetime | None = None) -> float | None:
 
 
 def describe_run(run: Run, *, full: bool = False) -> dict[str, Any]:
-    """The run as JSON-ready data; ``full`` adds arguments, result and error."""
+    """The run as JSON-ready data; ``full`` adds arguments, result and error (readable values)."""
+    from .readable import readable
+
     data: dict[str, Any] = {
         "id": run.id,
         "task": run.task_name,
@@ -242,10 +244,10 @@ def describe_run(run: Run, *, full: bool = False) -> dict[str, Any]:
     }
     if full:
         data.update(
-            args=run.args_value,
-            kwargs=run.kwargs_value,
-            result=run.result_value,
-            error=run.error_value,
+            args=readable(run.args_value),
+            kwargs=readable(run.kwargs_value),
+            result=readable(run.result_value),
+            error=readable(run.error_value),
             recoveries=run.recoveries,
             lease_owner=run.lease_owner,
             lease_expires_at=_iso(run.lease_expires_at),
@@ -259,6 +261,7 @@ def describe_steps(run_id: str) -> list[dict[str, Any]]:
     """The run's steps in the order they were reached, as JSON-ready data."""
     from . import serialization
     from .models import Step
+    from .readable import readable
 
     steps = []
     for item in Step.objects.filter(run_id=run_id).order_by("id"):
@@ -271,8 +274,8 @@ def describe_steps(run_id: str) -> list[dict[str, Any]]:
                 "started_at": _iso(item.started_at),
                 "finished_at": _iso(item.finished_at),
                 "duration": max(0.0, (item.finished_at - item.started_at).total_seconds()),
-                "output": item.output_value,
-                "error": None if item.error is None else serialization.loads(item.error),
+                "output": readable(item.output_value),
+                "error": None if item.error is None else readable(serialization.loads(item.error)),
             }
         )
     return steps

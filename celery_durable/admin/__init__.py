@@ -2,11 +2,13 @@
 
 :class:`~celery_durable.admin.runs.RunAdmin` registers the runs changelist, the run page
 (arguments, result or error, the step timeline, parent and child runs), the dashboard and
-the cancel/replay actions.
+the cancel/replay actions; :class:`~celery_durable.admin.events.EventAdmin` the events
+list, each event's effects and the "send event" form.
 """
 
 from __future__ import annotations
 
+from .events import EventAdmin
 from .runs import RunAdmin
 
-__all__ = ["RunAdmin"]
+__all__ = ["EventAdmin", "RunAdmin"]

@@ -27,6 +27,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import Substr
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -163,27 +164,6 @@ def request_task_names(request: HttpRequest) -> list[str]:
         cached = task_names()
         request._durable_task_names = cached  # type: ignore[attr-defined]
     return list(cached)
-
-
-#: A search matching more runs than this by key falls back to a plain filter.
-MAX_SEARCH_IDS = 10_000
-
-
-def search_ids(term: str, names: list[str]) -> list[str] | None:
-    """Ids of runs that ``term`` names: as run id, concurrency key or flow-control key.
-
-    Each lookup is an exact match on an index, so the changelist then filters on a short
-    list of primary keys. ``None`` if a key matches more than ``MAX_SEARCH_IDS`` runs.
-    """
-    keys = [stored_key(term), *(stored_key(f"{task}:{term}") for task in names)]
-    by_key = list(
-        Run.objects.filter(Q(slot_key1__in=keys) | Q(slot_key2__in=keys))
-        .order_by()
-        .values_list("pk", flat=True)[: MAX_SEARCH_IDS + 1]
-    )
-    if len(by_key) > MAX_SEARCH_IDS:
-        return None
-    return [term, *by_key, *runs_by_flow_key(term, names)]
 
 
 class TaskFilter(admin.SimpleListFilter):
@@ -343,11 +323,24 @@ class CreatedFilter(admin.ListFilter):
         return iter(choices)
 
 
+#: Characters of the arguments read per listed run (never the whole value).
+ARGS_HEAD_CHARS = 400
+
+
 class RunChangeList(ChangeList):
-    """Loads only the listed columns, and steps done/recorded per run in one query."""
+    """Loads only the listed columns (arguments cut short), and steps done/recorded per run in one query."""
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
-        return super().get_queryset(request, exclude_parameters).only(*LIST_COLUMNS)
+        for values in request.GET.lists():
+            if any("\x00" in item for item in (values[0], *values[1])):
+                # No stored value has one, and PostgreSQL refuses it in a query: the
+                # changelist answers "invalid filter" (?e=1) like any other bad value.
+                raise IncorrectLookupParameters("a NUL character in a filter")
+        queryset: QuerySet[Any] = super().get_queryset(request, exclude_parameters)
+        listed: QuerySet[Any] = queryset.only(*LIST_COLUMNS).annotate(
+            args_head=Substr("args", 1, ARGS_HEAD_CHARS), kwargs_head=Substr("kwargs", 1, ARGS_HEAD_CHARS)
+        )
+        return listed
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)

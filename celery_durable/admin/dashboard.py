@@ -149,7 +149,8 @@ def key_backlogs(limit: int = TOP_KEYS) -> list[dict[str, Any]]:
     """The concurrency keys with the most pending runs: count, oldest place, slots in use.
 
     Pending runs are grouped through the ``(status, slot_key, backlog_at)`` indexes of the
-    concurrency backlog (index-only); their slots come from the ``Slot`` rows.
+    concurrency backlog (index-only), and only the ``limit`` longest backlogs per key column
+    are read (not one row per key); their slots come from the ``Slot`` rows.
     """
     from ..models import Slot
 
@@ -159,8 +160,8 @@ def key_backlogs(limit: int = TOP_KEYS) -> list[dict[str, Any]]:
             Run.objects.filter(status=RunStatus.PENDING, **{f"{column}__isnull": False})
             .values(column)
             .annotate(n=Count("*"), first=Min("backlog_at"))
-            .order_by()
-            .values_list(column, "n", "first")
+            .order_by("-n", column)
+            .values_list(column, "n", "first")[:limit]
         )
         for key, n, first in rows:
             entry = pending.setdefault(key, {"key": key, "pending": 0, "oldest": first})
@@ -216,6 +217,13 @@ def context(hours: int = 24, due_within: timedelta = timedelta(hours=1)) -> dict
         .order_by("wake_at", "pk")
         .only("id", "task_name", "status", "wake_at")[:10]
     )
+    # Runs waiting for an event: the next one to give up (the (status, wake_at) index).
+    next_timeout = (
+        Run.objects.filter(status=RunStatus.WAITING, wake_at__isnull=False)
+        .order_by("wake_at", "pk")
+        .only("id", "task_name", "status", "wake_at", "waiting_for")
+        .first()
+    )
     late = (
         Run.objects.filter(status__in=(RunStatus.QUEUED, RunStatus.SLEEPING), wake_at__lte=now)
         .order_by("wake_at")
@@ -233,6 +241,9 @@ def context(hours: int = 24, due_within: timedelta = timedelta(hours=1)) -> dict
         "oldest_backlog": oldest,
         "oldest_backlog_age": None if oldest is None else now - oldest.created_at,
         "due_soon": due_soon,
+        "sleeping_total": sum(t.counts.get(RunStatus.SLEEPING, 0) for t in tasks),
+        "waiting_total": sum(t.counts.get(RunStatus.WAITING, 0) for t in tasks),
+        "next_timeout": next_timeout,
         "due_within_minutes": round(due_within.total_seconds() / 60),
         "waker_lateness": None if late is None else now - late,
         "bars": bars,

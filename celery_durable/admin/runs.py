@@ -1,6 +1,6 @@
 """``RunAdmin``: the runs changelist, the run page, the dashboard and the run actions.
 
-Every action goes through :mod:`celery_durable.control`, i.e. through the same
+Every action goes through :mod:`celery_durable.operations`, i.e. through the same
 ``cancel``/``replay`` functions as the Python API, each behind its own permission
 (``celery_durable.cancel_run``, ``celery_durable.replay_run``). Actions are POST-only and
 CSRF-protected; bulk actions ask for confirmation first and say how many runs they change
@@ -9,30 +9,28 @@ and how many they skip.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import quote_plus
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.utils import quote, unquote
+from django.contrib.admin.utils import quote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.db.models.functions import Length, Substr
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import dateformat, timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 from django.views.decorators.http import require_POST
 
-from .. import operations, serialization
-from ..exceptions import DurableError
-from ..models import Run, Slot, Step
-from ..states import RunStatus, StepStatus
-from . import dashboard
+from .. import operations, readable
+from ..models import Run
+from . import dashboard, run_page, waterfall
+from .actions import RunActionsAdmin, earlier_of, log_bulk
 from .changelist import (
     CreatedFilter,
     EstimatedCountPaginator,
@@ -40,68 +38,43 @@ from .changelist import (
     RunChangeList,
     TaskFilter,
     request_task_names,
-    search_ids,
 )
+from .run_page import human_duration
+from .search import concurrency_keys, search_ids
 
-#: Characters of a step output shown in the timeline.
-OUTPUT_PREVIEW_CHARS = 200
-#: Characters of arguments / result shown on the run page.
-VALUE_DISPLAY_CHARS = 20_000
-#: Steps shown on the run page (a run that loops may record thousands).
-MAX_TIMELINE_STEPS = 500
-#: Child runs listed on the run page.
-MAX_CHILDREN = 200
+#: Characters of the positional / keyword arguments shown in the changelist.
+ARGS_PREVIEW_CHARS = 60
 
 
-def human_duration(seconds: float | None) -> str:
-    """``"350 ms"``, ``"4.2 s"``, ``"3 min 12 s"``, ``"2 h 5 min"``, ``"3 d 4 h"``; ``""`` for None."""
-    if seconds is None:
-        return ""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs} s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
-
-
-def pretty_json(text: str | None, limit: int = VALUE_DISPLAY_CHARS) -> tuple[str, bool]:
-    """Indented JSON for display, cut at ``limit`` characters; returns (text, truncated)."""
-    if text is None:
-        return "", False
-    try:
-        shown = json.dumps(serialization.loads(text), indent=2, ensure_ascii=False, sort_keys=True)
-    except ValueError:
-        shown = text
-    return (shown[:limit], True) if len(shown) > limit else (shown, False)
-
-
-def decode_error(text: str | None) -> dict[str, Any] | None:
-    """A stored error record (``{type, module, message, traceback}``) or ``None``."""
-    if not text:
-        return None
-    try:
-        value = serialization.loads(text)
-    except ValueError:
-        return {"type": "", "module": "", "message": text, "traceback": ""}
-    return value if isinstance(value, dict) else {"type": "", "module": "", "message": str(value), "traceback": ""}
+#: The URL parameters the changelist accepts: its declared filters.
+ALLOWED_LOOKUPS = frozenset({"status", "status__exact", "task", "key", "created_since", "created_from", "created_to"})
+#: Seconds between reloads of the changelist and of an unfinished run's page.
+REFRESH_SECONDS = 5
+#: The session key remembering that a user turned auto-refresh off.
+REFRESH_SESSION_KEY = "celery_durable_auto_refresh"
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class RunAdmin(RunActionsAdmin):
     """Durable runs: monitoring, and cancel/replay actions behind their own permissions."""
 
-    list_display = ("run_link", "task_name", "status_badge", "keys", "priority", "created", "duration", "steps")
+    list_display = (
+        "run_link",
+        "task",
+        "status_badge",
+        "arguments",
+        "keys",
+        "created",
+        "duration",
+        "steps",
+    )
     list_display_links = None
     list_filter = (TaskFilter, "status", CreatedFilter, KeyFilter)
     search_fields = ("=id", "=task_name")
-    search_help_text = "An exact run id, task name, concurrency key, or idempotency / singleton / debounce key."
+    search_help_text = (
+        "A run id or its first characters, a task name, or the value of a concurrency, idempotency, "
+        "singleton or debounce key (arguments too, with ADMIN_ARGUMENT_SEARCH)."
+    )
     ordering = ("-created_at",)
     list_per_page = 50
     list_max_show_all = 200
@@ -124,18 +97,55 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         # unfinished run would strand its worker, its children and its waiters.
         return False
 
-    def has_cancel_permission(self, request: HttpRequest) -> bool:
-        """``celery_durable.cancel_run``."""
-        return bool(request.user.has_perm(f"{self.opts.app_label}.cancel_run"))
-
-    def has_replay_permission(self, request: HttpRequest) -> bool:
-        """``celery_durable.replay_run``."""
-        return bool(request.user.has_perm(f"{self.opts.app_label}.replay_run"))
-
     # --- changelist ----------------------------------------------------------------------
 
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        """Only the declared filters: no arbitrary lookup (``?args__regex=``) from the URL."""
+        return lookup in ALLOWED_LOOKUPS
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Run | None:
+        """The run, or ``None`` for an id no run can have (one with a NUL: PostgreSQL refuses it)."""
+        if "\x00" in object_id:
+            return None
+        run: Run | None = super().get_object(request, object_id, from_field)
+        return run
+
+    def response_action(
+        self, request: HttpRequest, queryset: QuerySet[Run], *args: Any, **kwargs: Any
+    ) -> HttpResponse | None:
+        selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        if any("\x00" in run_id for run_id in selected):
+            self.message_user(request, "No run has an id with a NUL character: nothing changed.", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+        response: HttpResponse | None = super().response_action(request, queryset, *args, **kwargs)
+        return response
+
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        return super().changelist_view(request, {"title": "Durable runs", **(extra_context or {})})
+        context = {"title": "Durable runs", **self.refresh_context(request), **(extra_context or {})}
+        return super().changelist_view(request, context)
+
+    # --- auto-refresh --------------------------------------------------------------------
+
+    def refresh_context(self, request: HttpRequest) -> dict[str, Any]:
+        """Whether the page reloads itself (a per-session choice, on by default) and the toggle links."""
+        here = quote_plus(request.get_full_path())
+        url = reverse(f"{self.admin_site.name}:celery_durable_run_refresh")
+        return {
+            "auto_refresh": bool(request.session.get(REFRESH_SESSION_KEY, True)),
+            "refresh_seconds": REFRESH_SECONDS,
+            "refresh_off_url": f"{url}?on=0&next={here}",
+            "refresh_on_url": f"{url}?on=1&next={here}",
+        }
+
+    def refresh_view(self, request: HttpRequest) -> HttpResponse:
+        """GET ``?on=0|1&next=``: turn the auto-refresh of the runs pages off or on, go back."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        request.session[REFRESH_SESSION_KEY] = request.GET.get("on") != "0"
+        target = request.GET.get("next", "")
+        if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+            target = reverse(f"{self.admin_site.name}:celery_durable_run_changelist")
+        return HttpResponseRedirect(target)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[RunChangeList]:
         return RunChangeList
@@ -148,6 +158,8 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         term = search_term.strip()
         if not term:
             return queryset, False
+        if "\x00" in term:  # no stored value has one (PostgreSQL refuses it in a query)
+            return queryset.none(), False
         names = request_task_names(request)
         if term in names:
             return queryset.filter(task_name=term), False
@@ -158,7 +170,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             request._durable_search = cached  # type: ignore[attr-defined]
         ids = cached[term]
         if ids is None:  # a key with very many runs: filter on the key itself
-            keys = [term, *(f"{task}:{term}" for task in names)]
+            keys = concurrency_keys(term, names)
             match = Q(pk=term) | Q(slot_key1__in=keys) | Q(slot_key2__in=keys)
         else:
             match = Q(pk__in=ids)
@@ -167,7 +179,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description="run", ordering="id")
     def run_link(self, run: Run) -> str:
         url = self._change_url_pattern().replace("__run_id__", quote(run.pk))
-        shown = run.pk if len(run.pk) <= 16 else f"{run.pk[:13]}…"
+        shown = run.pk if len(run.pk) <= 12 else f"{run.pk[:8]}…"
         return format_html('<a href="{}" class="durable-run-id" title="{}">{}</a>', url, run.pk, shown)
 
     def action_checkbox(self, obj: Run) -> SafeString:
@@ -190,22 +202,42 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, run: Run) -> str:
-        return format_html('<span class="durable-status durable-status--{0}">{0}</span>', run.status)
+        badge = format_html('<span class="durable-status durable-status--{0}">{0}</span>', run.status)
+        if run.priority:  # no column of its own: it would push the others off a 1,400 px screen
+            return format_html('{} <span class="durable-note" title="priority">prio {}</span>', badge, run.priority)
+        return badge
 
     @admin.display(description="created", ordering="created_at")
     def created(self, run: Run) -> str:
-        return dateformat.format(timezone.localtime(run.created_at), "Y-m-d H:i:s")
+        moment = timezone.localtime(run.created_at)
+        # Date and time may stack in two lines when the page is narrow.
+        return format_html(
+            "<span>{}</span> <span>{}</span>", dateformat.format(moment, "Y-m-d"), dateformat.format(moment, "H:i:s")
+        )
 
     @admin.display(description="keys")
     def keys(self, run: Run) -> str:
         keys = [key for key in (run.slot_key1, run.slot_key2) if key]
         if not keys:
             return ""
+        # A per-task key reads "path:value" here (the task is in its own column).
+        prefix = f"{run.task_name}:"
         return format_html_join(
             " ",
-            '<a href="?key={}" class="durable-key-link">{}</a>',
-            ((quote_plus(key), key) for key in keys),
+            '<a href="?key={}" class="durable-key-link" title="{}">{}</a>',
+            ((quote_plus(key), key, key.removeprefix(prefix)) for key in keys),
         )
+
+    @admin.display(description="arguments")
+    def arguments(self, run: Run) -> str:
+        args = readable.compact(getattr(run, "args_head", None), ARGS_PREVIEW_CHARS)
+        kwargs = readable.compact(getattr(run, "kwargs_head", None), ARGS_PREVIEW_CHARS)
+        shown = " ".join(part for part in (args if args != "[]" else "", kwargs if kwargs != "{}" else "") if part)
+        return format_html('<code class="durable-args-preview" title="{0}">{0}</code>', shown) if shown else ""
+
+    @admin.display(description="task", ordering="task_name")
+    def task(self, run: Run) -> str:
+        return format_html('<span class="durable-task-name" title="{0}">{0}</span>', run.task_name)
 
     @admin.display(description="duration")
     def duration(self, run: Run) -> str:
@@ -262,7 +294,20 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 "media": self.media,
             }
             return TemplateResponse(request, "admin/celery_durable/run/confirm_bulk.html", context)
-        result = operations.bulk(operation, queryset, reason=request.POST.get("reason", "").strip())
+        reason = request.POST.get("reason", "").strip()
+        earlier = earlier_of(queryset, operations.CANCELLABLE if operation == "cancel" else operations.REPLAYABLE)
+        result = operations.bulk(operation, queryset, reason=reason)
+        what = {
+            "cancel": "Cancelled",
+            "replay": "Replayed from the failed step",
+            "replay_from_start": "Replayed from the start",
+        }
+        log_bulk(
+            request,
+            result.done,
+            f"{what[operation]} (bulk action{f'; reason: {reason}' if reason else ''})",
+            earlier if operation != "cancel" else {},
+        )
         self.message_user(request, f"{len(result.done)} run(s) {done_verb}.", messages.SUCCESS)
         if result.skipped_total:
             self.message_user(
@@ -286,54 +331,11 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         wrap = self.admin_site.admin_view
         return [
             path("dashboard/", wrap(self.dashboard_view), name="{}_{}_dashboard".format(*info)),
-            path("<path:object_id>/cancel/", wrap(require_POST(self.cancel_view)), name="{}_{}_cancel".format(*info)),
+            path("refresh/", wrap(self.refresh_view), name="{}_{}_refresh".format(*info)),
+            path("<path:object_id>/cancel/", wrap(self.cancel_view), name="{}_{}_cancel".format(*info)),
             path("<path:object_id>/replay/", wrap(require_POST(self.replay_view)), name="{}_{}_replay".format(*info)),
             *super().get_urls(),
         ]
-
-    def _run_or_404(self, request: HttpRequest, object_id: str) -> Run:
-        run: Run | None = self.get_object(request, unquote(object_id))
-        if run is None:
-            raise Http404(f"no durable run with id {unquote(object_id)!r}")
-        return run
-
-    def _run_url(self, run_id: str) -> str:
-        return reverse(f"{self.admin_site.name}:celery_durable_run_change", args=[quote(run_id)])
-
-    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """POST: cancel one run (``cancel_run`` permission)."""
-        if not (self.has_view_permission(request) and self.has_cancel_permission(request)):
-            raise PermissionDenied
-        run = self._run_or_404(request, object_id)
-        try:
-            operations.cancel(run.pk, reason=request.POST.get("reason", "").strip())
-        except DurableError as exc:
-            self.message_user(request, f"Not cancelled: {exc}", messages.ERROR)
-        else:
-            self.message_user(request, f"Run {run.pk} cancelled.", messages.SUCCESS)
-        return HttpResponseRedirect(self._run_url(run.pk))
-
-    def replay_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """POST: replay one run from its failed step, a given step or the start (``replay_run``)."""
-        if not (self.has_view_permission(request) and self.has_replay_permission(request)):
-            raise PermissionDenied
-        run = self._run_or_404(request, object_id)
-        mode = request.POST.get("from", "failed")
-        try:
-            if mode == "start":
-                operations.replay(run.pk, from_start=True)
-            elif mode == "step":
-                operations.replay(run.pk, from_step=request.POST.get("step_id") or None)
-            else:
-                operations.replay(run.pk)
-        except DurableError as exc:
-            self.message_user(request, f"Not replayed: {exc}", messages.ERROR)
-        else:
-            where = {"start": "from the start", "step": f"from step {request.POST.get('step_id')!r}"}.get(
-                mode, "from the failed step"
-            )
-            self.message_user(request, f"Run {run.pk} replayed {where}.", messages.SUCCESS)
-        return HttpResponseRedirect(self._run_url(run.pk))
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         """Runs per status per task, throughput, backlogs and due sleepers."""
@@ -361,6 +363,7 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             "title": f"Run {run.pk}",
             "subtitle": run.task_name,
             "original": run,
+            **self.refresh_context(request),
             "has_view_permission": True,
             **self.run_context(request, run),
             **(extra_context or {}),
@@ -368,104 +371,18 @@ class RunAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return TemplateResponse(request, "admin/celery_durable/run/run.html", context)
 
     def run_context(self, request: HttpRequest, run: Run) -> dict[str, Any]:
-        """What the run page shows: values, the step timeline, family, actions."""
-        args, args_cut = pretty_json(run.args)
-        kwargs, kwargs_cut = pretty_json(run.kwargs)
-        result, result_cut = pretty_json(run.result)
-        rows = list(
-            Step.objects.filter(run_id=run.pk)
-            .defer("output")
-            .annotate(output_head=Substr("output", 1, OUTPUT_PREVIEW_CHARS + 1), output_size=Length("output"))
-            .order_by("id")[: MAX_TIMELINE_STEPS + 1]
-        )
-        truncated = len(rows) > MAX_TIMELINE_STEPS
-        rows = rows[:MAX_TIMELINE_STEPS]
-        steps_total = Step.objects.filter(run_id=run.pk).count() if truncated else len(rows)
-        children = list(
-            Run.objects.filter(parent_id=run.pk)
-            .only("id", "task_name", "status", "created_at", "finished_at", "parent_step", "child_index")
-            .order_by("created_at", "pk")[: MAX_CHILDREN + 1]
-        )
-        children_cut = len(children) > MAX_CHILDREN
-        children = children[:MAX_CHILDREN]
-        by_step: dict[str, list[Run]] = {}
-        for child in children:
-            by_step.setdefault(child.parent_step or "", []).append(child)
-        timeline = []
-        for item in rows:
-            head = item.output_head
-            size = item.output_size
-            finished = item.finished_at
-            entry: dict[str, Any] = {
-                "step": item,
-                "duration": human_duration((finished - item.started_at).total_seconds()) if finished else "",
-                "preview": (head[:OUTPUT_PREVIEW_CHARS] + "…") if size and size > OUTPUT_PREVIEW_CHARS else head,
-                "error": decode_error(item.error),
-                "children": by_step.get(item.step_id, []),
-                "wake_at": None,
-                "waiting_for": None,
-            }
-            if item.status == StepStatus.PENDING:
-                entry["wake_at"] = run.wake_at
-                entry["waiting_for"] = run.waiting_for
-            timeline.append(entry)
-        failed_step = next((e["step"].step_id for e in timeline if e["step"].status == StepStatus.FAILED), None)
-        parent = None
-        if run.parent_id:
-            parent = Run.objects.filter(pk=run.parent_id).only("id", "task_name", "status").first()
-        backlog_ahead = None
-        run_keys = [key for key in (run.slot_key1, run.slot_key2) if key]
-        slots = list(Slot.objects.filter(key__in=run_keys).order_by("key")) if run_keys else []
-        key_backlog: dict[str, int] = {}
-        if run.status == RunStatus.PENDING and run_keys and run.backlog_at is not None:
-            # Its place in each key's backlog: pending runs ordered by (backlog_at, id).
-            ahead = Q(backlog_at__lt=run.backlog_at) | Q(backlog_at=run.backlog_at, pk__lt=run.pk)
-            for key in run_keys:
-                key_backlog[key] = (
-                    Run.objects.filter(status=RunStatus.PENDING)
-                    .filter(Q(slot_key1=key) | Q(slot_key2=key))
-                    .filter(ahead)
-                    .count()
-                )
-        elif run.status in (RunStatus.PENDING, RunStatus.QUEUED):
-            backlog_ahead = Run.objects.filter(
-                task_name=run.task_name, status=run.status, created_at__lt=run.created_at
-            ).count()
+        """What the run page shows: values, the step in progress, the timeline, family, actions."""
+        site = self.admin_site.name
+        page = run_page.context(run)
         return {
-            "run": run,
-            "run_duration": human_duration(operations.duration(run)),
-            "args_json": args,
-            "args_cut": args_cut,
-            "kwargs_json": kwargs,
-            "kwargs_cut": kwargs_cut,
-            "result_json": result,
-            "result_cut": result_cut,
-            "run_error": decode_error(run.error),
-            "timeline": timeline,
-            "steps_total": steps_total,
-            "steps_truncated": truncated,
-            "failed_step": failed_step,
-            "parent": parent,
-            "parent_missing": bool(run.parent_id) and parent is None,
-            "children": children,
-            "children_cut": children_cut,
-            "backlog_ahead": backlog_ahead,
-            "slots": [
-                {"key": slot.key, "in_use": slot.in_use, "limit": slot.limit, "ahead": key_backlog.get(slot.key)}
-                for slot in slots
-            ],
-            "changelist_url": reverse(f"{self.admin_site.name}:celery_durable_run_changelist"),
+            **page,
+            "waterfall": waterfall.build(run, page["timeline"], page["in_progress"], page["now"]),
+            **self.history_context(run),
+            "changelist_url": reverse(f"{site}:celery_durable_run_changelist"),
             "can_cancel": self.has_cancel_permission(request) and run.status in operations.CANCELLABLE,
             "can_replay": self.has_replay_permission(request) and run.status in operations.REPLAYABLE,
-            "cancel_url": reverse(f"{self.admin_site.name}:celery_durable_run_cancel", args=[quote(run.pk)]),
-            "replay_url": reverse(f"{self.admin_site.name}:celery_durable_run_replay", args=[quote(run.pk)]),
-            "dashboard_url": reverse(f"{self.admin_site.name}:celery_durable_run_dashboard"),
-            "lease_remaining": (run.lease_expires_at - control_now() if run.lease_expires_at is not None else None),
+            "cancel_url": reverse(f"{site}:celery_durable_run_cancel", args=[quote(run.pk)]),
+            "replay_url": reverse(f"{site}:celery_durable_run_replay", args=[quote(run.pk)]),
+            "dashboard_url": reverse(f"{site}:celery_durable_run_dashboard"),
+            "events_url": reverse(f"{site}:celery_durable_event_changelist"),
         }
-
-
-def control_now() -> Any:
-    """The clock the library uses (a fake one under the test driver)."""
-    from .. import clock
-
-    return clock.now()

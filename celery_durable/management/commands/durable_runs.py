@@ -127,14 +127,14 @@ class Command(BaseCommand):
         lines = [f"{key:20} {info[key]}" for key in ("id", "task", "status", "created_at", "started_at", "finished_at")]
         if info["concurrency_keys"]:
             lines.append(f"{'concurrency keys':20} {', '.join(info['concurrency_keys'])}")
-        lines.append(f"{'args':20} {json.dumps(info['args'])}")
-        lines.append(f"{'kwargs':20} {json.dumps(info['kwargs'])}")
+        lines.append(f"{'args':20} {json.dumps(info['args'], ensure_ascii=False)}")
+        lines.append(f"{'kwargs':20} {json.dumps(info['kwargs'], ensure_ascii=False)}")
         if info["wake_at"]:
             lines.append(f"{'wakes at':20} {info['wake_at']}")
         if info["waiting_for"]:
             lines.append(f"{'waiting for':20} {info['waiting_for']}")
         if run.status == RunStatus.COMPLETED:
-            lines.append(f"{'result':20} {json.dumps(info['result'], default=str)[:500]}")
+            lines.append(f"{'result':20} {json.dumps(info['result'], ensure_ascii=False, default=str)[:500]}")
         if info["error"]:
             lines.append(f"{'error':20} {info['error'].get('type')}: {info['error'].get('message')}")
         lines.append("steps:")
