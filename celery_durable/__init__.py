@@ -8,6 +8,7 @@ from __future__ import annotations
 from .api import cancel, get_run, replay, send_event
 from .exceptions import (
     ChildRunFailed,
+    DirectCallError,
     DurableConfigError,
     DurableError,
     DurableNotMigrated,
@@ -33,6 +34,7 @@ __all__ = [
     "ChildRunFailed",
     "Concurrency",
     "Debounce",
+    "DirectCallError",
     "DurableConfigError",
     "DurableError",
     "DurableNotMigrated",

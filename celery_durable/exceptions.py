@@ -23,6 +23,27 @@ class SerializationError(DurableError, TypeError):
     """A value could not be stored as JSON (argument, step output or result)."""
 
 
+class DirectCallError(DurableError, RuntimeError):
+    """A durable task that suspends (sleeps, waits, starts child runs) was called directly.
+
+    ``task(...)`` and Celery's eager mode run the body in-process with no run row, so a
+    suspension could never resume: call ``task.delay(...)``, or test with
+    ``celery_durable.testing``. Raised before any step runs when the body's source shows a
+    suspending step, otherwise when one is reached.
+    """
+
+    def __init__(self, task_name: str, method: str, line: int | None = None) -> None:
+        where = f" (step.{method} at line {line})" if line else f" (step.{method})"
+        super().__init__(
+            f"{task_name} was called directly, and its body suspends{where}: only a durable run can "
+            f"sleep, wait or start child runs. Call {task_name.rsplit('.', 1)[-1]}.delay(...) instead, "
+            f"or run it in a test with celery_durable.testing (the `durable` fixture)."
+        )
+        self.task_name = task_name
+        self.method = method
+        self.line = line
+
+
 class NotInDurableRun(DurableError, RuntimeError):
     """``step`` was used outside the execution of a durable run."""
 

@@ -26,9 +26,18 @@ from ..conf import get_settings
 from ..dbcheck import translated
 from ..engine.declaration import celery_retry_options, validate_options
 from ..engine.spec import TaskSpec
-from ..exceptions import DurableConfigError, RetryAfter, RunCancelled, RunSkipped, _StepFailed
+from ..exceptions import (
+    DirectCallError,
+    DurableConfigError,
+    RetryAfter,
+    RunCancelled,
+    RunSkipped,
+    _StepFailed,
+    _Suspend,
+)
 from ..options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Singleton, Throttle, Timeouts
 from ..runtime import context
+from ..runtime.direct import suspending_steps
 from ..runtime.memory import ephemeral_context
 from ..runtime.steps import StepContext
 from ..states import RunStatus
@@ -259,12 +268,22 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         return bool(self.request.delivery_info) and get_settings().INLINE_HANDOFF_RUNS > 0
 
     def _run_without_checkpoints(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """A direct call (``task(...)``) or eager mode: steps run inline, nothing is stored."""
+        """A direct call (``task(...)``) or eager mode: steps run inline, nothing is stored.
+
+        A body that suspends cannot run so: :class:`DirectCallError`, before any step when
+        its source shows the suspending step.
+        """
+        found = suspending_steps(self.run)
+        if found:
+            raise DirectCallError(self.name, *found[0])
         token = context.activate(ephemeral_context(self.name, self.retry_policy()))
         try:
             return self.run(*args, **kwargs)
         except _StepFailed as failed:
             raise failed.error from None
+        except _Suspend as suspend:
+            method = {"wait": "wait_for_event", "children": "invoke/gather/chain"}.get(suspend.reason, suspend.reason)
+            raise DirectCallError(self.name, method) from None
         finally:
             context.deactivate(token)
 

@@ -32,6 +32,7 @@ EXPECTED = [
     "RunNotFound",
     "RunSkipped",
     "RunStateError",
+    "DirectCallError",
     "StepNotFound",
     "RunCancelled",
     "ChildRunFailed",
