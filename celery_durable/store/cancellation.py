@@ -107,9 +107,19 @@ def stop_at_boundary(run_id: str, generation: int, using: str = "default") -> Ca
         if row is None:
             return None
         reason = row["cancel_reason"] or "cancelled"
-        Run.objects.using(using).filter(id=run_id, generation=generation, status=RunStatus.RUNNING).update(
-            status=RunStatus.CANCELLED, error=_error(reason), finished_at=now, lease_owner=None, lease_expires_at=None
+        stopped = (
+            Run.objects.using(using)
+            .filter(id=run_id, generation=generation, status=RunStatus.RUNNING)
+            .update(
+                status=RunStatus.CANCELLED,
+                error=_error(reason),
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
         )
+        if stopped != 1:  # taken over between the read and the write: the new owner stops it
+            return None
         outcome.cancelled.append(run_id)
         _after_cancel(run_id, row["parent_id"], reason, outcome, using)
     return outcome
@@ -129,9 +139,19 @@ def stop_abandoned(run_ids: list[str], using: str = "default") -> Cancellation:
         if row is None:
             continue
         reason = row["cancel_reason"] or "cancelled"
-        Run.objects.using(using).filter(id=run_id, status=RunStatus.RUNNING).update(
-            status=RunStatus.CANCELLED, error=_error(reason), finished_at=now, lease_owner=None, lease_expires_at=None
+        stopped = (
+            Run.objects.using(using)
+            .filter(id=run_id, status=RunStatus.RUNNING)
+            .update(
+                status=RunStatus.CANCELLED,
+                error=_error(reason),
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
         )
+        if stopped != 1:
+            continue
         outcome.cancelled.append(run_id)
         _after_cancel(run_id, row["parent_id"], reason, outcome, using)
     return outcome
