@@ -36,6 +36,8 @@ EXPECTED = [
     "RunCancelled",
     "ChildRunFailed",
     "DurableNotMigrated",
+    "RetryPolicy",
+    "StepTimeout",
 ]
 
 
