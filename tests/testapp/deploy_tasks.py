@@ -20,12 +20,13 @@ DEPLOY = os.environ.get("DURABLE_TEST_DEPLOY", "v1")
 
 
 def audit(n):
-    if DEPLOY == "v2":
-        step.run("audit-v2", counted, "audit-v2", n)
-    elif DEPLOY == "v3" and step.patched("audit-v2"):
-        step.run("audit-v2", counted, "audit-v2", n)
+    if DEPLOY == "v1":
+        name = "audit"
+    elif DEPLOY == "v2":
+        name = "audit-v2"  # renamed outright
     else:
-        step.run("audit", counted, "audit", n)
+        name = "audit-v2" if step.patched("audit-v2") else "audit"
+    step.run(name, counted, name, n)
 
 
 @durable_task(name="dp.order")
