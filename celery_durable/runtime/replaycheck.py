@@ -22,7 +22,7 @@ from ..exceptions import NonDeterminismError, _Interrupt, _Suspend
 from ..options import RetryPolicy
 from . import context
 from .records import StoredStep
-from .steps import BODY_STEP, StepContext
+from .steps import BODY_STEP, PATCH_KIND, StepContext
 
 # Causes of a failed replay (``ReplayVerdict.cause``).
 NONDETERMINISM = "nondeterminism"  # a recorded step is reached as another kind of step
@@ -142,7 +142,8 @@ class ReplayCheckContext(StepContext):
             clock=clock,
             max_output_bytes=2**63,
         )
-        self._order = [stored.step_id for stored in history if stored.step_id != BODY_STEP]
+        # Patch markers are not part of the order: a marker no longer asked for is ignored.
+        self._order = [s.step_id for s in history if s.step_id != BODY_STEP and s.kind != PATCH_KIND]
         self._next = 0
         self.failure: _Mismatch | None = None
 
@@ -156,6 +157,8 @@ class ReplayCheckContext(StepContext):
             stored = super()._stored(sid, kind, description)
         except NonDeterminismError as exc:
             raise self._fail(NONDETERMINISM, sid, str(exc)) from exc
+        if stored is not None and stored.kind == PATCH_KIND:
+            return stored  # a recorded marker asked for again: True, wherever it is
         expected = self._order[self._next] if self._next < len(self._order) else None
         if stored is None:
             if expected is not None:

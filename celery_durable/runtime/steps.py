@@ -37,6 +37,7 @@ OCCURRENCE_SEPARATOR = "#"
 BODY_STEP = "#body"
 # ``step.patched(change_id)`` records its marker as step ``PATCH_PREFIX + change_id`` (kind "patch").
 PATCH_PREFIX = "#patch:"
+PATCH_KIND = "patch"
 
 
 def validate_step_id(step_id: object) -> str:
@@ -84,7 +85,10 @@ class StepContext(SuspendingSteps):
         self._current: tuple[str, str] | None = None  # (step id as given, with occurrence suffix)
         # The recorded steps (loaded at the claim) and the step ids this execution reached:
         # a recorded step not reached yet means the run's history goes on past this point.
-        self._recorded = frozenset(sid for sid in checkpoints if sid != BODY_STEP)
+        # Patch markers do not count: code that no longer asks for one just ignores it.
+        self._recorded = frozenset(
+            sid for sid, stored in checkpoints.items() if sid != BODY_STEP and stored.kind != PATCH_KIND
+        )
         self._reached: set[str] = set()
         self._patches: dict[str, bool] = {}
         self.replayed: list[str] = []
@@ -252,10 +256,10 @@ class StepContext(SuspendingSteps):
         if sid not in self._checkpoints and self._history_goes_on():
             value = False
         else:
-            stored = self._stored(sid, "patch", f"step.patched({change_id!r})")
+            stored = self._stored(sid, PATCH_KIND, f"step.patched({change_id!r})")
             if stored is None:
-                self._writer.save_output(sid, "patch", "true", 1, self._clock(), False)
-                self._record(sid, "patch", "true")
+                self._writer.save_output(sid, PATCH_KIND, "true", 1, self._clock(), False)
+                self._record(sid, PATCH_KIND, "true")
             value = True
         self._patches[change_id] = value
         return value

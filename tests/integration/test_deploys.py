@@ -152,13 +152,38 @@ def test_patched__a_new_run_that_recorded_the_marker_replays_with_it(durable, re
     durable.run_until_idle(advance_clock=False)
     assert Run.objects.get(id=run.id).status == RunStatus.SLEEPING
     verdict = durable.check_replay(run.id)
-    assert (verdict.ok, verdict.stopped_at, verdict.replayed) == (True, "cool-off", 4)
-    redeploy("dp.order", renamed_audit)  # the patch removed once old runs drained: still fine for this run?
-    assert durable.check_replay(run.id).cause == "step-not-reached"  # no: its marker is no longer reached
-    redeploy("dp.order", patched_audit)
+    assert (verdict.ok, verdict.stopped_at, verdict.replayed) == (True, "cool-off", 3)  # markers are not counted
+    # Old runs drained: the patch call is removed, the new path kept. A recorded marker
+    # that is no longer asked for is ignored, by the check and by the execution.
+    redeploy("dp.order", renamed_audit)
+    assert durable.check_replay(run.id).ok
     durable.run_until_idle()
     assert durable.result(run.id) == 0
     assert BodyRun.objects.filter(run_id=run.id, step="audit-v2").count() == 1
+
+
+def test_patched__a_marker_no_longer_asked_for_does_not_make_a_new_patch_false(durable, redeploy):
+    def first_patch(n, nap=3600):
+        if step.patched("a"):
+            step.run("new-a", counted, "new-a", n)
+        step.sleep("cool-off", nap)
+        return step.run("ship", counted, "ship", n)
+
+    redeploy("dp.order", first_patch)
+    run = deploy_tasks.order.delay(1)
+    durable.run_until_idle(advance_clock=False)
+
+    def second_patch(n, nap=3600):  # patch "a" cleaned up; a later change "b" after the sleep
+        step.run("new-a", counted, "new-a", n)
+        step.sleep("cool-off", nap)
+        if step.patched("b"):
+            return step.run("ship-b", counted, "ship-b", n)
+        return step.run("ship", counted, "ship", n)
+
+    redeploy("dp.order", second_patch)
+    assert durable.check_replay(run.id).ok
+    durable.run_until_idle()
+    assert [s for s, _, _ in durable.history(run.id)] == ["#patch:a", "new-a", "cool-off", "#patch:b", "ship-b"]
 
 
 def test_step_kind_changed__is_a_nondeterminism_failure(durable, redeploy):
