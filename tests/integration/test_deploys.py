@@ -10,6 +10,7 @@ from django.core.management import call_command
 from celery_durable import durable_task, step
 from celery_durable.models import Run, Step
 from celery_durable.states import RunStatus
+from tests.integration.conftest import execute
 from tests.testapp import deploy_tasks
 from tests.testapp.models import BodyRun
 from tests.testapp.tasks import counted
@@ -256,8 +257,8 @@ def test_reordered_steps__are_a_failure_even_if_each_is_reached(durable, redeplo
 def test_retrying_and_waiting_runs__are_checked_up_to_their_pending_step(durable):
     failing = deploy_tasks.slow_then_fast.delay(timeout=0.05, seconds=5)  # first attempt times out: retrying
     waiting = deploy_tasks.payment.delay(7)
-    durable.run_next()
-    durable.run_next()
+    execute(failing.id)  # one execution each (run_next would pick the retry again: it is due at once)
+    execute(waiting.id)
     assert Run.objects.get(id=failing.id).status == RunStatus.QUEUED
     assert Run.objects.get(id=waiting.id).status == RunStatus.WAITING
     report = durable.check_deploy()
