@@ -22,10 +22,11 @@ from .exceptions import (
     RunStateError,
     SerializationError,
     StepNotFound,
+    StepTimeout,
 )
 from .integration.install import install
 from .integration.task import DurableTask, durable_task
-from .options import CancelOn, Concurrency, Debounce, RateLimit, Singleton, Throttle, Timeouts
+from .options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Singleton, Throttle, Timeouts
 from .runtime.context import step
 from .runtime.events import Event
 
@@ -45,6 +46,7 @@ __all__ = [
     "NotInDurableRun",
     "RateLimit",
     "RetryAfter",
+    "RetryPolicy",
     "RunCancelled",
     "RunNotFound",
     "RunSkipped",
@@ -52,6 +54,7 @@ __all__ = [
     "SerializationError",
     "Singleton",
     "StepNotFound",
+    "StepTimeout",
     "Throttle",
     "Timeouts",
     "cancel",

@@ -114,6 +114,18 @@ class NonDeterminismError(DurableError):
         )
 
 
+class StepTimeout(DurableError):
+    """A step ran longer than its ``timeout``: raised inside the step, then retried per its policy."""
+
+    def __init__(self, step_id: str, seconds: float) -> None:
+        super().__init__(step_id, seconds)
+        self.step_id = step_id
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        return f"step {self.step_id!r} exceeded its timeout of {self.seconds:g}s"
+
+
 class RunNotFound(DurableError, LookupError):
     """No run with that id exists."""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Ignore
 
@@ -27,7 +27,11 @@ from . import clock as clock_module
 from . import serialization
 from .integration import publish as publish_module
 from .runtime import steps as steps_module
+from .runtime.replaycheck import ReplayVerdict
 from .store.messages import RunMessage
+
+if TYPE_CHECKING:
+    from .engine.deploycheck import DeployReport
 
 
 class FakeClock:
@@ -178,6 +182,26 @@ class DurableTestRunner:
         from .integration.actions import send_event
 
         return send_event(name, data, id=id)
+
+    def check_replay(self, run_id: str) -> ReplayVerdict:
+        """Replay the recorded history of ``run_id`` against the code as it is now.
+
+        No step body runs and nothing is written; ``verdict.ok`` is ``False`` with a
+        ``cause`` (``"nondeterminism"``, ``"step-not-reached"``, ``"task-removed"``,
+        ``"error"``) where a real execution of the run would fail. What
+        ``manage.py durable_check_deploy`` does for every unfinished run.
+        """
+        from .engine.deploycheck import check_run
+        from .integration.registry import CeleryRegistry
+
+        return check_run(run_id, CeleryRegistry())
+
+    def check_deploy(self) -> DeployReport:
+        """:meth:`check_replay` of every unfinished run that has a history (``report.ok``, ``report.failures``)."""
+        from .engine.deploycheck import check_deploy
+        from .integration.registry import CeleryRegistry
+
+        return check_deploy(CeleryRegistry())
 
     def result(self, run_id: str) -> Any:
         """The run's final value; raises ``RunNotFinished`` (with its stored error) otherwise."""

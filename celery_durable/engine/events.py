@@ -10,7 +10,7 @@ from django.db import transaction
 from .. import clock, serialization, validation
 from ..conf import get_settings
 from ..exceptions import DurableConfigError
-from ..runtime.events import MISSING, Event, lookup, matches, validate_event_name
+from ..runtime.events import MISSING, Event, lookup, matches, validate_event_name, wait_names
 from ..store import events, runs, suspension
 from ..store.cancellation import Cancellation, cancel_descendant
 from ..store.messages import RunMessage
@@ -67,7 +67,7 @@ def _start_triggered(event: Event, specs: list[TaskSpec]) -> list[RunMessage]:
 def _resume_waiting(event: Event, row_pk: int) -> list[RunMessage]:
     messages = []
     for run_id, step_id, state in events.pending_waits(event.name):
-        if state.get("name") != event.name or not matches(event.data, state.get("match")):
+        if event.name not in wait_names(state) or not matches(event.data, state.get("match")):
             continue
         message = suspension.resolve_wait(run_id, step_id, {**event.to_json(), "_row": row_pk})
         if message is not None:

@@ -29,7 +29,7 @@ from ..exceptions import (
 from ..options import RetryPolicy
 from ..runtime import context
 from ..runtime.errors import error_record
-from ..runtime.events import consumption_key
+from ..runtime.events import consumption_key, wait_names
 from ..runtime.steps import BODY_STEP, StepContext
 from ..states import FINISHED
 from ..store import cancellation, events, runs, slots, suspension
@@ -308,7 +308,7 @@ def _event_arrived_meanwhile(run: _Run, step_id: str) -> list[RunMessage]:
     if state is None:
         return []
     used = {consumption_key(event) for event in events.consumed_events(run.run_id, run.using)}
-    found = events.find_event(run.run_id, state["name"], state.get("match"), used, run.using)
+    found = events.find_event(run.run_id, wait_names(state), state.get("match"), used, run.using)
     if found is None:
         return []
     message = suspension.resolve_wait(run.run_id, step_id, found, run.using)

@@ -47,9 +47,9 @@ class RunWriter(CheckpointStore):
                 duration=duration,
             )
 
-    def find_event(self, name: str, match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
+    def find_event(self, names: list[str], match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
         """The oldest matching event received since the run was created."""
-        return events.find_event(self.run_id, name, match, exclude, self.using)
+        return events.find_event(self.run_id, names, match, exclude, self.using)
 
     def children(self, step_id: str) -> list[dict[str, Any]]:
         """The step's child runs in order, with their outcome."""

@@ -69,6 +69,33 @@ def validate_match(match: Any, where: str) -> dict[str, Any] | None:
     return dict(match)
 
 
+# ``Run.waiting_for`` of a run that waits for any of several events (the names are in the
+# pending wait step's output, ``{"names": [...]}``). A fixed value, so that ``send_event``
+# finds such runs with ``waiting_for IN (name, ANY_OF)`` on the (status, waiting_for) index.
+ANY_OF = "(any of several events)"
+
+
+def wait_names(state: dict[str, Any]) -> list[str]:
+    """The event names a stored wait state waits for (one ``name``, or ``names``)."""
+    names = state.get("names")
+    if isinstance(names, list):
+        return [str(name) for name in names]
+    return [state["name"]] if state.get("name") is not None else []
+
+
+def validate_event_names(names: Any, where: str) -> list[str]:
+    """One event name or a non-empty list of them, as a list without duplicates (order kept)."""
+    if isinstance(names, str):
+        return [validate_event_name(names, where)]
+    if not isinstance(names, list | tuple) or not names:
+        raise DurableConfigError(f"{where}: wait for an event name or a non-empty list of names, got {names!r}")
+    unique: list[str] = []
+    for name in names:
+        if validate_event_name(name, where) not in unique:
+            unique.append(name)
+    return unique
+
+
 def validate_event_name(name: Any, where: str) -> str:
     """An event name is a non-empty str of at most 255 characters, without NUL or lone surrogates."""
     if not isinstance(name, str) or not name.strip() or len(name) > 255 or not storable(name):

@@ -41,10 +41,10 @@ class MemoryCheckpointWriter:
         old = self.stored.get(step_id)
         self.stored[step_id] = StoredStep(step_id, old.kind if old else "run", "completed", output, 1)
 
-    def find_event(self, name: str, match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
-        """The first recorded event with that name and matching data."""
+    def find_event(self, names: list[str], match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
+        """The first recorded event with one of ``names`` and matching data."""
         for event in self.events:
-            if event["name"] == name and consumption_key(event) not in exclude and matches(event["data"], match):
+            if event["name"] in names and consumption_key(event) not in exclude and matches(event["data"], match):
                 return event
         return None
 

@@ -33,8 +33,8 @@ class CheckpointWriter(Protocol):
     def complete_pending(self, step_id: str, output: str) -> None:
         """Mark a pending step (sleep, wait, child runs) completed with ``output`` (fenced)."""
 
-    def find_event(self, name: str, match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
-        """The oldest event named ``name`` received since the run started that matches, if any."""
+    def find_event(self, names: list[str], match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:
+        """The oldest event with one of ``names`` received since the run started that matches, if any."""
 
     def children(self, step_id: str) -> list[dict[str, Any]]:
         """The child runs of a step, in order: ``{id, status, result, error}`` each."""

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from .. import serialization
 from ..exceptions import (
+    DurableConfigError,
     NonDeterminismError,
     NonRetriableError,
     RetryAfter,
@@ -18,10 +19,11 @@ from ..exceptions import (
     StepNestingError,
     _StepFailed,
 )
-from ..options import RetryPolicy
+from ..options import Duration, RetryPolicy, to_seconds
 from ..validation import storable
 from .records import CheckpointWriter, StoredStep
 from .suspension import SuspendingSteps
+from .timeouts import StepTimer
 
 T = TypeVar("T")
 
@@ -34,6 +36,9 @@ MAX_STEP_ID_LENGTH = 200
 OCCURRENCE_SEPARATOR = "#"
 # The failed attempts of a body that retries as a whole (``autoretry_for``); no step id can be it.
 BODY_STEP = "#body"
+# ``step.patched(change_id)`` records its marker as step ``PATCH_PREFIX + change_id`` (kind "patch").
+PATCH_PREFIX = "#patch:"
+PATCH_KIND = "patch"
 
 
 def validate_step_id(step_id: object) -> str:
@@ -79,6 +84,14 @@ class StepContext(SuspendingSteps):
         self._warned: set[str] = set()
         self._attempt = 1
         self._current: tuple[str, str] | None = None  # (step id as given, with occurrence suffix)
+        # The recorded steps (loaded at the claim) and the step ids this execution reached:
+        # a recorded step not reached yet means the run's history goes on past this point.
+        # Patch markers do not count: code that no longer asks for one just ignores it.
+        self._recorded = frozenset(
+            sid for sid, stored in checkpoints.items() if sid != BODY_STEP and stored.kind != PATCH_KIND
+        )
+        self._reached: set[str] = set()
+        self._patches: dict[str, bool] = {}
         self.replayed: list[str] = []
         self.executed: list[str] = []
 
@@ -138,20 +151,37 @@ class StepContext(SuspendingSteps):
         )
 
     def _stored(self, sid: str, kind: str, description: str) -> StoredStep | None:
+        self._reached.add(sid)
         stored = self._checkpoints.get(sid)
         if stored is not None and stored.kind != kind:
             raise NonDeterminismError(sid, stored.kind, description)
         return stored
 
-    def run(self, step_id: str, fn: Callable[..., T], *args: Any, atomic: bool = False, **kwargs: Any) -> T:
+    def run(
+        self,
+        step_id: str,
+        fn: Callable[..., T],
+        *args: Any,
+        atomic: bool = False,
+        retry: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+        **kwargs: Any,
+    ) -> T:
         """Run ``fn(*args, **kwargs)`` once per run and return its (JSON) result.
 
         A later execution of the same run returns the checkpointed value without calling
         ``fn``. With ``atomic=True`` the body runs in ``transaction.atomic()`` together
-        with its checkpoint.
+        with its checkpoint. ``retry`` (a ``RetryPolicy``) replaces the task's retry policy
+        for this step; ``timeout`` (seconds or ``timedelta``) raises ``StepTimeout`` inside
+        an attempt that runs longer. ``atomic``, ``retry`` and ``timeout`` are reserved:
+        they are never passed to ``fn``.
         """
         if not callable(fn):
             raise TypeError(f"step.run({step_id!r}, ...) needs a callable, got {fn!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise DurableConfigError(f"step.run({step_id!r}): retry must be a RetryPolicy, got {retry!r}")
+        seconds = None if timeout is None else to_seconds(timeout, f"step.run({step_id!r}) timeout")
+        policy = self._policy if retry is None else retry
         self._boundary()
         if self._current is not None:
             raise StepNestingError(
@@ -174,18 +204,18 @@ class StepContext(SuspendingSteps):
                 raise fault
             if atomic:
                 with self._writer.atomic():
-                    output = self._encode(sid, fn(*args, **kwargs))
+                    output = self._call(sid, fn, args, kwargs, seconds)
                     self._writer.save_output(sid, "run", output, attempts, started_at, stored is not None)
             else:
-                output = self._encode(sid, fn(*args, **kwargs))
+                output = self._call(sid, fn, args, kwargs, seconds)
         except (NonRetriableError, SerializationError, StepNestingError, StepIdError, NonDeterminismError) as exc:
             # Retrying cannot help: a declared permanent failure or a programming error.
             raise _StepFailed(sid, exc, attempts, None) from exc
         except RetryAfter as exc:
-            raise _StepFailed(sid, exc, attempts, exc.delay if self._policy.should_retry(attempts) else None) from exc
+            raise _StepFailed(sid, exc, attempts, exc.delay if policy.should_retry(attempts) else None) from exc
         except Exception as exc:
-            retrying = self._policy.retries_on(exc) and self._policy.should_retry(attempts)
-            raise _StepFailed(sid, exc, attempts, self._policy.delay(attempts) if retrying else None) from exc
+            retrying = policy.retries_on(exc) and policy.should_retry(attempts)
+            raise _StepFailed(sid, exc, attempts, policy.delay(attempts) if retrying else None) from exc
         finally:
             self._current = None
         if not atomic:
@@ -195,6 +225,49 @@ class StepContext(SuspendingSteps):
         # Return the decoded JSON so the first execution sees exactly what a replay sees.
         result: T = serialization.loads(output)
         return result
+
+    def _call(
+        self, sid: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], seconds: float | None
+    ) -> str:
+        """One attempt of a step body, encoded; under its time limit if it has one."""
+        if seconds is None:
+            return self._encode(sid, fn(*args, **kwargs))
+        with StepTimer(sid, seconds) as timer:
+            value = fn(*args, **kwargs)
+        # No signal reached the body (not the main thread), or it swallowed StepTimeout.
+        timer.check()
+        return self._encode(sid, value)
+
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the code path of change ``change_id``.
+
+        ``True`` for a run that reaches this point under the new code (the marker is then
+        recorded as a checkpoint of kind ``"patch"``) or that recorded the marker before;
+        ``False`` for a run whose recorded history already went past this point without
+        the marker (it started under the old code: keep the old path for it). The answer
+        is fixed for the rest of the execution.
+        """
+        validate_step_id(change_id)
+        if change_id in self._patches:
+            return self._patches[change_id]
+        self._boundary()
+        if self._current is not None:
+            raise StepNestingError(f"step.patched({change_id!r}) was called inside the body of a step")
+        sid = PATCH_PREFIX + change_id
+        if sid not in self._checkpoints and self._history_goes_on():
+            value = False
+        else:
+            stored = self._stored(sid, PATCH_KIND, f"step.patched({change_id!r})")
+            if stored is None:
+                self._writer.save_output(sid, PATCH_KIND, "true", 1, self._clock(), False)
+                self._record(sid, PATCH_KIND, "true")
+            value = True
+        self._patches[change_id] = value
+        return value
+
+    def _history_goes_on(self) -> bool:
+        """Whether a recorded step of this run has not been reached yet in this execution."""
+        return not self._recorded <= self._reached
 
     def _encode(self, sid: str, value: Any) -> str:
         return serialization.dumps_value(value, f"output of step {sid!r} of {self._task_name}", self._max_output_bytes)

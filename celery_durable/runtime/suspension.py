@@ -20,7 +20,15 @@ from ..exceptions import (
     _Suspend,
 )
 from ..options import Duration, to_seconds
-from .events import Event, consumption_key, validate_event_name, validate_match
+from .events import (
+    ANY_OF,
+    Event,
+    consumption_key,
+    validate_event_name,
+    validate_event_names,
+    validate_match,
+    wait_names,
+)
 from .records import CheckpointWriter, StoredStep
 
 FINISHED = ("completed", "failed", "cancelled", "skipped")
@@ -96,18 +104,20 @@ class SuspendingSteps:
     def wait_for_event(
         self,
         step_id: str,
-        name: str,
+        name: str | Sequence[str],
         *,
         match: dict[str, Any] | None = None,
         timeout: Duration | None = None,
     ) -> Event | None:
         """Suspend until an event ``name`` whose data matches arrives; ``None`` at the timeout.
 
-        Events received since the run started count, even those sent before the run
-        reached this wait (each event is consumed by at most one wait of a run).
+        ``name`` may be a list of names: the first matching event with any of them is
+        returned (its ``.name`` says which). Events received since the run started count,
+        even those sent before the run reached this wait (each event is consumed by at
+        most one wait of a run).
         """
         where = f"step.wait_for_event({step_id!r})"
-        validate_event_name(name, where)
+        names = validate_event_names(name, where)
         match = validate_match(match, where)
         if timeout is None:
             raise DurableConfigError(f"{where}: timeout is required (how long to wait at most)")
@@ -117,16 +127,19 @@ class SuspendingSteps:
         if stored is not None and stored.status == "completed":
             state = serialization.loads(stored.output or "{}")
             return None if state.get("event") is None else Event.from_json(state["event"])
-        exclude = self._used_event_ids()
-        found = self._writer.find_event(name, match, exclude)
         if stored is not None:
             state = serialization.loads(stored.output or "{}")
         else:
-            state = {"name": name, "match": match, "timeout_at": self._clock() + timedelta(seconds=seconds)}
+            # One name keeps the original format; several are listed under "names".
+            wanted: dict[str, Any] = {"name": names[0]} if len(names) == 1 else {"names": names}
+            state = {**wanted, "match": match, "timeout_at": self._clock() + timedelta(seconds=seconds)}
+        waited = wait_names(state)
+        found = self._writer.find_event(waited, state.get("match"), self._used_event_ids())
         if found is None and self._clock() < state["timeout_at"]:
             output = serialization.dumps({**state, "event": None}, where)
+            marker = waited[0] if len(waited) == 1 else ANY_OF
             raise _Suspend(
-                "wait", step_id=sid, output=output, wake_at=state["timeout_at"], event=name, exists=stored is not None
+                "wait", step_id=sid, output=output, wake_at=state["timeout_at"], event=marker, exists=stored is not None
             )
         output = serialization.dumps({**state, "event": found}, where)
         if stored is not None:

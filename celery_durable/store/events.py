@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from .. import clock, serialization
 from ..models import Event as EventRow
 from ..models import Run, Step
-from ..runtime.events import Event, matches
+from ..runtime.events import ANY_OF, Event, matches
 from ..states import FINISHED, RunStatus, StepStatus
 
 
@@ -39,11 +39,12 @@ def record(name: str, data_json: str, event_id: str | None, window: timedelta) -
 
 
 def find_event(
-    run_id: str, name: str, match: dict[str, Any] | None, exclude: set[str], using: str = "default"
+    run_id: str, names: list[str], match: dict[str, Any] | None, exclude: set[str], using: str = "default"
 ) -> dict[str, Any] | None:
-    """The oldest event ``name`` received since the run was created that matches and is unused."""
+    """The oldest event with one of ``names`` received since the run was created that matches and is unused."""
     created_at = Run.objects.using(using).values_list("created_at", flat=True).get(id=run_id)
-    rows = EventRow.objects.using(using).filter(name=name, received_at__gte=created_at).order_by("received_at", "id")
+    named = {"name": names[0]} if len(names) == 1 else {"name__in": names}
+    rows = EventRow.objects.using(using).filter(**named, received_at__gte=created_at).order_by("received_at", "id")
     for row in rows.iterator(chunk_size=200):
         if f"row:{row.pk}" in exclude:
             continue
@@ -54,9 +55,13 @@ def find_event(
 
 
 def pending_waits(name: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """``(run id, step id, wait state)`` of every run waiting for ``name``, in one joined query."""
+    """``(run id, step id, wait state)`` of every run that may wait for ``name``, in one joined query.
+
+    That is the runs waiting for ``name`` alone and those waiting for any of several
+    events (``waiting_for = ANY_OF``; the caller checks the names in the wait state).
+    """
     pending = Step.objects.filter(
-        run__status=RunStatus.WAITING, run__waiting_for=name, kind="wait", status=StepStatus.PENDING
+        run__status=RunStatus.WAITING, run__waiting_for__in=[name, ANY_OF], kind="wait", status=StepStatus.PENDING
     ).values_list("run_id", "step_id", "output")
     return [(run_id, step_id, serialization.loads(output or "{}")) for run_id, step_id, output in pending]
 

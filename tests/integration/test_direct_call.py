@@ -63,7 +63,7 @@ def test_a_task_whose_body_sleeps__fails_before_any_step_runs():
 
 @pytest.mark.django_db
 def test_a_suspension_hidden_in_a_helper__is_refused_when_reached_with_the_public_error():
-    with pytest.raises(DirectCallError, match="step.sleep"):
+    with pytest.raises(DirectCallError, match=r"step\.sleep"):
         direct_hidden_sleep(7)
     assert SIDE_EFFECTS == [("charge", 7)]  # documented limit: the source did not show it
 

@@ -212,7 +212,7 @@ def test_events__resume_waiting_runs_and_find_past_events(durable, monkeypatch):
     assert not Run.objects.filter(waiting_for="bulk.event7", status=RunStatus.WAITING).exists()  # all resumed
     # find_event iterates with a server-side cursor, which CaptureQueriesContext does not see.
     monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
-    assert_indexed(lambda: events.find_event("bulk-33000", "bulk.event3", None, set()), "durable_event_name")
+    assert_indexed(lambda: events.find_event("bulk-33000", ["bulk.event3"], None, set()), "durable_event_name")
 
 
 def test_cancel_on__reads_only_the_tasks_unfinished_runs(durable):

@@ -21,6 +21,7 @@ SAMPLES = {
     exceptions.TaskNotRegistered: ("shop.gone",),
     exceptions.StepNotFound: ("abc", "charge"),
     exceptions.WorkerLost: ("abc",),
+    exceptions.StepTimeout: ("charge", 2.5),
 }
 
 

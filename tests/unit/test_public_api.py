@@ -37,6 +37,8 @@ EXPECTED = [
     "RunCancelled",
     "ChildRunFailed",
     "DurableNotMigrated",
+    "RetryPolicy",
+    "StepTimeout",
 ]
 
 
