@@ -33,15 +33,18 @@ class DirectCallError(DurableError, RuntimeError):
     """
 
     def __init__(self, task_name: str, method: str, line: int | None = None) -> None:
-        where = f" (step.{method} at line {line})" if line else f" (step.{method})"
-        super().__init__(
-            f"{task_name} was called directly, and its body suspends{where}: only a durable run can "
-            f"sleep, wait or start child runs. Call {task_name.rsplit('.', 1)[-1]}.delay(...) instead, "
-            f"or run it in a test with celery_durable.testing (the `durable` fixture)."
-        )
+        super().__init__(task_name, method, line)  # the args rebuild it (pickle, Celery's backends)
         self.task_name = task_name
         self.method = method
         self.line = line
+
+    def __str__(self) -> str:
+        where = f" (step.{self.method} at line {self.line})" if self.line else f" (step.{self.method})"
+        return (
+            f"{self.task_name} was called directly, and its body suspends{where}: only a durable run "
+            f"can sleep, wait or start child runs. Call {self.task_name.rsplit('.', 1)[-1]}.delay(...) "
+            f"instead, or run it in a test with celery_durable.testing (the `durable` fixture)."
+        )
 
 
 class NotInDurableRun(DurableError, RuntimeError):

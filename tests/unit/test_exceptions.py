@@ -22,6 +22,7 @@ SAMPLES = {
     exceptions.StepNotFound: ("abc", "charge"),
     exceptions.WorkerLost: ("abc",),
     exceptions.StepTimeout: ("charge", 2.5),
+    exceptions.DirectCallError: ("shop.fulfil", "sleep", 12),
 }
 
 
