@@ -97,3 +97,10 @@ def take_over(run_id: str, owner: str = "worker-b") -> int:
     claim = runs.claim(run_id, owner, 30)
     assert claim is not None, f"run {run_id} could not be claimed"
     return claim.generation
+
+
+def update_of(model: Any, *columns: str) -> str:
+    """A pattern matching ``UPDATE <model's table> SET <columns[0]> = ..., <columns[1]> = ...``."""
+    quoted = r"[`\"]?"
+    sets = r"\s*=\s*[^,]*,\s*".join(f"{quoted}{column}{quoted}" for column in columns)
+    return rf"^\s*UPDATE\s+{quoted}{model._meta.db_table}{quoted}\s+SET\s+{sets}\s*="
