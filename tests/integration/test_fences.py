@@ -42,10 +42,13 @@ class Held:
 
 @pytest.fixture
 def held(durable):
-    """A run claimed by ``worker-a`` (one step done, one child queued), child of a waiting parent."""
+    """A run claimed by ``worker-a`` (one step done, one child queued), child of a waiting parent.
+
+    The parent waits for two children (its other child is still running).
+    """
     now = durable.clock.now()
     parent = Run.objects.create(
-        id="parent-1", task_name="f.parent", status=RunStatus.WAITING, children_pending=1, created_at=now
+        id="parent-1", task_name="f.parent", status=RunStatus.WAITING, children_pending=2, created_at=now
     )
     run = tasks.three_steps.delay(1)
     Run.objects.filter(id=run.id).update(parent_id=parent.id, parent_step="fan", child_index=0)
@@ -84,9 +87,10 @@ def taken_over_then_cancel_requested(held):
 
 
 def reaped_with_cancel_requested(held):
+    """The worker died (for the reaper) after the cancel was requested: the reaper cancelled the run."""
     cancel_requested(held)
     held.clock.advance(31)
-    Run.objects.filter(id=held.run_id).update(status=RunStatus.QUEUED, lease_owner=None, lease_expires_at=None)
+    assert runs.take_expired(3, 100).cancelled == [held.run_id, "grandchild-1"]
 
 
 LOST = {
@@ -169,7 +173,8 @@ def test_stop_at_boundary__of_the_holder__cancels_the_run_its_children_and_count
     outcome = stop_at_boundary(held.run_id, held.generation)
     assert outcome is not None and outcome.cancelled == [held.run_id, "grandchild-1"]
     statuses = dict(Run.objects.values_list("id", "status"))
-    assert statuses == {held.run_id: "cancelled", "grandchild-1": "cancelled", "parent-1": "queued"}
+    assert statuses == {held.run_id: "cancelled", "grandchild-1": "cancelled", "parent-1": "waiting"}
+    assert Run.objects.get(id=held.parent_id).children_pending == 1
 
 
 def test_stopped_by_cancel__is_false_for_a_cancel_of_the_run_someone_else_holds(held):
@@ -231,4 +236,36 @@ def test_reclaim__of_an_execution_that_lost_its_run__changes_nothing(resumed_on_
         runs.take_expired(3, 100)
     before = snapshot()
     assert slots.reclaim(run_id, generation, limits) is False
+    assert snapshot() == before
+
+
+# --- status guards of the other conditional UPDATEs ---
+
+
+def test_child_finishing__does_not_resume_a_parent_that_is_no_longer_waiting_for_it(held):
+    """A cancelled parent stays cancelled when its last child completes."""
+    Run.objects.filter(id=held.parent_id).update(status=RunStatus.CANCELLED)
+    before = snapshot()
+    assert suspend.child_finished(held.parent_id) is None
+    assert snapshot() == before
+
+
+def test_event_for_a_wait_that_timed_out__is_not_given_to_the_run(durable):
+    run = flows.confirm.delay(3, 60)
+    durable.run_next()
+    assert Run.objects.get(id=run.id).status == RunStatus.WAITING
+    durable.clock.advance(60)
+    assert durable.wake_due() == 1  # the timeout: queued again, the wait step still pending
+    before = snapshot()
+    event = {"name": "user.confirmed", "data": {"user_id": 3}, "id": "e1", "received_at": durable.clock.now()}
+    assert suspend.resolve_wait(run.id, "confirmation", event) is None
+    assert snapshot() == before
+    durable.run_until_idle(advance_clock=False)
+    assert durable.result(run.id) == "expired"
+
+
+def test_heartbeat__does_not_extend_the_lease_of_a_run_another_worker_took_over(held):
+    taken_over(held)
+    before = snapshot()
+    assert runs.extend_leases("worker-a", [held.run_id], 300) == set()
     assert snapshot() == before

@@ -29,13 +29,31 @@ def take_over_later(durable, run_id):
     return action
 
 
+def reap_later(durable):
+    """The competitor: the lease has expired (clock + 31 s) and the reaper queues the run again."""
+
+    def action():
+        durable.clock.advance(31)
+        return concurrently(lambda: runs.take_expired(3, 100))
+
+    return action
+
+
 @transactional
-@pytest.mark.parametrize("checkpoint", ["insert", "update"])
-def test_atomic_step__a_claim_committed_before_its_commit__rolls_its_writes_back(durable, deliver, checkpoint):
+@pytest.mark.parametrize(
+    "checkpoint, competitor",
+    [("insert", take_over_later), ("update", take_over_later), ("update", reap_later)],
+    ids=["insert-taken_over", "update-taken_over", "update-reaped"],
+)
+def test_atomic_step__a_claim_committed_before_its_commit__rolls_its_writes_back(
+    durable, deliver, checkpoint, competitor
+):
     """The row-lock fence of an atomic step: its writes commit only if the run is still ours.
 
-    The takeover commits after the step's checkpoint was written (INSERT, or UPDATE of a
-    step that failed before) and before the step's COMMIT: the fence UPDATE must refuse.
+    The takeover (or the reaper) commits after the step's checkpoint was written (INSERT,
+    or UPDATE of a step that failed before) and before the step's COMMIT: the fence UPDATE
+    must refuse. (With the INSERT, PostgreSQL's reaper skips the row: the foreign key check
+    holds a share lock that its FOR UPDATE SKIP LOCKED respects.)
     """
     if checkpoint == "insert" and connection.vendor == "mysql":
         pytest.skip("InnoDB's foreign key check share-locks the run row at the checkpoint INSERT: no claim commits")
@@ -47,14 +65,16 @@ def test_atomic_step__a_claim_committed_before_its_commit__rolls_its_writes_back
             run_id=run.id, step_id="write", kind="run", status="failed", attempts=1, started_at=now, finished_at=now
         )
     fence = update_of(Run, "generation")
-    with before_statement(fence, take_over_later(durable, run.id)) as fired:
+    action = competitor(durable, run.id) if competitor is take_over_later else competitor(durable)
+    with before_statement(fence, action) as fired:
         deliver(run.id)
     assert fired, "the fence statement did not run"
     assert Ledger.objects.filter(run_id=run.id).count() == 0
     assert not Step.objects.filter(run_id=run.id, status="completed").exists()
-    if connection.vendor != "sqlite":  # (on SQLite the emulated takeover rolled back with the step)
+    if connection.vendor != "sqlite":  # (on SQLite the emulated competitor rolled back with the step)
         record = Run.objects.get(id=run.id)
-        assert (record.status, record.lease_owner) == (RunStatus.RUNNING, "worker-b")
+        expected = ("running", "worker-b") if competitor is take_over_later else ("queued", None)
+        assert (record.status, record.lease_owner) == expected
     # The new holder runs the step once.
     Run.objects.filter(id=run.id).update(status=RunStatus.QUEUED, lease_owner=None, lease_expires_at=None)
     deliver(run.id)
