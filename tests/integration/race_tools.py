@@ -76,11 +76,11 @@ def before_statement(pattern: str, action: Callable[[], Any], times: int = 1) ->
     def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         if len(fired) < times and not busy and regex.search(sql):
             busy.append(True)
+            fired.append(sql)
             try:
                 action()
             finally:
                 busy.pop()
-            fired.append(sql)
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(wrapper):

@@ -8,4 +8,11 @@ class TestAppConfig(AppConfig):
 
     def ready(self) -> None:
         from tests.celery_app import app  # noqa: F401  (the app every test task binds to)
-        from tests.testapp import chaos_tasks, flows, observe_tasks, priority_tasks, tasks  # noqa: F401  (the test tasks)
+        from tests.testapp import (  # noqa: F401  (the test tasks)
+            chaos_tasks,
+            fence_tasks,
+            flows,
+            observe_tasks,
+            priority_tasks,
+            tasks,
+        )
