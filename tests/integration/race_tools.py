@@ -104,3 +104,32 @@ def update_of(model: Any, *columns: str) -> str:
     quoted = r"[`\"]?"
     sets = r"\s*=\s*[^,]*,\s*".join(f"{quoted}{column}{quoted}" for column in columns)
     return rf"^\s*UPDATE\s+{quoted}{model._meta.db_table}{quoted}\s+SET\s+{sets}\s*="
+
+
+def in_parallel(action: Callable[[Any], Any], arguments: list[Any], timeout: float = 120.0) -> list[Any]:
+    """``action(argument)`` for each argument, in threads released together, each on its own connection.
+
+    Returns the results in the order of ``arguments``; the first error is re-raised.
+    """
+    barrier = threading.Barrier(len(arguments))
+    results: list[Any] = [None] * len(arguments)
+    errors: list[BaseException] = []
+
+    def target(index: int, argument: Any) -> None:
+        try:
+            barrier.wait(timeout)
+            results[index] = action(argument)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=target, args=(i, a), name=f"racer-{i}") for i, a in enumerate(arguments)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a racing thread hung"
+    if errors:
+        raise errors[0]
+    return results
