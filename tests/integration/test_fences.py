@@ -217,7 +217,7 @@ def test_reclaim__on_a_full_key_sends_the_resumed_run_back_to_the_backlog(resume
 
 def test_reclaim__through_an_execution_then_promoted_when_the_holder_finishes(resumed_on_a_full_key, deliver):
     """The path of a real delivery: claimed, key full, back to the backlog, promoted by the release."""
-    run_id, generation, _limits, durable = resumed_on_a_full_key
+    run_id, _generation, _limits, durable = resumed_on_a_full_key
     Run.objects.filter(id=run_id).update(status=RunStatus.QUEUED, lease_owner=None, lease_expires_at=None)
     deliver(run_id)  # this run's delivery: the key is full, it goes to the backlog
     assert Run.objects.get(id=run_id).status == RunStatus.PENDING

@@ -35,6 +35,8 @@ def first_call_on(request, row, call):
         new_key_race(request)
         return
     cancel(call().id)
+
+
 KEY = "f.limited_work:key:K"
 
 

@@ -1,7 +1,5 @@
 """Paths no other test reached: early deliveries, a broker that is down, revoke(), timeouts, recovery."""
 
-from datetime import timedelta
-
 import pytest
 from celery import current_app, signals
 from django.db import DatabaseError

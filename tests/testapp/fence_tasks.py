@@ -39,7 +39,7 @@ def fan_out(n):
 
 @durable_task(name="x.child_until_fixed", retries=0)
 def child_until_fixed(i):
-    """Child 0 fails while the test has not written a 'fixed' row for this run's parent."""
+    """Child 0 fails while a "broken" BodyRun row exists (the test writes and deletes it)."""
     from .models import BodyRun
 
     def work():
