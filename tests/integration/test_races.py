@@ -9,9 +9,9 @@ transaction).
 import pytest
 from django.db import connection
 
-from celery_durable import runs
+from celery_durable import runs, slots
 from celery_durable.cancellation import cancel, stop_at_boundary
-from celery_durable.models import Run, RunStatus, Step
+from celery_durable.models import Run, RunStatus, Slot, Step
 from tests.integration.race_tools import before_statement, concurrently, take_over, update_of
 from tests.testapp import flows, tasks
 from tests.testapp.models import Ledger
@@ -138,3 +138,30 @@ def test_event_sent_while_a_wait_commits__resumes_the_run(durable, deliver):
     assert run.id in [nudge.run_id for nudge in durable.published]
     durable.run_until_idle(advance_clock=False)
     assert durable.result(run.id) == 5
+
+
+@transactional
+def test_release__of_a_run_released_concurrently_gives_its_slot_back_once(durable):
+    """Two releases of one finished run (its execution, and the services' backstop) hand over one slot."""
+    holder, *waiting = (flows.per_user.delay(9).id for _ in range(3))
+    Run.objects.filter(id=holder).update(status=RunStatus.COMPLETED)
+    other_release = lambda: concurrently(lambda: slots.release(holder))  # noqa: E731
+    with before_statement(update_of(Run, "holds_slots"), other_release) as fired:
+        assert slots.release(holder) == []
+    assert fired
+    statuses = [Run.objects.get(id=run_id).status for run_id in waiting]
+    assert statuses == [RunStatus.QUEUED, RunStatus.PENDING]  # one promoted, in call order
+    assert Slot.objects.get(key="f.per_user:user_id:9").in_use == 1
+
+
+def test_debounce__does_not_rewrite_a_run_that_started_and_sleeps(durable):
+    from tests.testapp import fence_tasks
+
+    first = fence_tasks.debounced_nap.delay("acme", 1)
+    durable.clock.advance(60)
+    durable.run_until_idle(advance_clock=False)
+    assert Run.objects.get(id=first.id).status == RunStatus.SLEEPING
+    before = Run.objects.filter(id=first.id).values("args", "wake_at").get()
+    second = fence_tasks.debounced_nap.delay("acme", 2)  # within the debounce timeout of the first call
+    assert second.id != first.id
+    assert Run.objects.filter(id=first.id).values("args", "wake_at").get() == before

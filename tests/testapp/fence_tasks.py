@@ -3,7 +3,7 @@
 from collections.abc import Callable
 from datetime import timedelta
 
-from celery_durable import Concurrency, Timeouts, durable_task, step
+from celery_durable import Concurrency, Debounce, Timeouts, durable_task, step
 
 from .tasks import counted
 
@@ -49,3 +49,10 @@ def child_until_fixed(i):
         return i * 2
 
     return step.run("work", work)
+
+
+@durable_task(name="x.debounced_nap", debounce=Debounce(period=60, key="account", timeout=300))
+def debounced_nap(account, version):
+    """Debounced; once started it sleeps an hour (a later call must not rewrite it)."""
+    step.sleep("nap", 3600)
+    return version
