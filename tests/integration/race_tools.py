@@ -117,6 +117,7 @@ def in_parallel(action: Callable[[Any], Any], arguments: list[Any], timeout: flo
 
     def target(index: int, argument: Any) -> None:
         try:
+            connection.ensure_connection()  # connected before the start: the racers start together
             barrier.wait(timeout)
             results[index] = action(argument)
         except BaseException as exc:  # re-raised in the caller's thread
