@@ -165,3 +165,42 @@ def test_debounce__does_not_rewrite_a_run_that_started_and_sleeps(durable):
     second = fence_tasks.debounced_nap.delay("acme", 2)  # within the debounce timeout of the first call
     assert second.id != first.id
     assert Run.objects.filter(id=first.id).values("args", "wake_at").get() == before
+
+
+@transactional
+def test_cancel__of_a_run_that_completes_meanwhile__is_an_error_and_changes_nothing(durable):
+    """The run was read as running; it completed before the cancel request was written."""
+    from celery_durable.exceptions import RunStateError
+
+    run = tasks.add.delay(1, 2)
+    claim = runs.claim(run.id, "worker-a", 30)
+    completes = lambda: concurrently(lambda: runs.complete(run.id, claim.generation, "3"))  # noqa: E731
+    with before_statement(update_of(Run, "cancel_requested_at", "cancel_reason"), completes) as fired:
+        with pytest.raises(RunStateError):
+            cancel(run.id, "too late")
+    assert fired
+    record = Run.objects.get(id=run.id)
+    # (On SQLite the emulated completion rolled back with the refused cancel's transaction.)
+    completed = RunStatus.RUNNING if connection.vendor == "sqlite" else RunStatus.COMPLETED
+    assert (record.status, record.cancel_requested_at, record.cancel_reason) == (completed, None, None)
+
+
+@transactional
+def test_cancel__of_a_sleeping_run_that_a_worker_claims_meanwhile__asks_it_to_stop(durable):
+    """The run was read as sleeping; it woke and was claimed before the cancel was written."""
+    run = flows.sleepy.delay(60)
+    durable.run_next()
+    assert Run.objects.get(id=run.id).status == RunStatus.SLEEPING
+
+    def wakes_and_is_claimed():
+        durable.clock.advance(60)
+        assert [n.run_id for n in runs.take_due(10)] == [run.id]
+        return take_over(run.id)
+
+    competitor = lambda: concurrently(wakes_and_is_claimed)  # noqa: E731
+    with before_statement(update_of(Run, "status", "cancel_requested_at"), competitor) as fired:
+        outcome = cancel(run.id, "stop")
+    assert fired
+    assert (outcome.cancelled, outcome.requested) == ([], [run.id])
+    record = Run.objects.get(id=run.id)
+    assert (record.status, record.lease_owner, record.cancel_reason) == (RunStatus.RUNNING, "worker-b", "stop")
