@@ -42,8 +42,11 @@ def problems(guard: dict[str, object]) -> list[str]:
     if guard["source"] == guard["mutant"]:
         found.append(f"{guard['id']}: the mutant is the source")
     for node in guard["tests"]:  # type: ignore[attr-defined]
-        if not (ROOT / str(node).split("::")[0]).exists():
+        test_file, _, name = str(node).partition("::")
+        if not (ROOT / test_file).exists():
             found.append(f"{guard['id']}: no test file for {node}")
+        elif f"def {name.split('[')[0]}(" not in (ROOT / test_file).read_text():
+            found.append(f"{guard['id']}: no test function for {node}")
     return found
 
 

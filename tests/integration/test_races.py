@@ -175,9 +175,9 @@ def test_cancel__of_a_run_that_completes_meanwhile__is_an_error_and_changes_noth
     run = tasks.add.delay(1, 2)
     claim = runs.claim(run.id, "worker-a", 30)
     completes = lambda: concurrently(lambda: runs.complete(run.id, claim.generation, "3"))  # noqa: E731
-    with before_statement(update_of(Run, "cancel_requested_at", "cancel_reason"), completes) as fired:
-        with pytest.raises(RunStateError):
-            cancel(run.id, "too late")
+    hook = before_statement(update_of(Run, "cancel_requested_at", "cancel_reason"), completes)
+    with hook as fired, pytest.raises(RunStateError):
+        cancel(run.id, "too late")
     assert fired
     record = Run.objects.get(id=run.id)
     # (On SQLite the emulated completion rolled back with the refused cancel's transaction.)
