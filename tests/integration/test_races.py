@@ -206,3 +206,23 @@ def test_cancel__of_a_sleeping_run_that_a_worker_claims_meanwhile__asks_it_to_st
     assert (outcome.cancelled, outcome.requested) == ([], [run.id])
     record = Run.objects.get(id=run.id)
     assert (record.status, record.lease_owner, record.cancel_reason) == (RunStatus.RUNNING, "worker-b", "stop")
+
+
+@transactional
+def test_promote__racing_another_promoter_for_the_same_backlog_head__promotes_it_once(durable):
+    """Two promoters (the services' backstop, a release) read the same head; one takes it."""
+    key = "f.per_user:user_id:4"
+    holder, head, last = (flows.per_user.delay(4).id for _ in range(3))
+    # The holder ended and gave its slot back without promoting (a release that raced a suspension).
+    Run.objects.filter(id=holder).update(status=RunStatus.COMPLETED, holds_slots=False)
+    Slot.objects.filter(key=key).update(in_use=0)
+    other = lambda: concurrently(lambda: slots.promote([key]))  # noqa: E731
+    with before_statement(update_of(Run, "status", "published_at"), other) as fired:
+        mine = slots.promote([key])
+    assert fired
+    statuses = {
+        run_id: Run.objects.filter(id=run_id).values_list("status", "holds_slots").get() for run_id in (head, last)
+    }
+    assert statuses == {head: (RunStatus.QUEUED, True), last: (RunStatus.PENDING, False)}
+    assert Slot.objects.get(key=key).in_use == 1
+    assert mine == []  # the other promoter published it
