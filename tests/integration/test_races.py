@@ -226,3 +226,22 @@ def test_promote__racing_another_promoter_for_the_same_backlog_head__promotes_it
     assert statuses == {head: (RunStatus.QUEUED, True), last: (RunStatus.PENDING, False)}
     assert Slot.objects.get(key=key).in_use == 1
     assert mine == []  # the other promoter published it
+
+
+@transactional
+def test_replay__racing_another_replay_of_the_same_run__queues_it_once(durable):
+    """Two operators press "replay" at once: one replays, the other gets RunStateError."""
+    from celery_durable.exceptions import RunStateError
+
+    if connection.vendor == "mysql":
+        pytest.skip("InnoDB: the step DELETE of the first replay locks the rows the second one scans (serialized)")
+    run = tasks.outside_error.delay()  # fails outside any step: replay deletes no row
+    durable.run_until_idle()
+    assert Run.objects.get(id=run.id).status == RunStatus.FAILED
+    other = lambda: concurrently(lambda: runs.replay(run.id))  # noqa: E731
+    hook = before_statement(update_of(Run, "status", "error"), other)
+    with hook as fired, pytest.raises(RunStateError):
+        runs.replay(run.id)
+    assert fired
+    if connection.vendor != "sqlite":  # (on SQLite the emulated replay rolled back with the refused one)
+        assert Run.objects.get(id=run.id).status == RunStatus.QUEUED
