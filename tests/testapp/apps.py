@@ -11,6 +11,7 @@ class TestAppConfig(AppConfig):
         from tests.testapp import (  # noqa: F401  (the test tasks)
             chaos_tasks,
             deploy_tasks,
+            fence_tasks,
             flows,
             observe_tasks,
             priority_tasks,
