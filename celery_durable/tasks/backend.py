@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 
 from django.core import checks
 from django.tasks import DEFAULT_TASK_QUEUE_NAME, Task, TaskResult
@@ -14,10 +13,21 @@ from django.tasks.signals import task_enqueued, task_finished, task_started
 from .. import clock, signals
 from ..engine.declaration import validate_options
 from ..exceptions import DurableConfigError
-from .declare import FLOW_OPTIONS, _reduced, _takes_context, call_priority, celery_task, mapped_priority
-from .declare import options_of, register, registered
+from .declare import (
+    FLOW_OPTIONS,
+    _reduced,
+    _takes_context,
+    call_priority,
+    celery_task,
+    mapped_priority,
+    options_of,
+    register,
+    registered,
+)
 from .results import task_of, to_result
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 BACKEND_OPTIONS = frozenset({"TASK_OPTIONS"})
 
 
@@ -45,12 +55,12 @@ class DurableBackend(BaseTaskBackend):
             raise DurableConfigError(f"TASK_OPTIONS[{path!r}] must be a dict of @durable_task options")
         return options
 
-    def validate_task(self, task: Task) -> None:
+    def validate_task(self, task: Task[..., Any]) -> None:
         """Django's checks of the task, then register its durable Celery task (once)."""
         super().validate_task(task)
         register(task, self.configured(task.module_path))
 
-    def enqueue(self, task: Task, args: Iterable[Any], kwargs: dict[str, Any]) -> TaskResult:
+    def enqueue(self, task: Task[_P, _R], args: list[Any], kwargs: dict[str, Any]) -> TaskResult[_P, _R]:
         """Record a durable run of ``task``; its message is published when the transaction commits."""
         self.validate_task(task)
         options: dict[str, Any] = {}
@@ -60,15 +70,15 @@ class DurableBackend(BaseTaskBackend):
             options["eta"] = task.run_after
         with call_priority(mapped_priority(task.priority)):
             sent = celery_task(task).apply_async(args=tuple(args), kwargs=dict(kwargs), **options)
-        result = self._result(str(sent.id), task)
+        result = cast("TaskResult[_P, _R]", self._result(str(sent.id), task))
         task_enqueued.send(type(self), task_result=result)
         return result
 
-    def get_result(self, result_id: str) -> TaskResult:
+    def get_result(self, result_id: str) -> TaskResult[..., Any]:
         """The run ``result_id`` as a ``TaskResult`` (``TaskResultDoesNotExist`` if none)."""
         return self._result(result_id, None)
 
-    def _result(self, result_id: str, task: Task | None) -> TaskResult:
+    def _result(self, result_id: str, task: Task[..., Any] | None) -> TaskResult[..., Any]:
         from ..models import Run
 
         if not isinstance(result_id, str) or "\x00" in result_id:

@@ -51,7 +51,7 @@ OPTIONS_ATTRIBUTE = "__durable_options__"
 # The priority (-600..600 s) of the call being enqueued, from the Django task's ``priority``.
 _call_priority: ContextVar[int | None] = ContextVar("celery_durable_django_priority", default=None)
 _lock = threading.Lock()
-_registered: dict[str, Task] = {}
+_registered: dict[str, Task[..., Any]] = {}
 
 
 class DjangoDurableTask(DurableTask):
@@ -66,7 +66,9 @@ class DjangoDurableTask(DurableTask):
 
 
 def durable_options(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Flow options of ``@durable_task`` for a Django task; put it below ``@task``::
+    """Flow options of ``@durable_task`` for a Django task; put it below ``@task``.
+
+    ::
 
         @task
         @durable_options(concurrency=Concurrency(key="user_id", limit=1), retries=5)
@@ -111,13 +113,13 @@ def _reduced(func: Callable[..., Any], takes_context: bool) -> Callable[..., Any
     return stand_in
 
 
-def options_of(task: Task, configured: dict[str, Any]) -> dict[str, Any]:
+def options_of(task: Task[..., Any], configured: dict[str, Any]) -> dict[str, Any]:
     """The task's flow options: ``@durable_options`` overridden by the backend's ``TASK_OPTIONS``."""
     declared = dict(getattr(task.func, OPTIONS_ATTRIBUTE, {}))
     return {**declared, **configured}
 
 
-def register(task: Task, configured: dict[str, Any]) -> None:
+def register(task: Task[..., Any], configured: dict[str, Any]) -> None:
     """Register the durable Celery task of ``task`` (once per module path)."""
     path = task.module_path
     with _lock:
@@ -131,19 +133,19 @@ def register(task: Task, configured: dict[str, Any]) -> None:
         _registered[path] = task
 
 
-def registered(path: str) -> Task | None:
+def registered(path: str) -> Task[..., Any] | None:
     """The Django task registered under ``path``, if this process has seen it."""
     return _registered.get(path)
 
 
-def celery_task(task: Task) -> Any:
+def celery_task(task: Task[..., Any]) -> Any:
     """The durable Celery task of ``task`` on the current Celery app."""
     from celery import current_app
 
     return current_app.tasks[task.module_path]
 
 
-def _runner(task: Task) -> Callable[..., Any]:
+def _runner(task: Task[..., Any]) -> Callable[..., Any]:
     """The body of the Celery task: call the Django task's function (with its context)."""
     func = task.func
     path = task.module_path
@@ -166,13 +168,13 @@ def _runner(task: Task) -> Callable[..., Any]:
 
 
 def mapped_priority(django_priority: int) -> int | None:
-    """Our priority (-600..600 s of head start) for Django's -100..100: ×6; 0 keeps the declared one."""
+    """Our priority (-600..600 s of head start) for Django's -100..100: times 6; 0 keeps the declared one."""
     if django_priority == 0:
         return None
     return int(django_priority) * 6
 
 
-class call_priority:  # noqa: N801  (a context manager used like a function)
+class call_priority:
     """Within the block, the task being enqueued has this priority (``None``: its declared one)."""
 
     def __init__(self, priority: int | None) -> None:

@@ -31,7 +31,7 @@ STATUSES: dict[str, TaskResultStatus] = {
 }
 
 
-def task_of(path: str) -> Task | None:
+def task_of(path: str) -> Task[..., Any] | None:
     """The Django task with this module path (imported if this process has not seen it)."""
     task = registered(path)
     if task is not None:
@@ -48,10 +48,12 @@ def error_of(record: dict[str, Any] | None) -> TaskError | None:
     if not record:
         return None
     module = record.get("module") or "builtins"
-    return TaskError(exception_class_path=f"{module}.{record.get('type', 'Exception')}", traceback=record.get("traceback") or "")
+    return TaskError(
+        exception_class_path=f"{module}.{record.get('type', 'Exception')}", traceback=record.get("traceback") or ""
+    )
 
 
-def to_result(run: Run, alias: str, task: Task | None = None) -> TaskResult:
+def to_result(run: Run, alias: str, task: Task[..., Any] | None = None) -> TaskResult[..., Any]:
     """``run`` as a ``TaskResult`` (of ``task``, as enqueued); ``TaskResultDoesNotExist`` if no Django task's."""
     task = task or task_of(run.task_name)
     if task is None:
@@ -61,7 +63,7 @@ def to_result(run: Run, alias: str, task: Task | None = None) -> TaskResult:
     # One entry per attempt: the first execution and one per recovery after a crash. Only the
     # worker that last held the run is recorded, so every entry names it.
     attempts = run.recoveries + 1 if run.executions else 0
-    result = TaskResult(
+    result: TaskResult[..., Any] = TaskResult(
         task=task,
         id=run.id,
         status=status,
@@ -80,7 +82,7 @@ def to_result(run: Run, alias: str, task: Task | None = None) -> TaskResult:
     return result
 
 
-def running_context(path: str) -> TaskContext:
+def running_context(path: str) -> TaskContext[..., Any]:
     """The ``TaskContext`` of the run executing now (``takes_context=True`` tasks)."""
     from ..runtime.context import current
     from ..store import runs
