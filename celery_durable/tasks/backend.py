@@ -22,8 +22,8 @@ from .declare import (
     mapped_priority,
     options_of,
     register,
-    registered,
 )
+from .known import registered
 from .results import task_of, to_result
 
 _P = ParamSpec("_P")

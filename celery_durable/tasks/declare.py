@@ -20,6 +20,8 @@ from ..engine.declaration import validate_options
 from ..engine.spec import TaskSpec
 from ..exceptions import DurableConfigError
 from ..integration.task import DurableTask, durable_task
+from .known import registered, remember
+from .results import running_context
 
 if TYPE_CHECKING:
     from django.tasks import Task
@@ -51,7 +53,6 @@ OPTIONS_ATTRIBUTE = "__durable_options__"
 # The priority (-600..600 s) of the call being enqueued, from the Django task's ``priority``.
 _call_priority: ContextVar[int | None] = ContextVar("celery_durable_django_priority", default=None)
 _lock = threading.Lock()
-_registered: dict[str, Task[..., Any]] = {}
 
 
 class DjangoDurableTask(DurableTask):
@@ -123,19 +124,14 @@ def register(task: Task[..., Any], configured: dict[str, Any]) -> None:
     """Register the durable Celery task of ``task`` (once per module path)."""
     path = task.module_path
     with _lock:
-        if path in _registered:
+        if registered(path) is not None:
             return
         options = options_of(task, configured)
         unknown = sorted(set(options) - FLOW_OPTIONS)
         if unknown:
             raise DurableConfigError(f"{path}: unknown option(s) {', '.join(unknown)} in TASK_OPTIONS")
         durable_task(base=DjangoDurableTask, name=path, **options)(_runner(task))
-        _registered[path] = task
-
-
-def registered(path: str) -> Task[..., Any] | None:
-    """The Django task registered under ``path``, if this process has seen it."""
-    return _registered.get(path)
+        remember(task)
 
 
 def celery_task(task: Task[..., Any]) -> Any:
@@ -154,8 +150,6 @@ def _runner(task: Task[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         call = async_to_sync(func) if is_async else func
         if task.takes_context:
-            from .results import running_context
-
             return call(running_context(path), *args, **kwargs)
         return call(*args, **kwargs)
 
@@ -187,4 +181,4 @@ class call_priority:
         _call_priority.reset(self.token)
 
 
-__all__ = ["DjangoDurableTask", "call_priority", "durable_options", "mapped_priority", "register", "registered"]
+__all__ = ["DjangoDurableTask", "call_priority", "durable_options", "mapped_priority", "register"]

@@ -10,7 +10,7 @@ from django.tasks.exceptions import TaskResultDoesNotExist
 from django.utils.module_loading import import_string
 
 from ..states import RunStatus
-from .declare import registered
+from .known import registered
 
 if TYPE_CHECKING:
     from ..models import Run
