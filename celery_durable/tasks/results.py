@@ -60,8 +60,8 @@ def to_result(run: Run, alias: str, task: Task[..., Any] | None = None) -> TaskR
         raise TaskResultDoesNotExist(f"run {run.id} of {run.task_name!r} is not a run of a Django task")
     status = STATUSES[run.status]
     error = error_of(run.error_value) if status == TaskResultStatus.FAILED else None
-    # One entry per attempt: the first execution and one per recovery after a crash. Only the
-    # worker that last held the run is recorded, so every entry names it.
+    # One entry per attempt: the first execution and one per recovery after a crash. The run
+    # records only the worker holding its lease: every entry names it (or is "" when none is known).
     attempts = run.recoveries + 1 if run.executions else 0
     result: TaskResult[..., Any] = TaskResult(
         task=task,

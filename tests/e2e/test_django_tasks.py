@@ -1,0 +1,77 @@
+"""Django's task API (``django.tasks``) through real workers on Redis and RabbitMQ (Django >= 6.0)."""
+
+from datetime import timedelta
+
+import django
+import pytest
+from django.utils import timezone
+
+from celery_durable.models import Run
+from celery_durable.states import RunStatus
+from tests.e2e.conftest import wait_for
+from tests.testapp.models import BodyRun
+
+if django.VERSION >= (6, 0):
+    from django.tasks import TaskResultStatus
+
+    from tests.testapp import django_tasks
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(django.VERSION < (6, 0), reason="django.tasks needs Django >= 6.0"),
+]
+
+
+def finished(result):
+    def done():
+        result.refresh()
+        return result.is_finished
+
+    return done
+
+
+def body_counts(run_id):
+    counts = {}
+    for name in BodyRun.objects.filter(run_id=run_id).values_list("step", flat=True):
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_enqueue_to_result_errors_async_and_run_after(e2e_env, workers):
+    workers("django-tasks")
+    queue = e2e_env["queue"]
+    added = django_tasks.add.using(queue_name=queue).enqueue(20, 22)
+    failing = django_tasks.fails.using(queue_name=queue).enqueue("no luck")
+    awaited = django_tasks.async_add.using(queue_name=queue).enqueue(1, 2)
+    later = django_tasks.add.using(queue_name=queue, run_after=timezone.now() + timedelta(seconds=2)).enqueue(1, 1)
+    assert later.status == TaskResultStatus.READY
+    for result in (added, failing, awaited, later):
+        wait_for(finished(result), 60, f"{result.task.name} to finish")
+    assert added.status == TaskResultStatus.SUCCESSFUL and added.return_value == 42
+    assert awaited.return_value == 3
+    assert failing.status == TaskResultStatus.FAILED
+    [error] = failing.errors
+    assert error.exception_class_path == "builtins.ValueError" and "ValueError: no luck" in error.traceback
+    assert later.return_value == 2
+    run = Run.objects.get(id=later.id)
+    assert run.started_at >= run.created_at + timedelta(seconds=2)
+    assert added.attempts == 1
+
+
+def test_worker_killed_mid_task__resumed_without_rerunning_completed_steps(e2e_env, workers):
+    first = workers("dt-first")
+    result = django_tasks.chain.using(queue_name=e2e_env["queue"]).enqueue(3600.0)
+    wait_for(lambda: body_counts(result.id).get("two") == 1, 30, "step two to start")
+    result.refresh()
+    assert result.status == TaskResultStatus.RUNNING
+    assert result.worker_ids == [Run.objects.get(id=result.id).lease_owner]  # the worker running it
+    first.kill()  # SIGKILL the whole worker mid-step: no cleanup, message unacked
+    BodyRun.objects.create(run_id=result.id, step="release")
+    workers("dt-second")
+    wait_for(finished(result), 60, "the run to finish on the second worker")
+    assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == "done"
+    counts = body_counts(result.id)
+    assert (counts["one"], counts["two"], counts["three"]) == (1, 2, 1)  # step one never ran again
+    run = Run.objects.get(id=result.id)
+    assert run.status == RunStatus.COMPLETED and run.recoveries >= 1
+    assert result.attempts == run.recoveries + 1
