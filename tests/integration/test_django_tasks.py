@@ -10,7 +10,7 @@ import django
 import pytest
 from asgiref.sync import async_to_sync
 
-from celery_durable import serialization
+from celery_durable import Concurrency, DurableConfigError, serialization
 from celery_durable.models import Run
 from celery_durable.states import RunStatus
 from tests.testapp.models import BodyRun
@@ -19,7 +19,9 @@ if django.VERSION >= (6, 0):
     from django.core import checks
     from django.tasks import TaskResultStatus, default_task_backend, task_backends
     from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+    from django.tasks.signals import task_enqueued, task_finished, task_started
 
+    from celery_durable.tasks import DurableBackend, durable_options
     from tests.testapp import django_tasks
 
 pytestmark = [
@@ -33,6 +35,27 @@ def steps_ran(run_id):
 
 
 def test_enqueue_then_result(durable):
+    seen = []
+
+    def receiver(signal, sender, task_result, **kwargs):
+        seen.append((signal, task_result.id, task_result.status))
+
+    for signal in (task_enqueued, task_started, task_finished):
+        signal.connect(receiver)
+    try:
+        result = django_tasks.add.enqueue(2, 3)
+        durable.run_until_idle()
+    finally:
+        for signal in (task_enqueued, task_started, task_finished):
+            signal.disconnect(receiver)
+    assert seen == [
+        (task_enqueued, result.id, TaskResultStatus.READY),
+        (task_started, result.id, TaskResultStatus.RUNNING),
+        (task_finished, result.id, TaskResultStatus.SUCCESSFUL),
+    ]
+
+
+def test_enqueue_then_refresh(durable):
     result = django_tasks.add.enqueue(2, 3)
     assert result.status == TaskResultStatus.READY
     assert result.task.module_path == "tests.testapp.django_tasks.add"
@@ -168,3 +191,78 @@ def test_idempotency_from_backend_options(durable):
     durable.run_until_idle()
     again.refresh()
     assert again.return_value == 41
+
+
+def test_runs_show_in_admin_dashboard_command_and_metrics(durable, admin_client):
+    import io
+    import json
+
+    from django.core.management import call_command
+    from django.urls import reverse
+
+    from celery_durable import metrics
+
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    metrics.enable(registry)
+    try:
+        done = django_tasks.add.enqueue(1, 2)
+        failed = django_tasks.fails.enqueue("no")
+        durable.run_until_idle()
+        path = "tests.testapp.django_tasks.add"
+        assert registry.get_sample_value("celery_durable_runs_completed_total", {"task": path}) == 1
+        labels = {"task": "tests.testapp.django_tasks.fails"}
+        assert registry.get_sample_value("celery_durable_runs_failed_total", labels) == 1
+    finally:
+        metrics.disable(registry)
+    out = io.StringIO()
+    call_command("durable_runs", "list", "--json", "--task", path, stdout=out)
+    assert [item["id"] for item in json.loads(out.getvalue())] == [done.id]
+    body = admin_client.get(reverse("admin:celery_durable_run_changelist"), {"task": path}).content.decode()
+    assert done.id in body and failed.id not in body
+    detail = admin_client.get(reverse("admin:celery_durable_run_change", args=[failed.id])).content.decode()
+    assert "ValueError" in detail
+    dashboard = admin_client.get(reverse("admin:celery_durable_run_dashboard")).content.decode()
+    assert "tests.testapp.django_tasks.fails" in dashboard
+
+
+def test_backend_checks_report_bad_options():
+    def ids(options):
+        return [(m.id, m.msg) for m in DurableBackend(alias="x", params={"OPTIONS": options}).check()]
+
+    assert ids({}) == []
+    assert ids({"TASK_OPTIONS": {"tests.testapp.django_tasks.add": {"retries": 2}}}) == []
+    [(code, msg)] = ids({"TASK_OPTIONS": {"tests.testapp.django_tasks.nope": {"retries": 2}}})
+    assert code == "celery_durable.E022" and "tests.testapp.django_tasks.nope" in msg
+    [(code, msg)] = ids({"TASK_OPTIONS": {"tests.testapp.django_tasks.add": {"concurrency": 5}}})
+    assert code == "celery_durable.E021" and "concurrency" in msg
+    [(code, msg)] = ids({"TASK_OPTIONS": {"tests.testapp.django_tasks.add": {"concurrency": Concurrency(key="z", limit=1)}}})
+    assert code == "celery_durable.E021" and "'z' names no parameter" in msg
+    [(code, msg)] = ids({"TASK_OPTIONS": {"tests.testapp.django_tasks.add": {"bogus": 1}}})
+    assert code == "celery_durable.E021" and "bogus" in msg
+    [(code, msg)] = ids({"TASK_OPTIONS": ["tests.testapp.django_tasks.add"]})
+    assert code == "celery_durable.E021"
+    [(code, msg)] = ids({"CONCURRENCY": 3})
+    assert code == "celery_durable.E021" and "CONCURRENCY" in msg
+
+
+def test_durable_options_refuses_bad_declarations():
+    with pytest.raises(DurableConfigError, match="unknown option"):
+        durable_options(bind=True)
+    with pytest.raises(DurableConfigError, match="'user' names no parameter"):
+
+        @durable_options(concurrency=Concurrency(key="user", limit=1))
+        def f(user_id): ...
+
+    with pytest.raises(DurableConfigError, match="below @task"):
+        durable_options(retries=1)(django_tasks.add)
+
+
+def test_durable_options_key_skips_the_context_parameter():
+    @durable_options(concurrency=Concurrency(key="user_id", limit=1))
+    def g(context, user_id): ...
+
+    with pytest.raises(DurableConfigError, match="'context' names no parameter"):
+
+        @durable_options(concurrency=Concurrency(key="context", limit=1))
+        def h(context, user_id): ...
