@@ -236,7 +236,8 @@ def test_backend_checks_report_bad_options():
     assert code == "celery_durable.E022" and "tests.testapp.django_tasks.nope" in msg
     [(code, msg)] = ids({"TASK_OPTIONS": {"tests.testapp.django_tasks.add": {"concurrency": 5}}})
     assert code == "celery_durable.E021" and "concurrency" in msg
-    [(code, msg)] = ids({"TASK_OPTIONS": {"tests.testapp.django_tasks.add": {"concurrency": Concurrency(key="z", limit=1)}}})
+    add = "tests.testapp.django_tasks.add"
+    [(code, msg)] = ids({"TASK_OPTIONS": {add: {"concurrency": Concurrency(key="z", limit=1)}}})
     assert code == "celery_durable.E021" and "'z' names no parameter" in msg
     [(code, msg)] = ids({"TASK_OPTIONS": {"tests.testapp.django_tasks.add": {"bogus": 1}}})
     assert code == "celery_durable.E021" and "bogus" in msg
