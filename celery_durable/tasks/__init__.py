@@ -16,9 +16,12 @@ import django
 MINIMUM_DJANGO = (6, 0)
 
 if django.VERSION < MINIMUM_DJANGO:
-    raise ImportError(
+    # ModuleNotFoundError (an ImportError) naming this module: Celery's autodiscovery of
+    # ``<app>.tasks`` modules then skips it, as it skips an app without a tasks module.
+    raise ModuleNotFoundError(
         f"celery_durable.tasks needs Django >= 6.0 (django.tasks); this is Django {django.get_version()}. "
-        f"Use @durable_task on Django < 6.0."
+        f"Use @durable_task on Django < 6.0.",
+        name=__name__,
     )
 
 from .backend import DurableBackend  # noqa: E402  (after the version gate)

@@ -17,8 +17,24 @@ before_6 = pytest.mark.skipif(django.VERSION >= (6, 0), reason="checks Django < 
 @before_6
 def test_import_names_the_requirement(monkeypatch):
     monkeypatch.delitem(sys.modules, "celery_durable.tasks", raising=False)
-    with pytest.raises(ImportError, match=r"celery_durable\.tasks needs Django >= 6\.0 .*this is Django 5\."):
+    with pytest.raises(ImportError, match=r"celery_durable\.tasks needs Django >= 6\.0 .*this is Django 5\.") as info:
         importlib.import_module("celery_durable.tasks")
+    assert info.value.name == "celery_durable.tasks"
+
+
+@before_6
+def test_celery_autodiscovery_skips_it(monkeypatch):
+    """Celery imports every installed app's ``tasks`` module: celery_durable's must not stop a worker."""
+    from celery.loaders.base import find_related_module
+
+    monkeypatch.delitem(sys.modules, "celery_durable.tasks", raising=False)
+    assert find_related_module("celery_durable", "tasks") is None
+
+
+@before_6
+def test_no_W011_from_it():
+    ids = [message.id for message in checks.run_checks()]
+    assert "celery_durable.W011" not in ids
 
 
 @before_6
