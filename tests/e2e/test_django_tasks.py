@@ -1,6 +1,12 @@
 """Django's task API (``django.tasks``) through real workers on Redis and RabbitMQ (Django >= 6.0)."""
 
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import django
 import pytest
@@ -9,6 +15,7 @@ from django.utils import timezone
 from celery_durable.models import Run
 from celery_durable.states import RunStatus
 from tests.e2e.conftest import wait_for
+from tests.e2e.processes import spawn  # noqa: F401  (fixture)
 from tests.testapp.models import BodyRun
 
 if django.VERSION >= (6, 0):
@@ -75,3 +82,41 @@ def test_worker_killed_mid_task__resumed_without_rerunning_completed_steps(e2e_e
     run = Run.objects.get(id=result.id)
     assert run.status == RunStatus.COMPLETED and run.recoveries >= 1
     assert result.attempts == run.recoveries + 1
+
+
+def test_example_project_django_task_on_a_real_worker(tmp_path, spawn):  # noqa: F811
+    """example_project's ``shop.django_tasks.send_receipt``: enqueued with Django's API, run by its worker."""
+    project = Path(__file__).resolve().parents[2] / "example_project"
+    env = {**os.environ, "EXAMPLE_VAR_DIR": str(tmp_path / "var"), "DJANGO_SETTINGS_MODULE": "example_project.settings"}
+    for name in ("EXAMPLE_DATABASE_URL", "EXAMPLE_BROKER_URL"):
+        env.pop(name, None)
+
+    def manage(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=project, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    manage("migrate", "-v0")
+    command = [sys.executable, "-m", "celery", "-A", "example_project", "worker", "-P", "solo", "-l", "info"]
+    worker = spawn(command, project, env, tmp_path / "worker.log")
+    wait_for(lambda: " ready." in worker.output() or worker.process.poll() is not None, 60, "the worker")
+    assert worker.process.poll() is None, worker.output()
+    script = (
+        "from shop.models import Order, Product; from shop.django_tasks import send_receipt; "
+        "p = Product.objects.create(sku='m1', name='Mug', price=5, stock=3); "
+        "o = Order.objects.create(email='a@example.com', product=p, quantity=2); "
+        "print('RESULT', send_receipt.enqueue(order_id=o.id).id)"
+    )
+    run_id = manage("shell", "-c", script).split("RESULT ")[1].split()[0]
+
+    def status():
+        with contextlib.closing(sqlite3.connect(tmp_path / "var" / "db.sqlite3")) as db:
+            return db.execute("SELECT task_name, status FROM celery_durable_run WHERE id = ?", (run_id,)).fetchone()
+
+    wait_for(lambda: status()[1] in ("completed", "failed"), 90, "the receipt run to finish")
+    assert status() == ("shop.django_tasks.send_receipt", "completed"), worker.output()
+    check = f"from shop.django_tasks import send_receipt; r = send_receipt.get_result({run_id!r}); print(r.status)"
+    assert manage("shell", "-c", check).strip().endswith("SUCCESSFUL")
+    assert "Mug" in "".join(path.read_text() for path in (tmp_path / "var" / "mail").iterdir())
