@@ -13,6 +13,7 @@ from django.tasks.signals import task_enqueued, task_finished, task_started
 from .. import clock, signals
 from ..engine.declaration import validate_options
 from ..exceptions import DurableConfigError
+from ..integration.routing import broker_driver, broker_level
 from .declare import (
     FLOW_OPTIONS,
     _reduced,
@@ -68,8 +69,15 @@ class DurableBackend(BaseTaskBackend):
             options["queue"] = task.queue_name
         if task.run_after is not None and task.run_after > clock.now():
             options["eta"] = task.run_after
-        with call_priority(mapped_priority(task.priority)):
-            sent = celery_task(task).apply_async(args=tuple(args), kwargs=dict(kwargs), **options)
+        priority = mapped_priority(task.priority)
+        celery = celery_task(task)
+        if priority is not None:  # stored with the run: republications keep the broker level
+            conf = celery.app.conf
+            level = broker_level(priority, broker_driver(str(conf.broker_url)), conf.task_queue_max_priority)
+            if level is not None:
+                options["priority"] = level
+        with call_priority(priority):
+            sent = celery.apply_async(args=tuple(args), kwargs=dict(kwargs), **options)
         result = cast("TaskResult[_P, _R]", self._result(str(sent.id), task))
         task_enqueued.send(type(self), task_result=result)
         return result

@@ -157,6 +157,20 @@ def test_priority_maps_onto_head_start_seconds():
     assert Run.objects.get(id=django_tasks.add.enqueue(1, 2).id).priority == 0
 
 
+def test_django_priority_sets_the_broker_level_of_the_run(durable):
+    from celery import current_app
+
+    previous = current_app.conf.broker_url
+    current_app.conf.broker_url = "redis://127.0.0.1:6379/7"  # no message leaves: the fixture records them
+    try:
+        result = django_tasks.urgent.enqueue(1)
+        plain = django_tasks.add.enqueue(1, 2)
+    finally:
+        current_app.conf.broker_url = previous
+    assert serialization.loads(Run.objects.get(id=result.id).options)["priority"] == 2  # Redis: 0 is first
+    assert "priority" not in serialization.loads(Run.objects.get(id=plain.id).options)
+
+
 def test_priority_out_of_range_is_refused_by_django():
     with pytest.raises(InvalidTask):
         django_tasks.add.using(priority=101)
