@@ -40,7 +40,7 @@ def import_task_modules(app: Celery) -> None:
         from django.apps import apps
 
         if apps.ready:
-            from celery.loaders.base import find_related_module
+            from celery.loaders.base import find_related_module  # type: ignore[attr-defined]
 
             # As the worker's autodiscovery does: a missing ``tasks`` module is skipped (on
             # Django < 6.0 ``celery_durable.tasks``, the django.tasks backend, is one).
