@@ -281,3 +281,20 @@ def test_durable_options_key_skips_the_context_parameter():
 
         @durable_options(concurrency=Concurrency(key="context", limit=1))
         def h(context, user_id): ...
+
+
+def test_events_and_child_runs_inside_a_django_task(durable):
+    result = django_tasks.confirmed_fan_out.enqueue(7)
+    durable.run_until_idle(advance_clock=False)
+    result.refresh()
+    assert result.status == TaskResultStatus.RUNNING
+    assert Run.objects.get(id=result.id).waiting_for == "user.confirmed"
+    durable.send_event("user.confirmed", {"user_id": 7})
+    durable.run_until_idle()
+    result.refresh()
+    assert result.return_value == {"event": {"user_id": 7}, "sums": [0, 2, 4]}
+    children = Run.objects.filter(parent_id=result.id).order_by("child_index")
+    assert [(c.task_name, c.status) for c in children] == [("tests.testapp.django_tasks.add", "completed")] * 3
+    assert [child.status for child in map(default_task_backend.get_result, [c.id for c in children])] == [
+        TaskResultStatus.SUCCESSFUL
+    ] * 3

@@ -6,6 +6,7 @@ Imported only on Django >= 6.0 (tests/settings.py lists it in ``CELERY_IMPORTS``
 import time
 
 from asgiref.sync import sync_to_async
+from celery import signature
 from django.tasks import task
 
 from celery_durable import Concurrency, step
@@ -80,3 +81,11 @@ def configured(order_id):
 @task(priority=50)
 def urgent(n):
     return n
+
+
+@task
+def confirmed_fan_out(user_id):
+    """Waits for an event, then runs Django tasks as child runs (by their module path)."""
+    event = step.wait_for_event("confirmed", "user.confirmed", match={"user_id": user_id}, timeout=3600)
+    children = [signature(add.module_path, args=(n, n)) for n in range(3)]
+    return {"event": event.data if event else None, "sums": step.gather("fan", children)}
