@@ -16,9 +16,8 @@ from ..exceptions import DurableConfigError
 from ..integration.routing import broker_driver, broker_level
 from .declare import (
     FLOW_OPTIONS,
-    _reduced,
-    _takes_context,
     call_priority,
+    caller_view,
     celery_task,
     mapped_priority,
     options_of,
@@ -115,17 +114,22 @@ class DurableBackend(BaseTaskBackend):
         unknown = sorted(set(options) - FLOW_OPTIONS)
         if unknown:
             return [_error(f"TASK_OPTIONS[{path!r}] has unknown option(s) {', '.join(unknown)}", "E021")]
-        task = task_of(path)
+        try:
+            task = task_of(path)
+        except Exception as exc:  # the module exists but does not import
+            task, problem = None, f" (importing it raised {exc!r})"
+        else:
+            problem = ""
         if task is None:
             return [
                 _error(
-                    f"TASK_OPTIONS names {path!r}, which is not a Django task",
+                    f"TASK_OPTIONS names {path!r}, which is not a Django task{problem}",
                     "E022",
                     hint="Use the module path of a function decorated with @task (task.module_path).",
                 )
             ]
         try:
-            validate_options(path, {**options_of(task, options), "run": _reduced(task.func, _takes_context(task.func))})
+            validate_options(path, {**options_of(task, options), "run": caller_view(task.func, task.takes_context)})
         except DurableConfigError as exc:
             return [_error(str(exc), "E021")]
         return []

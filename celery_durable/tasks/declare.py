@@ -89,26 +89,27 @@ def durable_options(**options: Any) -> Callable[[Callable[..., Any]], Callable[.
                 f"durable_options must decorate the function below @task, got {func!r} (put it under @task)"
             )
         name = f"{func.__module__}.{func.__qualname__}"
-        validate_options(name, {**options, "run": _reduced(func, _takes_context(func))})
+        validate_options(name, {**options, "run": caller_view(func, takes_context(func))})
         setattr(func, OPTIONS_ATTRIBUTE, dict(options))
         return func
 
     return decorate
 
 
-def _takes_context(func: Callable[..., Any]) -> bool:
+def takes_context(func: Callable[..., Any]) -> bool:
+    """Whether ``func``'s first parameter is Django's ``context`` (``@task(takes_context=True)``)."""
     parameters = list(inspect.signature(func).parameters)
     return bool(parameters) and parameters[0] == "context"
 
 
-def _reduced(func: Callable[..., Any], takes_context: bool) -> Callable[..., Any]:
-    """A stand-in with the signature the caller sees (without ``context``), for key checks."""
+def caller_view(func: Callable[..., Any], with_context: bool) -> Callable[..., Any]:
+    """A stand-in with the signature callers of ``enqueue`` see (without ``context``), for key checks."""
 
     def stand_in(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - never called
         raise NotImplementedError
 
     signature = inspect.signature(func)
-    if takes_context:
+    if with_context:
         signature = signature.replace(parameters=list(signature.parameters.values())[1:])
     stand_in.__signature__ = signature  # type: ignore[attr-defined]
     return stand_in
@@ -153,7 +154,7 @@ def _runner(task: Task[..., Any]) -> Callable[..., Any]:
             return call(running_context(path), *args, **kwargs)
         return call(*args, **kwargs)
 
-    run.__signature__ = inspect.signature(_reduced(func, task.takes_context))  # type: ignore[attr-defined]
+    run.__signature__ = inspect.signature(caller_view(func, task.takes_context))  # type: ignore[attr-defined]
     run.__name__ = func.__name__
     run.__qualname__ = func.__qualname__
     run.__module__ = func.__module__
@@ -181,4 +182,12 @@ class call_priority:
         _call_priority.reset(self.token)
 
 
-__all__ = ["DjangoDurableTask", "call_priority", "durable_options", "mapped_priority", "register"]
+__all__ = [
+    "DjangoDurableTask",
+    "call_priority",
+    "caller_view",
+    "durable_options",
+    "mapped_priority",
+    "register",
+    "takes_context",
+]
