@@ -120,3 +120,23 @@ def test_example_project_django_task_on_a_real_worker(tmp_path, spawn):  # noqa:
     check = f"from shop.django_tasks import send_receipt; r = send_receipt.get_result({run_id!r}); print(r.status)"
     assert manage("shell", "-c", check).strip().endswith("SUCCESSFUL")
     assert "Mug" in "".join(path.read_text() for path in (tmp_path / "var" / "mail").iterdir())
+
+
+def test_flow_options_of_a_django_task_on_real_workers(e2e_env, workers):
+    """``@durable_options(concurrency=...)`` under ``@task``: a user's second run waits for the first."""
+    workers("dt-flow", concurrency=2)
+    held = django_tasks.held_per_user.using(queue_name=e2e_env["queue"])
+    first = held.enqueue(7, 3600.0)
+    wait_for(lambda: body_counts(first.id).get("held") == 1, 30, "the first run to hold its slot")
+    second = held.enqueue(7, 3600.0)
+    other_user = held.enqueue(8, 0.0)
+    wait_for(finished(other_user), 60, "another user's run, not held back")
+    assert Run.objects.get(id=second.id).status == RunStatus.PENDING
+    second.refresh()
+    assert second.status == TaskResultStatus.READY
+    BodyRun.objects.create(run_id="release-7", step="release")
+    for result in (first, second):
+        wait_for(finished(result), 60, "user 7's runs")
+        assert result.return_value == 7
+    runs = {run.id: run for run in Run.objects.filter(id__in=[first.id, second.id])}
+    assert runs[second.id].started_at >= runs[first.id].finished_at

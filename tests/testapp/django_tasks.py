@@ -89,3 +89,20 @@ def confirmed_fan_out(user_id):
     event = step.wait_for_event("confirmed", "user.confirmed", match={"user_id": user_id}, timeout=3600)
     children = [signature(add.module_path, args=(n, n)) for n in range(3)]
     return {"event": event.data if event else None, "sums": step.gather("fan", children)}
+
+
+@task
+@durable_options(concurrency=Concurrency(key="user_id", limit=1))
+def held_per_user(user_id, hold_seconds: float):
+    """One run per user at a time; the body holds until a 'release' row for the user appears."""
+
+    def hold():
+        counted("held")
+        deadline = time.monotonic() + hold_seconds
+        while time.monotonic() < deadline:
+            if BodyRun.objects.filter(run_id=f"release-{user_id}").exists():
+                return user_id
+            time.sleep(0.05)
+        return user_id
+
+    return step.run("hold", hold)
