@@ -157,6 +157,11 @@ def test_priority_maps_onto_head_start_seconds():
     assert Run.objects.get(id=django_tasks.add.enqueue(1, 2).id).priority == 0
 
 
+def test_django_priority_zero_keeps_the_declared_priority():
+    assert Run.objects.get(id=django_tasks.declared_priority.enqueue(1).id).priority == 120
+    assert Run.objects.get(id=django_tasks.declared_priority.using(priority=10).enqueue(2).id).priority == 60
+
+
 def test_django_priority_sets_the_broker_level_of_the_run(durable):
     from celery import current_app
 
@@ -298,3 +303,17 @@ def test_events_and_child_runs_inside_a_django_task(durable):
     assert [child.status for child in map(default_task_backend.get_result, [c.id for c in children])] == [
         TaskResultStatus.SUCCESSFUL
     ] * 3
+
+
+def test_cancelled_run_is_failed_with_run_cancelled(durable):
+    from celery_durable import cancel
+
+    result = django_tasks.naps.enqueue(600)
+    durable.run_until_idle(advance_clock=False)  # asleep
+    cancel(result.id, reason="not needed")
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    [error] = result.errors
+    assert error.exception_class_path == "celery_durable.exceptions.RunCancelled"
+    durable.run_until_idle()
+    assert steps_ran(result.id) == ["before"]

@@ -106,3 +106,9 @@ def held_per_user(user_id, hold_seconds: float):
         return user_id
 
     return step.run("hold", hold)
+
+
+@task
+@durable_options(priority=120)
+def declared_priority(n):
+    return n
