@@ -148,3 +148,37 @@ def priority_messages(app: Any, prioritized: list[str]) -> list[checks.CheckMess
             )
         )
     return messages
+
+
+DJANGO_TASKS_BACKEND = "celery_durable.tasks.DurableBackend"
+
+
+@checks.register()
+def check_django_tasks(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E020: ``TASKS`` names ``celery_durable.tasks.DurableBackend`` on Django < 6.0."""
+    return django_tasks_messages(getattr(settings, "TASKS", None))
+
+
+def django_tasks_messages(tasks: Any, version: tuple[int, ...] | None = None) -> list[checks.CheckMessage]:
+    """The ``TASKS`` check for a Django version (this one by default)."""
+    import django
+
+    version = version or tuple(django.VERSION[:2])
+    if version >= (6, 0) or not isinstance(tasks, dict):
+        return []
+    aliases = sorted(
+        str(alias)
+        for alias, config in tasks.items()
+        if isinstance(config, dict) and config.get("BACKEND") == DJANGO_TASKS_BACKEND
+    )
+    if not aliases:
+        return []
+    return [
+        checks.Error(
+            f"TASKS[{aliases[0]!r}] uses {DJANGO_TASKS_BACKEND}, which needs Django >= 6.0 "
+            f"(this is Django {'.'.join(map(str, version))})",
+            hint="django.tasks exists from Django 6.0 on: upgrade Django, or declare the tasks "
+            "with @durable_task and remove the TASKS setting.",
+            id="celery_durable.E020",
+        )
+    ]

@@ -4,6 +4,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import django
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -110,6 +112,25 @@ CELERY_DURABLE = {
     "REPUBLISH_AFTER_SECONDS": float(os.environ.get("DURABLE_TEST_REPUBLISH_AFTER", "120")),
     "OBSERVE_PLAIN_TASKS": [p for p in os.environ.get("DURABLE_TEST_OBSERVE", "").split(",") if p] or False,
 }
+
+if django.VERSION >= (6, 0):  # django.tasks: Django's own task API on celery_durable.tasks.DurableBackend
+    from celery_durable.options import Timeouts
+
+    TASKS = {
+        "default": {
+            "BACKEND": "celery_durable.tasks.DurableBackend",
+            "QUEUES": [],  # any queue name: Celery queues
+            "OPTIONS": {
+                "TASK_OPTIONS": {
+                    "tests.testapp.django_tasks.configured": {
+                        "idempotency_key": "order_id",
+                        "timeouts": Timeouts(finish=3600),
+                    },
+                },
+            },
+        }
+    }
+    CELERY_IMPORTS = ["tests.testapp.django_tasks"]
 
 if os.environ.get("DURABLE_TEST_SERVICES_CLOCK"):
     # The chaos suite's clock jumps: this worker's services thread (waker, reaper) reads its

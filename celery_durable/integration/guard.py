@@ -40,9 +40,12 @@ def import_task_modules(app: Celery) -> None:
         from django.apps import apps
 
         if apps.ready:
-            from django.utils.module_loading import autodiscover_modules
+            from celery.loaders.base import find_related_module  # type: ignore[attr-defined]
 
-            autodiscover_modules("tasks")
+            # As the worker's autodiscovery does: a missing ``tasks`` module is skipped (on
+            # Django < 6.0 ``celery_durable.tasks``, the django.tasks backend, is one).
+            for config in apps.get_app_configs():
+                find_related_module(config.name, "tasks")
     finally:
         _importing = False
 

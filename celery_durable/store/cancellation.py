@@ -98,12 +98,8 @@ def stop_at_boundary(run_id: str, generation: int, using: str = "default") -> Ca
     outcome = Cancellation()
     now = clock.now()
     with transaction.atomic(using=using):
-        row = (
-            Run.objects.using(using)
-            .filter(id=run_id, generation=generation, status=RunStatus.RUNNING)
-            .values("parent_id", "cancel_reason")
-            .first()
-        )
+        # The read needs no fence: the UPDATE below is the fence, and nothing happens unless it changes the run.
+        row = Run.objects.using(using).filter(id=run_id).values("parent_id", "cancel_reason").first()
         if row is None:
             return None
         reason = row["cancel_reason"] or "cancelled"

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import django
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("EXAMPLE_VAR_DIR") or BASE_DIR / "var").resolve()
 
@@ -158,6 +160,12 @@ CELERY_DURABLE = {
     # sweeper republish queued runs whose message got lost sooner than the default 120 s.
     "REPUBLISH_AFTER_SECONDS": 15,
 }
+
+# Django's own task API (Django >= 6.0): @task functions become durable runs on this
+# project's Celery app (shop/django_tasks.py). The worker imports the module listed here.
+if django.VERSION >= (6, 0):
+    TASKS = {"default": {"BACKEND": "celery_durable.tasks.DurableBackend"}}
+    CELERY_IMPORTS = ["shop.django_tasks"]
 
 # --- The shop app -------------------------------------------------------------------
 
