@@ -274,11 +274,6 @@ def test_heartbeat__does_not_extend_the_lease_of_a_run_another_worker_took_over(
     assert snapshot() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="slots.reclaim takes free slots for an execution that lost its run: acquire() is not fenced by "
-    "the generation (only the back-to-the-backlog UPDATE is), so the run is marked holding and the slot counted",
-)
 def test_reclaim__with_a_free_slot_by_an_execution_that_lost_its_run__takes_nothing(durable):
     sleeper = flows.per_user_sleeps.delay(8, 1)
     durable.run_next()  # sleeps: its slot is free again
