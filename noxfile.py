@@ -71,3 +71,12 @@ def lint(session: nox.Session) -> None:
     session.run("mypy", "celery_durable")
     session.run("lint-imports")  # the layers of docs/architecture.md (contracts in pyproject.toml)
     session.run("mkdocs", "build", "--strict", "--quiet", "--site-dir", "var/site")
+
+
+@nox.session(python="3.11")
+def guards(session: nox.Session) -> None:
+    """Remove each guard of tests/guards.toml in turn; fail if its tests still pass (every database)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "scripts/guard_mutations.py", "--check")
+    for db in databases(session):
+        session.run("python", "scripts/guard_mutations.py", env={"DURABLE_TEST_DB": db})

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the test suite: lint, then one old and one new cell of the nox matrix
+# Run the test suite: lint, the guard mutations (tests/guards.toml), then one old and one new cell of the nox matrix
 # (Python 3.11 x Django 5.2, Python 3.13 x Django 6.1), each on SQLite, PostgreSQL and
 # MariaDB, with the e2e tests (real workers on Redis and RabbitMQ) on PostgreSQL.
 # Unreachable services are skipped with a reason, unless CELERY_DURABLE_REQUIRE_SERVICES=1.
@@ -14,4 +14,4 @@ if command -v pyenv >/dev/null 2>&1 && [ -z "${PYENV_VERSION:-}" ]; then
     done
     export PYENV_VERSION
 fi
-.venv/bin/nox -s lint "tests(python='3.11', django='5.2')" "tests(python='3.13', django='6.1')" -- "$@"
+.venv/bin/nox -s lint guards "tests(python='3.11', django='5.2')" "tests(python='3.13', django='6.1')" -- "$@"
