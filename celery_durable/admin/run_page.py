@@ -209,6 +209,23 @@ def decode_error(text: str | None) -> dict[str, Any] | None:
     return {key: readable.readable(item) for key, item in value.items()}
 
 
+def failed_attempts(step: Step) -> list[dict[str, Any]]:
+    """Each failed attempt of a step, oldest first, when there is more than the one error shown.
+
+    The step's error record is its last failed attempt's, with the attempts before it in
+    ``earlier``; a step that then completed keeps it as history.
+    """
+    error = decode_error(step.error)
+    if error is None:
+        return []
+    earlier = [attempt for attempt in error.get("earlier") or [] if isinstance(attempt, dict)]
+    completed = step.status == StepStatus.COMPLETED
+    if not completed and not earlier:
+        return []  # one failed attempt: the error itself says it all
+    last = {"attempt": step.attempts - 1 if completed else step.attempts, "type": error.get("type", "")}
+    return [*earlier, {**last, "message": error.get("message", "")}]
+
+
 def _timeline(run: Run, now: datetime) -> tuple[list[dict[str, Any]], int, bool]:
     rows = list(
         Step.objects.filter(run_id=run.pk)
@@ -234,6 +251,7 @@ def _timeline(run: Run, now: datetime) -> tuple[list[dict[str, Any]], int, bool]
                 "preview": "" if words else readable.compact(item.output_head, OUTPUT_PREVIEW_CHARS),
                 "words": words,
                 "error": decode_error(item.error),
+                "attempts_failed": failed_attempts(item),
                 "children": [],
             }
         )

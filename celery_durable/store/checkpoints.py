@@ -66,10 +66,10 @@ class CheckpointStore:
         """Record a completed step; raise ``_LeaseLost``/``_Cancelled`` if the run is no longer ours."""
         q = self._q
         finished = self._value(clock.now())
-        if exists:
+        if exists:  # a retry that succeeded: the failed attempts' errors stay, as history
             sql = (
                 f"UPDATE {self._step} SET {q('status')} = %s, {q('output')} = %s, {q('attempts')} = %s, "
-                f"{q('finished_at')} = %s, {q('error')} = NULL "
+                f"{q('finished_at')} = %s "
                 f"WHERE {q('run_id')} = %s AND {q('step_id')} = %s AND EXISTS ({self._fence})"
             )
             params: list[Any] = [StepStatus.COMPLETED, output, attempts, finished, self.run_id, step_id]

@@ -389,12 +389,15 @@ def retry_step(
     return RunMessage(run_id, run.task_name, run.args, run.kwargs, run.options, countdown=delay or None)
 
 
+#: Earlier failed attempts kept in a step's error record (``earlier``), newest last.
+EARLIER_ATTEMPTS_KEPT = 20
+
+
 def _record_step_failure(run_id: str, step_id: str, attempts: int, error_json: str, now: datetime, using: str) -> None:
+    """Record a failed attempt on the step's row; the attempts before it stay in ``earlier``."""
     steps = Step.objects.using(using)
-    updated = steps.filter(run_id=run_id, step_id=step_id).update(
-        status=StepStatus.FAILED, error=error_json, attempts=attempts, finished_at=now
-    )
-    if not updated:
+    previous = steps.filter(run_id=run_id, step_id=step_id).values_list("error", "attempts", "finished_at").first()
+    if previous is None:
         steps.create(
             run_id=run_id,
             step_id=step_id,
@@ -404,6 +407,28 @@ def _record_step_failure(run_id: str, step_id: str, attempts: int, error_json: s
             started_at=now,
             finished_at=now,
         )
+        return
+    steps.filter(run_id=run_id, step_id=step_id).update(
+        status=StepStatus.FAILED, error=_with_earlier(error_json, *previous), attempts=attempts, finished_at=now
+    )
+
+
+def _with_earlier(error_json: str, previous_json: str | None, previous_attempt: int, previous_at: datetime) -> str:
+    """The new attempt's error record, carrying a summary of each earlier failed attempt."""
+    if not previous_json:
+        return error_json
+    previous = serialization.loads(previous_json)
+    if not isinstance(previous, dict):
+        return error_json
+    summary = {
+        "attempt": previous_attempt,
+        "type": previous.get("type", ""),
+        "message": str(previous.get("message", ""))[:1000],
+        "at": previous_at.isoformat() if isinstance(previous_at, datetime) else str(previous_at),
+    }
+    earlier = [*previous.get("earlier", []), summary][-EARLIER_ATTEMPTS_KEPT:]
+    record = serialization.loads(error_json)
+    return serialization.dumps({**record, "earlier": earlier}, "error record")
 
 
 def extend_leases(owner: str, run_ids: list[str], lease_seconds: float, using: str = "default") -> set[str]:
