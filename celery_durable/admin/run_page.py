@@ -17,7 +17,7 @@ from django.db.models import Q
 from django.db.models.functions import Length, Substr
 from django.utils import dateformat, timezone
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from .. import readable, serialization
 from ..models import Run, Slot, Step
@@ -146,7 +146,7 @@ def in_progress(run: Run, last: Step | None, now: datetime) -> InProgress | None
             headline = format_html("executing the step after <code>{}</code>", last.step_id)
             since = last.finished_at
         else:
-            headline = format_html("executing, before its first checkpoint")
+            headline = mark_safe("executing, before its first checkpoint")  # a constant, nothing to escape
             since = run.started_at
         return InProgress(headline, since, run.lease_owner)
     if run.status == RunStatus.QUEUED and last is not None and last.status == StepStatus.FAILED:
