@@ -41,12 +41,13 @@ def test_celery_retry_options__max_retries_countdown_and_autoretry_map_to_ours()
     assert mapped["retry_backoff"] is False  # a bool, as RetryPolicy declares it
 
 
-def test_flow_option_key__naming_a_missing_parameter_is_refused_at_declaration():
-    with pytest.raises(DurableConfigError, match="missing"):
+@pytest.mark.parametrize("bind", [False, True])  # bind=True: Celery keeps ``run`` a plain function
+def test_flow_option_key__naming_a_missing_parameter_is_refused_at_declaration(bind):
+    with pytest.raises(DurableConfigError, match="'missing' names no parameter"):
 
-        @durable_task(name="ms.bad_singleton_key", singleton=Singleton(key="missing"))
-        def bad_singleton_key(order_id):
-            return order_id
+        @durable_task(name="ms.bad_singleton_key", bind=bind, singleton=Singleton(key="missing"))
+        def bad_singleton_key(*args):
+            return args
 
 
 @pytest.mark.parametrize("bad", ["", 5])
