@@ -137,3 +137,13 @@ def test_cancel_descendant__a_run_cancelled_by_cancel_on_names_the_event(durable
     record = get_run(run.id)
     assert record.status == RunStatus.CANCELLED
     assert record.cancel_reason == "cancelled by event 'order.cancelled'"
+
+
+def test_record_call__the_message_of_a_run_started_by_on_event_carries_its_arguments(
+    durable, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        send_event("ms.go", {"n": 1})
+    (message,) = [m for m in durable.published if m.task_name == "ms.on_event_deadline"]
+    assert message.args == "[]"
+    assert json.loads(message.kwargs)["event"]["data"] == {"n": 1}
