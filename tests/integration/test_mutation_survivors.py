@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from django.test import override_settings
 
-from celery_durable import Timeouts, durable_task, get_run, replay, send_event
+from celery_durable import Concurrency, Timeouts, durable_task, get_run, replay, send_event, step
 from celery_durable.models import Event as EventRow
 from celery_durable.models import Run, Slot, Step
 from celery_durable.states import RunStatus
@@ -147,3 +147,20 @@ def test_record_call__the_message_of_a_run_started_by_on_event_carries_its_argum
     (message,) = [m for m in durable.published if m.task_name == "ms.on_event_deadline"]
     assert message.args == "[]"
     assert json.loads(message.kwargs)["event"]["data"] == {"n": 1}
+
+
+@durable_task(name="ms.limited_parent", concurrency=Concurrency(limit=1, key="account"))
+def limited_parent(account):
+    return step.invoke("child", flows.sleepy.s(3600))
+
+
+def test_wait_again__a_parent_woken_before_its_child_finished_waits_again_and_frees_its_slot(durable):
+    parent = limited_parent.delay("a")
+    assert durable.run_next() == parent.id  # records its child and waits
+    child = Run.objects.get(parent_id=parent.id)
+    assert durable.run_next() == child.id  # the child sleeps for an hour
+    Run.objects.filter(id=parent.id).update(status=RunStatus.QUEUED)  # woken early (e.g. a redelivery)
+    assert durable.run_next() == parent.id
+    woken = get_run(parent.id)
+    assert (woken.status, woken.holds_slots) == (RunStatus.WAITING, False)
+    assert Slot.objects.get().in_use == 0
