@@ -10,6 +10,7 @@ import pytest
 from django.test import override_settings
 
 from celery_durable import Concurrency, Timeouts, durable_task, get_run, replay, send_event, step
+from celery_durable.exceptions import RunStateError
 from celery_durable.models import Event as EventRow
 from celery_durable.models import Run, Slot, Step
 from celery_durable.states import RunStatus
@@ -164,3 +165,14 @@ def test_wait_again__a_parent_woken_before_its_child_finished_waits_again_and_fr
     woken = get_run(parent.id)
     assert (woken.status, woken.holds_slots) == (RunStatus.WAITING, False)
     assert Slot.objects.get().in_use == 0
+
+
+@pytest.mark.django_db
+@override_settings(CELERY_DURABLE={"OBSERVE_PLAIN_TASKS": ["obs.*"]})
+def test_replay__of_an_observed_run_is_refused_naming_the_operation_and_why():
+    failed = observe_tasks.broken.apply(("x",))
+    with pytest.raises(RunStateError) as refused:
+        replay(failed.id)
+    assert (refused.value.run_id, refused.value.operation) == (failed.id, "replay")
+    assert "observed plain Celery task" in refused.value.why
+    assert get_run(failed.id).status == RunStatus.FAILED
