@@ -14,6 +14,7 @@ from celery_durable.integration.registry import CeleryRegistry
 from celery_durable.models import Run
 from celery_durable.states import RunStatus
 from celery_durable.store import runs
+from tests.integration.race_tools import before_statement, concurrently, update_of
 from tests.testapp import flows
 from tests.testapp.tasks import counted
 
@@ -125,3 +126,22 @@ def test_check_deploy__tells_an_unregistered_task_from_one_no_longer_durable_and
     assert "'t.plain' is no longer a durable task" in details["plain"]
     only = check_deploy(CeleryRegistry(), ["t.plain"])
     assert (only.checked, [v.run_id for v in only.failures]) == (1, ["plain"])
+
+
+@pytest.mark.django_db(transaction=True)  # the cancel commits from another connection (not on SQLite)
+def test_event_arrived_meanwhile__a_run_cancelled_before_it_could_take_the_event_publishes_nothing(durable, deliver):
+    """The run commits its wait, finds the event sent meanwhile, but a cancel wins the compare-and-set."""
+    run = flows.confirm.delay(5)
+    wait_update = update_of(Run, "lease_owner", "lease_expires_at", "status", "waiting_for")
+    resolve_update = update_of(Run, "status", "waiting_for", "wake_at", "published_at")
+    event = lambda: durable.send_event("user.confirmed", {"user_id": 5})  # noqa: E731
+    stop = lambda: cancel(run.id, "changed my mind")  # noqa: E731
+    durable.published.clear()
+    with (
+        before_statement(wait_update, lambda: concurrently(event)) as sent,
+        before_statement(resolve_update, lambda: concurrently(stop)) as cancelled,
+    ):
+        deliver(run.id)
+    assert sent and cancelled
+    assert get_run(run.id).status == RunStatus.CANCELLED
+    assert durable.published == []
