@@ -124,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench import harness, tasks
     from celery_durable.models import Run, Step
-    from celery_durable.states import RunStatus
     from celery_durable.testing import DurableTestRunner
+
+    try:
+        from celery_durable.states import RunStatus
+    except ImportError:  # a --snapshot from before the layered core (issue 11)
+        from celery_durable.models import RunStatus  # type: ignore[attr-defined,no-redef]
 
     harness.ensure_database()
     with connection.cursor() as cursor:
