@@ -45,16 +45,9 @@ FINISHED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED
 UNFINISHED = frozenset(RunStatus) - FINISHED
 # What the waker may move to ``queued`` when ``wake_at`` comes: a countdown, a sleep, a wait's timeout.
 WAKEABLE = frozenset({RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING})
-# Unfinished and not executing: a cancel ends them at once (a running run stops at its next step).
-NOT_RUNNING = frozenset({RunStatus.PENDING, RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING})
 # The statuses in which a run may hold its concurrency slots.
 HOLDING_SLOTS = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 REPLAYABLE = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
 CANCELLABLE = UNFINISHED
 # A child that ended this way no longer counts as pending for its parent's gather.
 CHILD_ENDED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
-
-
-def is_finished(status: str) -> bool:
-    """Whether ``status`` is terminal."""
-    return status in FINISHED

@@ -120,14 +120,8 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     def durable_spec(self) -> TaskSpec:
         """The task as the engine sees it: its body and validated options (built once)."""
         if self._durable_spec is None or self._durable_spec.fn != self.run:
-            concurrency = self.concurrency
-            entries = (
-                ()
-                if concurrency is None
-                else tuple(concurrency)
-                if isinstance(concurrency, list | tuple)
-                else (concurrency,)
-            )
+            concurrency = self.concurrency or ()
+            entries = tuple(concurrency) if isinstance(concurrency, list | tuple) else (concurrency,)
             self._durable_spec = TaskSpec(
                 name=self.name,
                 fn=self.run,
