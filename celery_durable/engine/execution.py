@@ -111,7 +111,7 @@ def execute(
             limits = spec.slot_limits(claim.run.args_value, claim.run.kwargs_value)
         except Exception as exc:  # a key function that raises: the run cannot take its slots, it fails
             return _fail(run, exc, None)
-        if not slots.reclaim(run_id, claim.generation, limits):
+        if not slots.reclaim(run_id, claim.generation, limits, settings.LEASE_SECONDS):
             return Outcome("dropped")
     if claim.run.executions == 1:
         signals.send(signals.run_started, task_name, run_id, execution=1)

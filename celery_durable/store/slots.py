@@ -59,8 +59,13 @@ def _give(key: str) -> None:
     Slot.objects.filter(key=key, in_use__gt=0).update(in_use=F("in_use") - 1)
 
 
-def acquire(run_id: str, limits: dict[str, int | None]) -> bool:
-    """Take every slot of the run or none (call inside a transaction)."""
+def acquire(run_id: str, limits: dict[str, int | None], lease_seconds: float | None = None) -> bool:
+    """Take every slot of the run or none (call inside a transaction).
+
+    ``lease_seconds``: the claimed run's lease starts again once the slots are taken, in the
+    statement that marks them held (a resumed run may have waited on a slot row's lock for
+    longer than its lease).
+    """
     for key, limit in limits.items():
         if limit is not None:  # every row first: a promotion later knows only the keys
             _ensure(key, limit)
@@ -71,7 +76,8 @@ def acquire(run_id: str, limits: dict[str, int | None]) -> bool:
                 _give(held)
             return False
         taken.append(key)
-    Run.objects.filter(id=run_id).update(holds_slots=True)
+    renewed = {} if lease_seconds is None else {"lease_expires_at": clock.now() + timedelta(seconds=lease_seconds)}
+    Run.objects.filter(id=run_id).update(holds_slots=True, **renewed)
     return True
 
 
@@ -165,11 +171,14 @@ def _promote_one(key: str) -> list[RunMessage]:
     return []
 
 
-def reclaim(run_id: str, generation: int, limits: dict[str, int]) -> bool:
+def reclaim(run_id: str, generation: int, limits: dict[str, int], lease_seconds: float) -> bool:
     """A resumed run (after a sleep, wait or retry) takes its slots again, or waits in the backlog.
 
     ``False`` when it goes back to the backlog, or when the execution of ``generation`` no
-    longer holds the run (then nothing changes).
+    longer holds the run (then nothing changes). On success the run's lease starts again
+    from now: waiting for a slot row's lock (a release in a stalled worker) must not let
+    the lease the claim took run out before the body has even started, while no heartbeat
+    covers it, and hand the run to a second execution.
     """
     with transaction.atomic():
         held = Run.objects.filter(id=run_id, generation=generation, status=RunStatus.RUNNING)
@@ -181,7 +190,7 @@ def reclaim(run_id: str, generation: int, limits: dict[str, int]) -> bool:
         keys = sorted(limits)
         if keys:
             held.filter(slot_key1__isnull=True).update(slot_key1=keys[0], slot_key2=keys[1] if len(keys) > 1 else None)
-        if acquire(run_id, dict(limits)):
+        if acquire(run_id, dict(limits), lease_seconds):
             return True
         held.update(status=RunStatus.PENDING, lease_owner=None, lease_expires_at=None)
         return False

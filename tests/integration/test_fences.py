@@ -26,7 +26,7 @@ from celery_durable.store import recovery, runs, slots
 from celery_durable.store import suspension as suspend
 from celery_durable.store.cancellation import cancel, stop_at_boundary
 from celery_durable.store.checkpoints import CheckpointStore
-from tests.integration.race_tools import snapshot, take_over
+from tests.integration.race_tools import before_statement, snapshot, take_over
 from tests.testapp import flows, tasks
 
 ERROR = {"type": "ValueError", "module": "builtins", "message": "boom", "traceback": ""}
@@ -213,7 +213,7 @@ def resumed_on_a_full_key(durable):
 
 def test_reclaim__on_a_full_key_sends_the_resumed_run_back_to_the_backlog(resumed_on_a_full_key):
     run_id, generation, limits, _durable = resumed_on_a_full_key
-    assert slots.reclaim(run_id, generation, limits) is False
+    assert slots.reclaim(run_id, generation, limits, 30) is False
     row = Run.objects.get(id=run_id)
     assert (row.status, row.lease_owner, row.holds_slots) == (RunStatus.PENDING, None, False)
 
@@ -238,7 +238,7 @@ def test_reclaim__of_an_execution_that_lost_its_run__changes_nothing(resumed_on_
     else:
         recovery.take_expired(3, 100)
     before = snapshot()
-    assert slots.reclaim(run_id, generation, limits) is False
+    assert slots.reclaim(run_id, generation, limits, 30) is False
     assert snapshot() == before
 
 
@@ -283,5 +283,27 @@ def test_reclaim__with_a_free_slot_by_an_execution_that_lost_its_run__takes_noth
     durable.clock.advance(31)
     take_over(sleeper.id)
     before = snapshot()
-    assert slots.reclaim(sleeper.id, claim.generation, {"f.per_user_sleeps:user_id:8": 1}) is False
+    assert slots.reclaim(sleeper.id, claim.generation, {"f.per_user_sleeps:user_id:8": 1}, 30) is False
     assert snapshot() == before
+
+
+def test_reclaim__a_wait_on_the_slot_row_longer_than_the_lease_does_not_hand_the_run_to_a_second_execution(durable):
+    """Waiting for a slot row's lock (a release in a stalled worker) outlasts the claim's lease.
+
+    The hook stands for that wait: the clock passes the lease just before the slot is taken.
+    The reclaim must start the lease again, or a second worker's claim takes a run whose
+    body this execution is about to run (two executions at once).
+    """
+    sleeper = flows.per_user_sleeps.delay(9, 1)
+    durable.run_next()  # sleeps: its slot is free again
+    durable.clock.advance(60)
+    assert durable.wake_due() == 1
+    claim = runs.claim(sleeper.id, "worker-a", 30)
+    slot_taken = r"UPDATE\W+celery_durable_slot\W+SET\W+in_use"
+    with before_statement(slot_taken, lambda: durable.clock.advance(31)) as fired:
+        assert slots.reclaim(sleeper.id, claim.generation, {"f.per_user_sleeps:user_id:9": 1}, 30) is True
+    assert fired, "the slot was not taken by an UPDATE the hook saw"
+    assert runs.claim(sleeper.id, "worker-b", 30) is None
+    row = Run.objects.get(id=sleeper.id)
+    assert (row.lease_owner, row.generation, row.holds_slots) == ("worker-a", claim.generation, True)
+    assert row.lease_expires_at == durable.clock.now() + timedelta(seconds=30)
