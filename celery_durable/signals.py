@@ -18,6 +18,11 @@ Every signal is sent with ``sender`` = the task name and keyword arguments ``run
   inline, with ``from_run_id`` (the run that finished there).
 - ``run_recovered``: the reaper requeued the run because its worker was lost (its lease
   expired); it resumes from its last checkpoint.
+- ``lease_at_risk``: the heartbeat of the process executing the run extended its lease more
+  than half a lease after the previous extension, with ``gap`` (seconds) and ``pid``: the
+  process stalled (CPU starvation, a blocked database connection), and a reaper may have
+  taken the run back meanwhile (its current step's body may then run twice). ``sender`` is
+  the empty string (the heartbeat knows run ids only).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ step_completed = Signal()
 run_suspended = Signal()
 run_handed_off = Signal()
 run_recovered = Signal()
+lease_at_risk = Signal()
 
 
 def send(signal: Signal, task_name: str, run_id: str, **kwargs: Any) -> None:

@@ -8,12 +8,14 @@ the worker's main process must not hold a connection across a prefork fork.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
 from celery import Celery
 from django.db import DatabaseError, connections
 
+from .. import signals
 from ..conf import get_settings
 from ..engine import services
 from ..engine.active import active, lease_owner
@@ -90,18 +92,47 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         """Every ``HEARTBEAT_SECONDS``, push the leases of active runs out again."""
         settings = get_settings()
+        extended: dict[str, float] = {}  # run id -> when its lease was last pushed out (monotonic)
+        beat = time.monotonic()
         while not self.stopping.wait(settings.HEARTBEAT_SECONDS):
+            previous, beat = beat, time.monotonic()
             ids = list(self.active)
             if not ids:
+                extended.clear()
                 continue
+            for run_id in ids:  # claimed since the previous beat: its lease began after that beat
+                extended.setdefault(run_id, previous)
             try:
                 active.cancelled.update(runs.extend_leases(self.owner, ids, get_settings().LEASE_SECONDS, self.using))
             except DatabaseError as exc:
                 logger.warning("durable heartbeat: database error: %s", exc)
             except Exception:
                 logger.exception("durable heartbeat: failed; retrying next beat")
+            else:
+                self._check_gaps(ids, extended)
             finally:
                 connections.close_all()
+
+    def _check_gaps(self, ids: list[str], extended: dict[str, float]) -> None:
+        """Report each run whose lease went longer than half of it without an extension.
+
+        The process stalled (CPU starvation, a blocked database): a reaper may have taken
+        the run back meanwhile, and a step body may then run twice (``lease_at_risk``).
+        """
+        now = time.monotonic()
+        limit = get_settings().LEASE_SECONDS / 2
+        for run_id in ids:
+            gap = now - extended[run_id]
+            if gap > limit:
+                logger.warning(
+                    "durable heartbeat (pid %d): the lease of run %s was extended %.1f s after the previous "
+                    "extension (lease %.1f s): this process stalled",
+                    os.getpid(), run_id, gap, get_settings().LEASE_SECONDS,
+                )  # fmt: skip
+                signals.send(signals.lease_at_risk, "", run_id, gap=gap, pid=os.getpid())
+            extended[run_id] = now
+        for gone in set(extended) - set(ids):
+            del extended[gone]
 
 
 _heartbeat: Heartbeat | None = None

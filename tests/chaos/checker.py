@@ -102,12 +102,27 @@ def check(called: list[str] | None = None, lease_seconds: float = 5.0) -> Report
                 return fault
         return None
 
+    def story(a: ChaosAttempt, tries: list[ChaosAttempt]) -> str:
+        """What a violation's reader needs: every attempt, the claims of the run, the faults near it."""
+        moment = "%H:%M:%S.%f"
+        shown = ", ".join(
+            f"#{t.n} pid {t.pid} {t.started:{moment}}-{f'{t.ended:{moment}}' if t.ended else '?'}" for t in tries
+        )
+        taken = ", ".join(f"execution {c.execution} pid {c.pid} at {c.at:{moment}}" for c in claims[a.run_id])
+        window = timedelta(seconds=3 * lease_seconds)
+        near = ", ".join(
+            f"{f.kind} {f.at:{moment}}-{f.until:{moment}} pids {'*' if f.pids == EVERYONE else sorted(f.pids)}"
+            for f in faults
+            if f.at - window <= a.started <= f.until + window
+        )
+        return f"; attempts [{shown}]; claims [{taken}]; faults near [{near}]"
+
     for run_id in called or []:
         if run_id not in runs:
             report.lost += 1
             report.fail(f"run {run_id}: .delay() returned it but no run row exists (lost)")
     for run in runs.values():
-        _check_run(run, steps[run.id], attempts[run.id], counters, explained, report)
+        _check_run(run, steps[run.id], attempts[run.id], counters, explained, report, story)
     _check_limits(runs, attempts, explained, report)
     _check_events(runs, steps, report)
     _check_children(runs, report)
@@ -131,7 +146,7 @@ def _expected(run: Run) -> Any:
     return args[0]
 
 
-def _check_run(run, steps, attempts, counters, explained, report: Report) -> None:
+def _check_run(run, steps, attempts, counters, explained, report: Report, story=lambda a, tries: "") -> None:
     name = f"run {run.id} ({run.task_name}{tuple(run.args_value)})"
     if run.status not in FINISHED_STATUSES:
         report.lost += 1
@@ -190,7 +205,7 @@ def _check_run(run, steps, attempts, counters, explained, report: Report) -> Non
             else:
                 report.fail(
                     f"{name}: step {step_id!r} body ran {len(tries)} times; attempt {a.n} (pid {a.pid}, "
-                    f"started {a.started}) lost to attempt {winner} with no fault hitting its process"
+                    f"started {a.started}) lost to attempt {winner} with no fault hitting its process" + story(a, tries)
                 )
     for s_id in steps:
         if steps[s_id].kind == "run" and steps[s_id].status == "completed" and s_id not in by_step:

@@ -54,3 +54,29 @@ def test_failing_receiver__does_not_break_the_run(durable):
     finally:
         signals.run_completed.disconnect(broken)
     assert durable.result(run.id) == 3
+
+
+def test_lease_at_risk__is_sent_for_a_run_whose_lease_went_more_than_half_a_lease_without_extension(durable):
+    """The heartbeat's check after an extension: a stalled process is reported, a punctual one is not."""
+    import os
+    import time
+
+    from celery_durable.conf import get_settings
+    from celery_durable.integration.services import Heartbeat
+
+    got = []
+
+    def receiver(sender, run_id, gap, pid, **kwargs):
+        got.append((run_id, round(gap), pid))
+
+    signals.lease_at_risk.connect(receiver)
+    try:
+        half = get_settings().LEASE_SECONDS / 2
+        now = time.monotonic()
+        extended = {"stalled": now - half - 7, "punctual": now - half + 5, "finished": now}
+        Heartbeat("worker-a", set())._check_gaps(["stalled", "punctual"], extended)
+    finally:
+        signals.lease_at_risk.disconnect(receiver)
+    assert got == [("stalled", round(half + 7), os.getpid())]
+    assert set(extended) == {"stalled", "punctual"}  # a run no longer active is forgotten
+    assert min(extended.values()) >= now  # both count from this extension now

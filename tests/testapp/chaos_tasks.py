@@ -7,6 +7,7 @@ their transaction: a rolled-back attempt leaves no trace, so their counter must 
 PostgreSQL only (the chaos suite runs there).
 """
 
+import json
 import os
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from django.dispatch import receiver
 
 from celery_durable import Concurrency, durable_task, signals, step
 
-from .models import ChaosAttempt, ChaosClaim, ChaosCounter
+from .models import ChaosAttempt, ChaosClaim, ChaosCounter, ChaosFault
 
 # Fast step retries: a body that met a dropped connection or a restarting database retries.
 RETRIES = {"retries": 20, "retry_backoff": False, "default_retry_delay": 0.3}
@@ -162,6 +163,18 @@ def _claimed(sender, run_id, task_name, execution=1, **kwargs):
             )
 
 
+def _stalled(sender, run_id, gap, pid, **kwargs):
+    """A stall the machine caused (the heartbeat came late): a fault hitting ``pid``, as a freeze would."""
+    if os.environ.get("DURABLE_TEST_CHAOS_TAG"):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {ChaosFault._meta.db_table} (kind, at, until, pids, detail) "
+                "VALUES ('stall', clock_timestamp() - make_interval(secs => %s), clock_timestamp(), %s, %s)",
+                [gap, json.dumps([pid]), json.dumps({"run": run_id, "gap": gap})],
+            )
+
+
+signals.lease_at_risk.connect(_stalled, dispatch_uid="chaos-stall")
 signals.run_started.connect(_claimed, dispatch_uid="chaos-claim-started")
 signals.run_resumed.connect(_claimed, dispatch_uid="chaos-claim-resumed")
 
