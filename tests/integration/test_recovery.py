@@ -269,3 +269,59 @@ def test_services_thread__drains_a_backlog_of_due_runs_without_waiting_between_f
         thread.stop()
         publish_module.dispatch_override = None
     assert sorted(n.run_id for n in published) == [f"due-{n}" for n in range(7)]
+
+
+def _other_sessions():
+    """Database session ids of this test database other than the test thread's own."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        else:
+            cursor.execute(
+                "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            )
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _end_session(session):
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_terminate_backend(%s)", [session])
+        else:
+            cursor.execute(f"KILL {int(session)}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_services_thread__keeps_its_connection_and_recovers_when_the_database_drops_it(settings):
+    """Issue 14: no reconnect per tick; a session the database ended is replaced at the next tick."""
+    from celery_durable.integration import publish as publish_module
+    from celery_durable.integration.services import ServiceThread
+    from tests.e2e.conftest import wait_for
+
+    settings.CELERY_DURABLE = {"WAKER_INTERVAL": 0.05, "HEARTBEAT_SECONDS": 10}
+    published = []
+    publish_module.dispatch_override = published.append
+    thread = ServiceThread(app())
+    thread.start()
+    try:
+        wait_for(lambda: thread.ticks >= 1, 30, "a first tick")
+        kept = thread.connection.wrapper.connection
+        assert kept is not None  # still open between ticks
+        ticks = thread.ticks
+        wait_for(lambda: thread.ticks >= ticks + 3, 30, "three more ticks")
+        assert thread.connection.wrapper.connection is kept  # the same connection: no reconnect
+        if connection.vendor in ("postgresql", "mysql"):
+            sessions = _other_sessions()
+            assert len(sessions) == 1  # the services thread's one session
+            _end_session(sessions.pop())
+        past = durable_now() - timedelta(seconds=5)
+        Run.objects.create(
+            id="due-after-drop", task_name="t.add", status=RunStatus.SLEEPING, created_at=past, wake_at=past
+        )
+        wait_for(lambda: [m.run_id for m in published] == ["due-after-drop"], 30, "the due run to be woken")
+    finally:
+        thread.stop()
+        publish_module.dispatch_override = None
+    assert not thread.is_alive()
