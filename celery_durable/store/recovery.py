@@ -38,7 +38,9 @@ def take_due(limit: int, horizon: float = 0.0, using: str = "default") -> list[R
             id__in=[message.run_id for message, _ in taken], status__in=WAKEABLE, wake_at__lte=until
         ).update(status=RunStatus.QUEUED, wake_at=None, waiting_for=None, published_at=now)
         return [
-            RunMessage(m.run_id, m.task_name, m.args, m.kwargs, m.options, _countdown(at or now, now), at or now)
+            RunMessage(
+                m.run_id, m.task_name, m.args, m.kwargs, m.options, _countdown(at or now, now), at or now, m.resume
+            )
             for m, at in taken
         ]
 
