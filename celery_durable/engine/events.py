@@ -65,14 +65,13 @@ def _start_triggered(event: Event, specs: list[TaskSpec]) -> list[RunMessage]:
 
 
 def _resume_waiting(event: Event, row_pk: int) -> list[RunMessage]:
-    messages = []
-    for run_id, step_id, state in events.pending_waits(event.name):
-        if event.name not in wait_names(state) or not matches(event.data, state.get("match")):
-            continue
-        message = suspension.resolve_wait(run_id, step_id, {**event.to_json(), "_row": row_pk})
-        if message is not None:
-            messages.append(message)
-    return messages
+    """Resume every run waiting for the event: a constant number of queries, however many wait."""
+    waits = [
+        wait
+        for wait in events.pending_waits(event.name)
+        if event.name in wait_names(wait[3]) and matches(event.data, wait[3].get("match"))
+    ]
+    return suspension.resolve_waits(waits, {**event.to_json(), "_row": row_pk})
 
 
 def _cancel_matching(event: Event, specs: list[TaskSpec]) -> Cancellation:

@@ -17,6 +17,8 @@ logger = logging.getLogger("celery_durable")
 
 # Marks a message published by celery-durable for an existing run row (wire name kept).
 NUDGE_HEADER = "durable_nudge"
+# Marks the message of a run that executed before: the router gives it the resume lane.
+RESUME_HEADER = "durable_resume"
 
 # Set by ``celery_durable.testing``: receives messages instead of the broker.
 dispatch_override: Callable[[RunMessage], None] | None = None
@@ -30,6 +32,8 @@ def publish(app: Celery, message: RunMessage) -> bool:
     options: dict[str, Any] = serialization.loads(message.options)
     headers = dict(options.pop("headers", None) or {})
     headers[NUDGE_HEADER] = True
+    if message.resume:
+        headers[RESUME_HEADER] = True
     countdown = message.countdown
     if message.due_at is not None:
         left = (message.due_at - clock.now()).total_seconds()

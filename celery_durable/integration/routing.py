@@ -27,11 +27,15 @@ from kombu import Connection
 from kombu.utils.functional import maybe_evaluate
 
 from ..exceptions import DurableError
+from .publish import RESUME_HEADER
 from .task import DurableTask
 
 logger = logging.getLogger("celery_durable")
 
 LOWEST, HIGHEST = -600, 600
+# A resumed run (its sleep, wait, children, retry or slot came due) goes ahead of first
+# executions of the same priority: the top of the scale for a run of priority 0.
+RESUME_HEAD_START = HIGHEST
 REDIS_LEVELS = 9
 
 
@@ -64,7 +68,8 @@ class DurablePriorityRouter:
         if options.get("priority") is not None:
             return route
         task = task if task is not None else self.app.tasks.get(name)
-        level = self.level_for(task, args, kwargs)
+        resume = bool((options.get("headers") or {}).get(RESUME_HEADER))
+        level = self.level_for(task, args, kwargs, resume)
         if level is None:
             return route
         if route is None:
@@ -75,14 +80,19 @@ class DurablePriorityRouter:
             return {**route, "priority": level} if route.get("priority") is None else route
         return route
 
-    def level_for(self, task: Any, args: Any, kwargs: Any) -> int | None:
-        """The broker level for a run of ``task`` with these arguments (``None`` for plain tasks)."""
+    def level_for(self, task: Any, args: Any, kwargs: Any, resume: bool = False) -> int | None:
+        """The broker level for a run of ``task`` with these arguments (``None`` for plain tasks).
+
+        A resume (the run executed before) gets ``RESUME_HEAD_START`` seconds more head start.
+        """
         if not isinstance(task, DurableTask):
             return None
         try:
             priority = task.durable_spec.priority_of(tuple(args or ()), dict(kwargs or {}))
         except DurableError:  # refused at .delay() already; a republication keeps the default
             priority = 0
+        if resume:
+            priority = min(HIGHEST, priority + RESUME_HEAD_START)
         conf = self.app.conf
         return broker_level(priority, broker_driver(str(conf.broker_url)), conf.task_queue_max_priority)
 

@@ -1,8 +1,9 @@
 """Background services: the waker/sweeper/reaper loop and the lease heartbeat.
 
 They run in threads of the worker (a bootstep) or standalone (``manage.py
-durable_services``). Each tick opens and closes its own database connection: a thread of
-the worker's main process must not hold a connection across a prefork fork.
+durable_services``). Each thread keeps its database connection from tick to tick (no
+reconnect per tick); it is closed after a database error (the next tick reconnects) and,
+by the thread's owner, before this process forks: a prefork child must not inherit it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import logging
 import os
 import threading
 import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from celery import Celery
 from django.db import DatabaseError, connections
@@ -30,6 +35,76 @@ logger = logging.getLogger("celery_durable")
 BACKSTOP_EVERY = 10
 
 
+class KeptConnection:
+    """A thread's database connection, kept from one tick to the next.
+
+    :meth:`use` wraps a tick: the connection stays open after it unless the tick raised a
+    database error or the connection is unusable (then it is closed, and the next tick
+    connects again). Before this process forks, the forking thread waits for the tick in
+    progress and closes the connection on the keeper's behalf, so no child inherits a live
+    database session (its cleanup could end the parent's session).
+    """
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.lock = threading.Lock()
+        self.wrapper: Any = None
+        _keepers.add(self)
+
+    @contextmanager
+    def use(self) -> Iterator[None]:
+        """Run a tick on the kept connection; close it if the tick left it broken."""
+        with self.lock:
+            self.wrapper = connections[self.using]
+            try:
+                yield
+            except DatabaseError:
+                self.wrapper.close()
+                raise
+            finally:
+                if self.wrapper.connection is not None and self.wrapper.errors_occurred:
+                    if not self.wrapper.is_usable():
+                        self.wrapper.close()
+                    self.wrapper.errors_occurred = False
+
+    def close_before_fork(self) -> None:
+        """Hold the keeper and close its connection (from the forking thread)."""
+        self.lock.acquire()
+        wrapper = self.wrapper
+        if wrapper is None or wrapper.connection is None:
+            return
+        wrapper.inc_thread_sharing()
+        try:
+            wrapper.close()
+        except DatabaseError:
+            logger.warning("durable services: closing the connection before a fork failed", exc_info=True)
+        finally:
+            wrapper.dec_thread_sharing()
+
+    def release_after_fork(self) -> None:
+        """Let the keeper's thread tick again."""
+        if self.lock.locked():
+            self.lock.release()
+
+
+_keepers: weakref.WeakSet[KeptConnection] = weakref.WeakSet()
+_held: list[KeptConnection] = []
+
+
+def _before_fork() -> None:
+    for keeper in list(_keepers):
+        keeper.close_before_fork()
+        _held.append(keeper)
+
+
+def _after_fork() -> None:
+    while _held:
+        _held.pop().release_after_fork()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
+
 def tick(app: Celery, using: str = "default", backstops: bool = True) -> TickReport:
     """One pass of the services on ``app`` (see :func:`celery_durable.engine.services.tick`)."""
     return services.tick(CeleryPublisher(app), using, backstops)
@@ -43,6 +118,8 @@ class ServiceThread(threading.Thread):
         self.app = app
         self.using = using
         self.stopping = threading.Event()
+        self.connection = KeptConnection(using)
+        self.ticks = 0
 
     def run(self) -> None:
         """The loop; database errors are logged and retried on the next tick.
@@ -53,24 +130,30 @@ class ServiceThread(threading.Thread):
         due before the next tick starts, so a busy tick does not leave a gap of runs that are
         published only after their wake time.
         """
-        ticks = 0
-        while not self.stopping.is_set():
-            full = False
-            started = time.monotonic()
-            try:
-                report = tick(self.app, self.using, backstops=ticks % BACKSTOP_EVERY == 0)
-                ticks += 1
-                full = max(report.woken, report.republished, report.recovered) >= get_settings().WAKER_BATCH_SIZE
-                if report.woken or report.republished or report.recovered or report.failed or report.timed_out:
-                    logger.info("durable services: %s", report)
-            except DatabaseError as exc:
-                logger.warning("durable services: database error, retrying next tick: %s", exc)
-            except Exception:
-                logger.exception("durable services: tick failed")
-            finally:
-                connections.close_all()
-            if not full:
-                self.stopping.wait(max(0.0, get_settings().WAKER_INTERVAL - (time.monotonic() - started)))
+        try:
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                full = self.beat()
+                if not full:
+                    self.stopping.wait(max(0.0, get_settings().WAKER_INTERVAL - (time.monotonic() - started)))
+        finally:
+            connections.close_all()
+
+    def beat(self) -> bool:
+        """One tick on the kept connection; ``True`` if it filled a whole batch."""
+        full = False
+        try:
+            with self.connection.use():
+                report = tick(self.app, self.using, backstops=self.ticks % BACKSTOP_EVERY == 0)
+            full = max(report.woken, report.republished, report.recovered) >= get_settings().WAKER_BATCH_SIZE
+            if report.woken or report.republished or report.recovered or report.failed or report.timed_out:
+                logger.info("durable services: %s", report)
+        except DatabaseError as exc:
+            logger.warning("durable services: database error, retrying next tick: %s", exc)
+        except Exception:
+            logger.exception("durable services: tick failed")
+        self.ticks += 1
+        return full
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the loop to end and wait for it."""
@@ -88,6 +171,7 @@ class Heartbeat(threading.Thread):
         self.active = active
         self.using = using
         self.stopping = threading.Event()
+        self.connection = KeptConnection(using)
 
     def run(self) -> None:
         """Every ``HEARTBEAT_SECONDS``, push the leases of active runs out again."""
@@ -103,15 +187,16 @@ class Heartbeat(threading.Thread):
             for run_id in ids:  # claimed since the previous beat: its lease began after that beat
                 extended.setdefault(run_id, previous)
             try:
-                active.cancelled.update(runs.extend_leases(self.owner, ids, get_settings().LEASE_SECONDS, self.using))
+                with self.connection.use():
+                    cancelled = runs.extend_leases(self.owner, ids, get_settings().LEASE_SECONDS, self.using)
+                active.cancelled.update(cancelled)
             except DatabaseError as exc:
                 logger.warning("durable heartbeat: database error: %s", exc)
             except Exception:
                 logger.exception("durable heartbeat: failed; retrying next beat")
             else:
                 self._check_gaps(ids, extended)
-            finally:
-                connections.close_all()
+        connections.close_all()
 
     def _check_gaps(self, ids: list[str], extended: dict[str, float]) -> None:
         """Report each run whose lease went longer than half of it without an extension.

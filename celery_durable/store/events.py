@@ -54,16 +54,23 @@ def find_event(
     return None
 
 
-def pending_waits(name: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """``(run id, step id, wait state)`` of every run that may wait for ``name``, in one joined query.
+def pending_waits(name: str) -> list[tuple[int, str, str, dict[str, Any]]]:
+    """``(step pk, run id, step id, wait state)`` of every run that may wait for ``name``, in one query.
 
     That is the runs waiting for ``name`` alone and those waiting for any of several
-    events (``waiting_for = ANY_OF``; the caller checks the names in the wait state).
+    events (``waiting_for = ANY_OF``; the caller checks the names in the wait state). The
+    rows are locked (in run id order, so two senders of one name cannot deadlock) until the
+    caller's transaction ends: what the caller reads is still true when it resolves them.
     """
-    pending = Step.objects.filter(
-        run__status=RunStatus.WAITING, run__waiting_for__in=[name, ANY_OF], kind="wait", status=StepStatus.PENDING
-    ).values_list("run_id", "step_id", "output")
-    return [(run_id, step_id, serialization.loads(output or "{}")) for run_id, step_id, output in pending]
+    pending = (
+        Step.objects.select_for_update()
+        .filter(
+            run__status=RunStatus.WAITING, run__waiting_for__in=[name, ANY_OF], kind="wait", status=StepStatus.PENDING
+        )
+        .order_by("run_id")
+        .values_list("id", "run_id", "step_id", "output")
+    )
+    return [(pk, run_id, step_id, serialization.loads(output or "{}")) for pk, run_id, step_id, output in pending]
 
 
 def wait_state(run_id: str, step_id: str, using: str = "default") -> dict[str, Any] | None:

@@ -7,10 +7,11 @@ services loops never take the same run; each returns the messages to publish.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.db import connections, transaction
 from django.db.models import F
+from django.utils.dateparse import parse_datetime
 
 from .. import clock, serialization
 from ..models import Run
@@ -37,7 +38,9 @@ def take_due(limit: int, horizon: float = 0.0, using: str = "default") -> list[R
             id__in=[message.run_id for message, _ in taken], status__in=WAKEABLE, wake_at__lte=until
         ).update(status=RunStatus.QUEUED, wake_at=None, waiting_for=None, published_at=now)
         return [
-            RunMessage(m.run_id, m.task_name, m.args, m.kwargs, m.options, _countdown(at or now, now), at or now)
+            RunMessage(
+                m.run_id, m.task_name, m.args, m.kwargs, m.options, _countdown(at or now, now), at or now, m.resume
+            )
             for m, at in taken
         ]
 
@@ -79,16 +82,75 @@ def _countdown(wake_at: datetime, now: datetime) -> float | None:
     return seconds if seconds > 0.001 else None
 
 
+# Statuses a run reaches only by being claimed from its message (or cancelled, which only
+# makes the sweeper republish sooner): their ``published_at`` tells how far the queue went.
+_CLAIMED = (
+    RunStatus.RUNNING,
+    RunStatus.SLEEPING,
+    RunStatus.WAITING,
+    RunStatus.COMPLETED,
+    RunStatus.FAILED,
+    RunStatus.CANCELLED,
+)
+# Past this many REPUBLISH_AFTER_SECONDS a queued run is republished whatever the watermark.
+BACKSTOP_FACTOR = 10
+
+
+def queue_progress(using: str = "default") -> tuple[datetime | None, bool]:
+    """``(watermark, busy)`` of the broker queues, in one query of index probes.
+
+    The watermark is the latest ``published_at`` of a run that left ``queued`` (a worker
+    claimed the message published then); busy means some run holds a live lease.
+    """
+    now = clock.now()
+    runs = Run.objects.using(using)
+    probes = [
+        runs.filter(status=status, published_at__isnull=False).order_by("-published_at").values("published_at")[:1]
+        for status in _CLAIMED
+    ]
+    busy = runs.filter(status=RunStatus.RUNNING, lease_expires_at__gte=now).order_by("lease_expires_at")
+    parts, params = [], []
+    for probe in [*probes, busy.values("id")[:1]]:
+        sql, probe_params = probe.query.get_compiler(using).as_sql()
+        parts.append(f"({sql})")
+        params.extend(probe_params)
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(parts), params)
+        row = cursor.fetchone()
+    stamps = [_aware(value) for value in row[:-1] if value is not None]
+    return (max(stamps) if stamps else None), row[-1] is not None
+
+
+def _aware(value: datetime | str) -> datetime:
+    """A timestamp read by a raw query (SQLite returns text; SQLite and MySQL store naive UTC)."""
+    stamp = parse_datetime(value) if isinstance(value, str) else value
+    if stamp is None:
+        raise ValueError(f"not a timestamp: {value!r}")
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
 def take_unpublished(republish_after: float, limit: int, using: str = "default") -> list[RunMessage]:
-    """Queued runs whose message may have been lost (commit then crash, broker restart)."""
+    """Queued runs whose message may have been lost (commit then crash, broker restart).
+
+    A run queued for ``republish_after`` seconds is republished unless it is merely deep in
+    a queue that workers are draining: some run holds a live lease, and no run published
+    after it has been claimed yet (the queue has not reached it). Past ``BACKSTOP_FACTOR``
+    times ``republish_after`` it is republished anyway. See docs/architecture.md (sweeper).
+    """
     now = clock.now()
     stale = now - timedelta(seconds=republish_after)
+    watermark, busy = queue_progress(using) if republish_after > 0 else (None, False)
     with transaction.atomic(using=using):
         lost = (
             Run.objects.using(using)
             .filter(status=RunStatus.QUEUED, wake_at__isnull=True, published_at__lt=stale)
             .order_by("published_at")
         )
+        if busy:
+            # Passed by the queue (a later message was claimed) or queued for very long.
+            backstop = now - timedelta(seconds=republish_after * BACKSTOP_FACTOR)
+            lost = lost.filter(published_at__lt=max(watermark, backstop) if watermark else backstop)
         taken = [message for message, _ in locked_messages(lost, limit, using)]
         if not taken:
             return []

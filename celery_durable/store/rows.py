@@ -9,17 +9,23 @@ from django.db import connections
 from ..models import Run
 from .messages import RunMessage
 
-_FIELDS = ("id", "task_name", "args", "kwargs", "options")
+_FIELDS = ("id", "task_name", "args", "kwargs", "options", "started_at")
+
+
+def _message(row: tuple[Any, ...]) -> RunMessage:
+    """A message from a row of ``_FIELDS``: a run that started before is a resume."""
+    run_id, task_name, args, kwargs, options, started_at = row
+    return RunMessage(run_id, task_name, args, kwargs, options, resume=started_at is not None)
 
 
 def message_for(run_id: str, using: str = "default") -> RunMessage:
     """The message that publishes ``run_id`` (one query)."""
-    return RunMessage(*Run.objects.using(using).values_list(*_FIELDS).get(id=run_id))
+    return _message(Run.objects.using(using).values_list(*_FIELDS).get(id=run_id))
 
 
 def messages_for(ids: list[str], using: str = "default") -> list[RunMessage]:
     """The messages of several runs (one query)."""
-    return [RunMessage(*row) for row in Run.objects.using(using).filter(id__in=ids).values_list(*_FIELDS)]
+    return [_message(row) for row in Run.objects.using(using).filter(id__in=ids).values_list(*_FIELDS)]
 
 
 def locked_ids(queryset: Any, limit: int, using: str) -> list[str]:
@@ -33,7 +39,7 @@ def locked_messages(queryset: Any, limit: int, using: str) -> list[tuple[RunMess
     Rows that another services tick holds are skipped (where the database can).
     """
     rows = _skip_locked(queryset, using).values_list(*_FIELDS, "wake_at")[:limit]
-    return [(RunMessage(*row[:-1]), row[-1]) for row in rows]
+    return [(_message(row[:-1]), row[-1]) for row in rows]
 
 
 def _skip_locked(queryset: Any, using: str) -> Any:

@@ -386,7 +386,7 @@ def retry_step(
         if not short:
             return None
         run = Run.objects.using(using).only("task_name", "args", "kwargs", "options").get(id=run_id)
-    return RunMessage(run_id, run.task_name, run.args, run.kwargs, run.options, countdown=delay or None)
+    return RunMessage(run_id, run.task_name, run.args, run.kwargs, run.options, countdown=delay or None, resume=True)
 
 
 #: Earlier failed attempts kept in a step's error record (``earlier``), newest last.

@@ -12,13 +12,13 @@ from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Case, F, TextField, Value, When
 
 from .. import clock, serialization
 from ..models import Run, Step
 from ..states import CHILD_ENDED, RunStatus, StepStatus
 from .messages import RunMessage
-from .rows import message_for
+from .rows import message_for, messages_for
 
 CHILD_NAMESPACE = uuid.UUID("6f1e4a52-3c51-4c1e-9d0e-2f0b8a0f5d11")
 
@@ -107,6 +107,41 @@ def resolve_wait(run_id: str, step_id: str, event: dict[str, Any], using: str = 
             status=StepStatus.COMPLETED, output=output, finished_at=now
         )
         return message_for(run_id, using)
+
+
+def resolve_waits(waits: list[tuple[int, str, str, dict[str, Any]]], event: dict[str, Any]) -> list[RunMessage]:
+    """Give many waiting runs one event in a constant number of queries.
+
+    ``waits`` are ``(step pk, run id, step id, wait state)`` rows that
+    :func:`store.events.pending_waits` locked in the caller's transaction. Each run leaves
+    ``waiting`` (compare-and-set) and its wait step completes with the event; returns the
+    messages of the runs resumed.
+    """
+    if not waits:
+        return []
+    now = clock.now()
+    with transaction.atomic():
+        ids = [run_id for _, run_id, _, _ in waits]
+        # The rows are locked: every run is still waiting, the guard makes sure of it.
+        resumed = list(
+            Run.objects.select_for_update().filter(id__in=ids, status=RunStatus.WAITING).values_list("id", flat=True)
+        )
+        if not resumed:
+            return []
+        Run.objects.filter(id__in=resumed, status=RunStatus.WAITING).update(
+            status=RunStatus.QUEUED, waiting_for=None, wake_at=None, published_at=now
+        )
+        chosen = set(resumed)
+        outputs = {
+            pk: serialization.dumps({**state, "event": event}, f"wait {step_id!r}")
+            for pk, run_id, step_id, state in waits
+            if run_id in chosen
+        }
+        output = Case(*(When(pk=pk, then=Value(text)) for pk, text in outputs.items()), output_field=TextField())
+        Step.objects.filter(pk__in=list(outputs), status=StepStatus.PENDING).update(
+            status=StepStatus.COMPLETED, output=output, finished_at=now
+        )
+        return messages_for(resumed)
 
 
 def child_id(run_id: str, step_id: str, index: int) -> str:

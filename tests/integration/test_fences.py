@@ -20,7 +20,7 @@ import pytest
 
 from celery_durable import serialization
 from celery_durable.exceptions import _Cancelled, _LeaseLost
-from celery_durable.models import Run
+from celery_durable.models import Run, Step
 from celery_durable.states import RunStatus
 from celery_durable.store import recovery, runs, slots
 from celery_durable.store import suspension as suspend
@@ -265,6 +265,19 @@ def test_event_for_a_wait_that_timed_out__is_not_given_to_the_run(durable):
     assert snapshot() == before
     durable.run_until_idle(advance_clock=False)
     assert durable.result(run.id) == "expired"
+
+
+def test_events_for_many_waits__a_wait_that_timed_out_is_not_given_the_event(durable):
+    """The bulk resume of ``send_event`` leaves alone a run that stopped waiting since it was read."""
+    run = flows.confirm.delay(4, 60)
+    durable.run_next()
+    state = Step.objects.get(run_id=run.id, step_id="confirmation")
+    durable.clock.advance(60)
+    assert durable.wake_due() == 1  # the timeout: queued again, the wait step still pending
+    before = snapshot()
+    event = {"name": "user.confirmed", "data": {"user_id": 4}, "id": "e2", "received_at": durable.clock.now()}
+    assert suspend.resolve_waits([(state.pk, run.id, "confirmation", state.output_value)], event) == []
+    assert snapshot() == before
 
 
 def test_heartbeat__does_not_extend_the_lease_of_a_run_another_worker_took_over(held):

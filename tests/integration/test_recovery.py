@@ -10,7 +10,7 @@ from celery_durable.exceptions import RunStateError, StepNotFound, _LeaseLost
 from celery_durable.integration.services import tick
 from celery_durable.models import Run, Step
 from celery_durable.states import RunStatus
-from celery_durable.store import runs
+from celery_durable.store import recovery, runs
 from celery_durable.store.checkpoints import CheckpointStore
 from tests.testapp import tasks
 from tests.testapp.models import BodyRun, Ledger
@@ -85,6 +85,39 @@ def test_lost_message__is_republished_by_the_sweeper(durable, settings):
     assert tick(app()).republished == 1
     assert [n.run_id for n in durable.published] == [run.id]
     assert tick(app()).republished == 0  # once per REPUBLISH_AFTER_SECONDS, not every tick
+
+
+def test_sweeper__leaves_a_run_deep_in_a_queue_being_drained_and_republishes_it_once_passed(durable, settings):
+    """Issue 14: a queued run is republished only once the queue went past it (or was idle)."""
+    settings.CELERY_DURABLE = {"REPUBLISH_AFTER_SECONDS": 60}
+
+    def claimed(run):  # a worker took the run's message and holds its lease
+        lease = durable.clock.now() + timedelta(hours=1)
+        Run.objects.filter(id=run.id).update(status=RunStatus.RUNNING, lease_expires_at=lease)
+
+    first = tasks.add.delay(1, 1)
+    durable.clock.advance(1)
+    deep = tasks.add.delay(2, 2)
+    durable.clock.advance(1)
+    later = tasks.add.delay(3, 3)
+    durable.published.clear()
+    claimed(first)
+    durable.clock.advance(61)
+    assert tick(app()).republished == 0  # workers busy on earlier messages: deep and later still queued
+    claimed(later)  # a message published after deep's was taken: the queue passed deep's
+    assert tick(app()).republished == 1
+    assert [n.run_id for n in durable.published] == [deep.id]
+    durable.published.clear()
+    tail = tasks.add.delay(4, 4)
+    durable.clock.advance(61)
+    assert tick(app()).republished == 0  # nothing published after tail was claimed
+    durable.clock.advance(60 * recovery.BACKSTOP_FACTOR)
+    assert tick(app()).republished == 2  # the backstop: deep (republished long ago) and tail
+    assert sorted(n.run_id for n in durable.published) == sorted([deep.id, tail.id])
+    Run.objects.filter(status=RunStatus.RUNNING).update(status=RunStatus.COMPLETED, lease_expires_at=None)
+    durable.published.clear()
+    durable.clock.advance(61)
+    assert tick(app()).republished == 2  # idle workers: a queued message past its time is lost
 
 
 def test_waker__publishes_due_runs_once(durable):
@@ -269,3 +302,59 @@ def test_services_thread__drains_a_backlog_of_due_runs_without_waiting_between_f
         thread.stop()
         publish_module.dispatch_override = None
     assert sorted(n.run_id for n in published) == [f"due-{n}" for n in range(7)]
+
+
+def _other_sessions():
+    """Database session ids of this test database other than the test thread's own."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        else:
+            cursor.execute(
+                "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            )
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _end_session(session):
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_terminate_backend(%s)", [session])
+        else:
+            cursor.execute(f"KILL {int(session)}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_services_thread__keeps_its_connection_and_recovers_when_the_database_drops_it(settings):
+    """Issue 14: no reconnect per tick; a session the database ended is replaced at the next tick."""
+    from celery_durable.integration import publish as publish_module
+    from celery_durable.integration.services import ServiceThread
+    from tests.e2e.conftest import wait_for
+
+    settings.CELERY_DURABLE = {"WAKER_INTERVAL": 0.05, "HEARTBEAT_SECONDS": 10}
+    published = []
+    publish_module.dispatch_override = published.append
+    thread = ServiceThread(app())
+    thread.start()
+    try:
+        wait_for(lambda: thread.ticks >= 1, 30, "a first tick")
+        kept = thread.connection.wrapper.connection
+        assert kept is not None  # still open between ticks
+        ticks = thread.ticks
+        wait_for(lambda: thread.ticks >= ticks + 3, 30, "three more ticks")
+        assert thread.connection.wrapper.connection is kept  # the same connection: no reconnect
+        if connection.vendor in ("postgresql", "mysql"):
+            sessions = _other_sessions()
+            assert len(sessions) == 1  # the services thread's one session
+            _end_session(sessions.pop())
+        past = durable_now() - timedelta(seconds=5)
+        Run.objects.create(
+            id="due-after-drop", task_name="t.add", status=RunStatus.SLEEPING, created_at=past, wake_at=past
+        )
+        wait_for(lambda: [m.run_id for m in published] == ["due-after-drop"], 30, "the due run to be woken")
+    finally:
+        thread.stop()
+        publish_module.dispatch_override = None
+    assert not thread.is_alive()

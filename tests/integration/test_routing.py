@@ -104,3 +104,27 @@ def test_checks__priority_needs_max_priority_prefetch_one_and_the_router(broker_
         assert checks.check_celery() == []  # Redis needs no x-max-priority
     finally:
         conf.task_queue_max_priority = 10
+
+
+def test_resumed_runs__go_ahead_of_first_executions_of_their_priority(broker_url):
+    """Issue 14: a run that executed before (its sleep, wait, child or slot came due) is fetched first."""
+    resumed = {"headers": {"durable_resume": True}}
+    broker_url(REDIS)
+    assert route(tasks.add, (1, 2))["priority"] == 5
+    assert route(tasks.add, (1, 2), **resumed)["priority"] == 0  # Redis: 0 first
+    assert route(prioritized, ("b", 1, -600), **resumed)["priority"] == 5  # a head start, not a jump over all
+    broker_url(AMQP)
+    assert route(tasks.add, (1, 2))["priority"] == 5
+    assert route(tasks.add, (1, 2), **resumed)["priority"] == 10  # RabbitMQ: higher first
+    assert route(tasks.add, (1, 2), priority=3, **resumed)["priority"] == 3  # explicit priorities win
+
+
+def test_messages_of_runs_that_executed_before__are_resumes(durable, django_capture_on_commit_callbacks):
+    from celery_durable import send_event
+
+    first = flows.confirm.delay(21)
+    durable.run_until_idle(advance_clock=False)
+    durable.published.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        send_event("user.confirmed", {"user_id": 21})
+    assert [(m.run_id, m.resume) for m in durable.published] == [(first.id, True)]

@@ -16,7 +16,7 @@ from celery_durable import (
 )
 from celery_durable.exceptions import RunStateError
 from celery_durable.models import Event, Run, Step
-from celery_durable.states import RunStatus
+from celery_durable.states import RunStatus, StepStatus
 from tests.testapp import flows
 from tests.testapp.models import BodyRun
 
@@ -432,3 +432,29 @@ def test_cancel_on__a_run_whose_arguments_no_longer_bind__does_not_break_the_eve
     durable.run_until_idle(advance_clock=False)
     assert durable.result(waiting.id) == 2  # the wait on the same name resumed
     assert any("do not bind" in r.getMessage() and stale.id in r.getMessage() for r in caplog.records)
+
+
+@durable_task(name="t.waits_for_go")
+def waits_for_go(n):
+    return [n, step.wait_for_event("go", "bulk.go", timeout=3600).data["wave"]]
+
+
+def test_send_event__resumes_any_number_of_waiting_runs_in_the_same_number_of_queries(durable):
+    """Issue 14: resuming N waiting runs costs no query per run (10 and 100 runs: the same count)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def resume(count, wave):
+        durable.clock.advance(1)  # the runs start after the earlier wave's event
+        ids = [waits_for_go.delay(n).id for n in range(count)]
+        durable.run_until_idle(advance_clock=False)
+        assert Run.objects.filter(id__in=ids, status=RunStatus.WAITING).count() == count
+        with CaptureQueriesContext(connection) as captured:
+            send_event("bulk.go", {"wave": wave})
+        assert Run.objects.filter(id__in=ids, status=RunStatus.QUEUED).count() == count
+        durable.run_until_idle(advance_clock=False)
+        assert [durable.result(run_id) for run_id in ids] == [[n, wave] for n in range(count)]
+        assert Step.objects.filter(run_id__in=ids, step_id="go", status=StepStatus.COMPLETED).count() == count
+        return len(captured)
+
+    assert resume(10, "a") == resume(100, "b")
