@@ -4,7 +4,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from celery_durable import InvalidMetadata, fork, get_run
+from celery_durable import fork, get_run
 from celery_durable.models import Run, RunMetadata
 from celery_durable.store.metadata import matching
 from tests.testapp import tasks
@@ -88,3 +88,26 @@ def test_progress__stored_on_the_run_with_its_step(durable):
         "message": "done",
         "step": "charge",
     }
+
+
+def test_durable_runs_list__meta_filter(durable):
+    import io
+    import json
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    one = tasks.tagged.delay(1, customer="acme")
+    tasks.tagged.delay(2, customer="globex")
+    durable.run_until_idle()
+
+    def listed(*args):
+        out = io.StringIO()
+        call_command("durable_runs", "list", "--json", *args, stdout=out)
+        return [item["id"] for item in json.loads(out.getvalue())]
+
+    assert listed("--meta", "customer=acme") == [one.id]
+    assert listed("--meta", "customer=acme", "--meta", "order_id=1") == [one.id]
+    assert listed("--meta", "customer=acme", "--meta", "order_id=2") == []
+    with pytest.raises(CommandError, match="FIELD=VALUE"):
+        listed("--meta", "customer")
