@@ -76,7 +76,8 @@ class Run(models.Model):
     )
     forked_at_step = models.CharField(max_length=255, null=True, blank=True)
     # ``step.set_metadata`` fields (searched through RunMetadata) and ``step.progress``.
-    metadata = models.TextField(default="{}", help_text="JSON object of metadata fields")
+    # Nullable, with no default: a process still running the previous release can insert runs.
+    metadata = models.TextField(null=True, blank=True, help_text="JSON object of metadata fields")
     progress = models.TextField(null=True, blank=True, help_text="JSON progress of the running step")
 
     class Meta:

@@ -40,7 +40,7 @@ from .changelist import (
     request_task_names,
 )
 from .run_page import human_duration
-from .search import concurrency_keys, metadata_filter, search_ids
+from .search import MAX_SEARCH_IDS, by_metadata, concurrency_keys, search_ids
 
 #: Characters of the positional / keyword arguments shown in the changelist.
 ARGS_PREVIEW_CHARS = 60
@@ -169,14 +169,21 @@ class RunAdmin(RunActionsAdmin):
             cached[term] = search_ids(term, names)
             request._durable_search = cached  # type: ignore[attr-defined]
         ids = cached[term]
+        tagged = by_metadata(term)
+        tagged_ids: list[str] = []
+        if tagged is not None:
+            key = f"metadata {term}"
+            if key not in cached:
+                cached[key] = list(tagged.order_by().values_list("pk", flat=True)[: MAX_SEARCH_IDS + 1])
+            tagged_ids = cached[key] or []
+            if len(tagged_ids) > MAX_SEARCH_IDS:  # a common value: the runs that have it, through a semi-join
+                return queryset.filter(pk__in=tagged.values("pk")), False
         if ids is None:  # a key with very many runs: filter on the key itself
             keys = concurrency_keys(term, names)
-            match = Q(pk=term) | Q(slot_key1__in=keys) | Q(slot_key2__in=keys)
+            match = Q(pk=term) | Q(slot_key1__in=keys) | Q(slot_key2__in=keys) | Q(pk__in=tagged_ids)
         else:
-            match = Q(pk__in=ids)
-        by_metadata = metadata_filter(term)
-        if by_metadata is not None:
-            match |= by_metadata
+            # One IN list: PostgreSQL answers it from the primary key (an OR of two would scan).
+            match = Q(pk__in=list(dict.fromkeys([*ids, *tagged_ids])))
         return queryset.filter(match), False
 
     @admin.display(description="run", ordering="id")

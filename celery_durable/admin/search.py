@@ -19,7 +19,7 @@ import json
 import re
 from typing import Any
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from ..flow.keys import stored_key
 from ..models import Run
@@ -79,12 +79,12 @@ def by_arguments(term: str) -> list[str]:
 _METADATA_TERM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(.+)\Z", re.DOTALL)
 
 
-def metadata_filter(term: str) -> Q | None:
-    """For a ``field:value`` term, the runs whose metadata field equals the value (a subquery)."""
+def by_metadata(term: str) -> QuerySet[Run] | None:
+    """For a ``field:value`` term, the runs whose metadata field equals the value; else ``None``."""
     found = _METADATA_TERM.match(term)
     if found is None:
         return None
-    return Q(pk__in=matching(Run.objects.all(), [(found.group(1), found.group(2))]).values("pk"))
+    return matching(Run.objects.all(), [(found.group(1), found.group(2))])
 
 
 def by_prefix(term: str) -> list[str]:

@@ -43,7 +43,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='run',
             name='metadata',
-            field=models.TextField(default='{}', help_text='JSON object of metadata fields'),
+            field=models.TextField(blank=True, help_text='JSON object of metadata fields', null=True),
         ),
         migrations.AddField(
             model_name='run',

@@ -129,3 +129,13 @@ def test_run_page__shows_the_progress_of_the_running_step(admin_client, durable)
     bar = bar[: bar.index("</div>")]
     assert 'max="12" value="3"' in bar and "3 / 12 (25%) in step <code>copy</code>: rows copied" in bar
     assert 'id="durable-progress"' not in text(admin_client.get(url(run_id)))  # finished: no bar
+
+
+def test_changelist__metadata_search_with_very_many_matches(admin_client, durable, monkeypatch):
+    monkeypatch.setattr("celery_durable.admin.runs.MAX_SEARCH_IDS", 1)  # two matches are "very many"
+    one = tasks.tagged.delay(1, customer="acme")
+    two = tasks.tagged.delay(2, customer="acme")
+    other = tasks.tagged.delay(3, customer="globex")
+    durable.run_until_idle()
+    found = text(admin_client.get(reverse("admin:celery_durable_run_changelist"), {"q": "customer:acme"}))
+    assert one.id in found and two.id in found and other.id not in found

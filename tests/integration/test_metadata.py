@@ -115,3 +115,26 @@ def test_durable_runs_list__meta_filter(durable):
     assert listed("--meta", "customer=acme", "--meta", "order_id=2") == []
     with pytest.raises(CommandError, match="FIELD=VALUE"):
         listed("--meta", "customer")
+
+
+@pytest.mark.parametrize("lost", ["taken_over", "reaped"])
+def test_metadata_and_progress__of_an_execution_that_lost_its_run_write_nothing(durable, lost):
+    from django.db.models import F
+
+    from celery_durable.exceptions import _LeaseLost
+    from celery_durable.store import metadata, runs
+
+    run = tasks.tagged.delay(1)
+    claim = runs.claim(run.id, "worker-a", 30)
+    assert claim is not None
+    if lost == "taken_over":  # another execution claimed it since
+        Run.objects.filter(id=run.id).update(generation=F("generation") + 1)
+    else:  # the reaper queued it again (same generation, no longer running)
+        Run.objects.filter(id=run.id).update(status="queued")
+    with pytest.raises(_LeaseLost):
+        metadata.set_metadata(run.id, claim.generation, {"a": 1}, {"a": 1}, "default")
+    with pytest.raises(_LeaseLost):
+        metadata.set_progress(run.id, claim.generation, {"done": 1, "total": 2}, "default")
+    stored = get_run(run.id)
+    assert stored.metadata_value == {} and stored.progress is None
+    assert not RunMetadata.objects.filter(run_id=run.id).exists()
