@@ -5,13 +5,14 @@ Importing this package has no side effects and needs no Django settings.
 
 from __future__ import annotations
 
-from .api import cancel, get_run, replay, send_event
+from .api import cancel, fork, get_run, replay, send_event
 from .exceptions import (
     ChildRunFailed,
     DirectCallError,
     DurableConfigError,
     DurableError,
     DurableNotMigrated,
+    InvalidMetadata,
     NonDeterminismError,
     NonRetriableError,
     NotInDurableRun,
@@ -41,6 +42,7 @@ __all__ = [
     "DurableNotMigrated",
     "DurableTask",
     "Event",
+    "InvalidMetadata",
     "NonDeterminismError",
     "NonRetriableError",
     "NotInDurableRun",
@@ -59,6 +61,7 @@ __all__ = [
     "Timeouts",
     "cancel",
     "durable_task",
+    "fork",
     "get_run",
     "install",
     "replay",

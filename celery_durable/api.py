@@ -1,10 +1,11 @@
-"""Run control and inspection: ``send_event``, ``get_run``, ``replay``, ``cancel``.
+"""Run control and inspection: ``send_event``, ``get_run``, ``replay``, ``fork``, ``cancel``.
 
 The public facade: re-exported by ``celery_durable``; nothing in the package imports it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .dbcheck import translated
@@ -42,6 +43,30 @@ def replay(run_id: str, from_step: str | None = None) -> Run:
     from .integration import actions  # needs Django's app registry: not at import time
 
     return actions.replay(run_id, from_step)
+
+
+@translated
+def fork(
+    run_id: str,
+    from_step: str | None = None,
+    args: Sequence[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Run:
+    """Start a new run of the same task that reuses the original's checkpoints before ``from_step``.
+
+    The fork gets a new id, the original's arguments unless ``args``/``kwargs`` are given,
+    and copies of the original's *completed* checkpoints recorded before ``from_step``
+    (every completed checkpoint when ``from_step`` is ``None``: the fork resumes where the
+    original stopped). The original is not changed; any status can be forked. The fork is
+    recorded and published like a new call of the task (its flow control applies).
+
+    Raises ``RunNotFound``, ``StepNotFound`` (a ``from_step`` the run never recorded),
+    ``SerializationError`` (arguments that are not JSON), ``DurableConfigError`` (``args``
+    not a list, ``kwargs`` not a dict) and ``TaskNotRegistered``; nothing is written then.
+    """
+    from .integration import actions  # needs Django's app registry: not at import time
+
+    return actions.fork(run_id, from_step, args, kwargs)
 
 
 def cancel(run_id: str, reason: str = "") -> Run:

@@ -154,6 +154,10 @@ class RunStateError(DurableError):
         return f"cannot {self.operation} run {self.run_id!r}: {self.why or f'its status is {self.status!r}'}"
 
 
+class InvalidMetadata(DurableError, ValueError):
+    """``step.set_metadata`` got a field name that is not an identifier, or a value that is not small JSON."""
+
+
 class RunSkipped(DurableError):
     """The run was skipped by flow control (rate limit or singleton)."""
 

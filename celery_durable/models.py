@@ -65,6 +65,20 @@ class Run(models.Model):
     slot_key2 = models.CharField(max_length=255, null=True, blank=True)
     holds_slots = models.BooleanField(default=False)
     backlog_at = models.DateTimeField(null=True, blank=True)
+    # Forks: the run this one was forked from, and the step it re-executes from.
+    forked_from = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="forks",
+        db_constraint=False,
+    )
+    forked_at_step = models.CharField(max_length=255, null=True, blank=True)
+    # ``step.set_metadata`` fields (searched through RunMetadata) and ``step.progress``.
+    # Nullable, with no default: a process still running the previous release can insert runs.
+    metadata = models.TextField(null=True, blank=True, help_text="JSON object of metadata fields")
+    progress = models.TextField(null=True, blank=True, help_text="JSON progress of the running step")
 
     class Meta:
         indexes = [
@@ -84,6 +98,7 @@ class Run(models.Model):
         permissions = [
             ("cancel_run", "Can cancel durable runs"),
             ("replay_run", "Can replay durable runs"),
+            ("fork_run", "Can fork durable runs"),
         ]
 
     def __str__(self) -> str:
@@ -100,6 +115,17 @@ class Run(models.Model):
         """The decoded keyword arguments."""
         value: dict[str, Any] = serialization.loads(self.kwargs)
         return value
+
+    @property
+    def metadata_value(self) -> dict[str, Any]:
+        """The decoded metadata fields."""
+        value: dict[str, Any] = serialization.loads(self.metadata or "{}")
+        return value
+
+    @property
+    def progress_value(self) -> dict[str, Any] | None:
+        """The last ``step.progress`` of the run, if any."""
+        return None if not self.progress else serialization.loads(self.progress)
 
     @property
     def result_value(self) -> Any:
@@ -136,6 +162,21 @@ class Step(models.Model):
     def output_value(self) -> Any:
         """The decoded output."""
         return None if self.output is None else serialization.loads(self.output)
+
+
+class RunMetadata(models.Model):
+    """One metadata field of a run, as text: the index of ``field:value`` searches."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metadata_fields", db_index=False)
+    field = models.CharField(max_length=64)
+    value = models.CharField(max_length=200)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "field"], name="durable_meta_unique")]
+        indexes = [models.Index(fields=["field", "value"], name="durable_meta_value")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} {self.field}={self.value}"
 
 
 class Event(models.Model):

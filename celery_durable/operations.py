@@ -253,6 +253,10 @@ def describe_run(run: Run, *, full: bool = False) -> dict[str, Any]:
             lease_expires_at=_iso(run.lease_expires_at),
             cancel_requested_at=_iso(run.cancel_requested_at),
             cancel_reason=run.cancel_reason,
+            metadata=run.metadata_value,
+            progress=run.progress_value,
+            forked_from=run.forked_from_id,
+            forked_at_step=run.forked_at_step,
         )
     return data
 

@@ -1,6 +1,6 @@
-"""Cancel and replay of one run from the run page: a confirmation first, and a record of who.
+"""Cancel, replay and fork of one run from the run page: a confirmation first, and a record of who.
 
-Every cancel and replay done in the admin (one run or a bulk action) is recorded as a
+Every cancel, replay and fork done in the admin (one run or a bulk action) is recorded as a
 Django :class:`~django.contrib.admin.models.LogEntry` naming the user, and the run page
 lists them ("History"). A replay's entry keeps what the run was before (its status and
 the error it failed with), since the replay clears that from the run. The runs themselves
@@ -9,6 +9,7 @@ change only through :mod:`celery_durable.operations`.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -25,8 +26,10 @@ from django.urls import reverse
 
 from .. import operations
 from ..exceptions import DurableError
+from ..integration import actions
 from ..models import Run, Step
 from ..states import RunStatus
+from . import forks
 from .run_page import decode_error
 
 #: Entries of the run page's history.
@@ -96,6 +99,10 @@ class RunActionsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         """``celery_durable.replay_run``."""
         return bool(request.user.has_perm(f"{self.opts.app_label}.replay_run"))
 
+    def has_fork_permission(self, request: HttpRequest) -> bool:
+        """``celery_durable.fork_run``."""
+        return bool(request.user.has_perm(f"{self.opts.app_label}.fork_run"))
+
     def _run_or_404(self, request: HttpRequest, object_id: str) -> Run:
         run: Run | None = self.get_object(request, unquote(object_id))
         if run is None:
@@ -163,6 +170,48 @@ class RunActionsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             self.log_change(request, run, f"Replayed {where}; {before}")
             self.message_user(request, f"Run {run.pk} replayed {where}.", messages.SUCCESS)
         return HttpResponseRedirect(self._run_url(run.pk))
+
+    def fork_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET: the fork form; POST: fork the run (``fork_run``) and go to the fork's page."""
+        if not (self.has_view_permission(request) and self.has_fork_permission(request)):
+            raise PermissionDenied
+        run = self._run_or_404(request, object_id)
+        choices = forks.fork_choices(run)
+        error = ""
+        if request.method == "POST":
+            from_step = request.POST.get("from_step", "")
+            args_text, kwargs_text = request.POST.get("args", ""), request.POST.get("kwargs", "")
+            try:
+                args, kwargs = forks.parse_arguments(args_text, kwargs_text)
+                fork = actions.fork(run.pk, from_step or None, args, kwargs)
+            except (DurableError, TypeError) as exc:  # TypeError: arguments the task does not take
+                error = str(exc)
+            else:
+                where = f"from step {from_step!r}" if from_step else "reusing every completed step"
+                self.log_change(request, run, f"Forked into {fork.pk} {where}")
+                if fork.pk != run.pk:
+                    self.log_change(request, fork, f"Forked from {run.pk} {where}")
+                self.message_user(request, f"Run {run.pk} forked {where}: {fork.pk}.", messages.SUCCESS)
+                return HttpResponseRedirect(self._run_url(fork.pk))
+        else:
+            from_step = ""
+            args_text = json.dumps(json.loads(run.args), indent=2)
+            kwargs_text = json.dumps(json.loads(run.kwargs), indent=2)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Fork run",
+            "subtitle": f"Fork run {run.pk}",
+            "run": run,
+            "choices": choices,
+            "from_step": from_step,
+            "args_text": args_text,
+            "kwargs_text": kwargs_text,
+            "error": error,
+            "run_url": self._run_url(run.pk),
+            "fork_url": reverse(f"{self.admin_site.name}:celery_durable_run_fork", args=[quote(run.pk)]),
+        }
+        return TemplateResponse(request, "admin/celery_durable/run/fork.html", context, status=400 if error else 200)
 
     def history_context(self, run: Run) -> dict[str, Any]:
         """The run page's "History" section."""

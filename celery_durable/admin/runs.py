@@ -29,7 +29,7 @@ from django.views.decorators.http import require_POST
 
 from .. import operations, readable
 from ..models import Run
-from . import dashboard, run_page, waterfall
+from . import dashboard, forks, run_page, waterfall
 from .actions import RunActionsAdmin, earlier_of, log_bulk
 from .changelist import (
     CreatedFilter,
@@ -40,7 +40,7 @@ from .changelist import (
     request_task_names,
 )
 from .run_page import human_duration
-from .search import concurrency_keys, search_ids
+from .search import MAX_SEARCH_IDS, by_metadata, concurrency_keys, search_ids
 
 #: Characters of the positional / keyword arguments shown in the changelist.
 ARGS_PREVIEW_CHARS = 60
@@ -73,7 +73,7 @@ class RunAdmin(RunActionsAdmin):
     search_fields = ("=id", "=task_name")
     search_help_text = (
         "A run id or its first characters, a task name, or the value of a concurrency, idempotency, "
-        "singleton or debounce key (arguments too, with ADMIN_ARGUMENT_SEARCH)."
+        "singleton or debounce key, field:value of run metadata (arguments too, with ADMIN_ARGUMENT_SEARCH)."
     )
     ordering = ("-created_at",)
     list_per_page = 50
@@ -169,11 +169,21 @@ class RunAdmin(RunActionsAdmin):
             cached[term] = search_ids(term, names)
             request._durable_search = cached  # type: ignore[attr-defined]
         ids = cached[term]
+        tagged = by_metadata(term)
+        tagged_ids: list[str] = []
+        if tagged is not None:
+            key = f"metadata {term}"
+            if key not in cached:
+                cached[key] = list(tagged.order_by().values_list("pk", flat=True)[: MAX_SEARCH_IDS + 1])
+            tagged_ids = cached[key] or []
+            if len(tagged_ids) > MAX_SEARCH_IDS:  # a common value: the runs that have it, through a semi-join
+                return queryset.filter(pk__in=tagged.values("pk")), False
         if ids is None:  # a key with very many runs: filter on the key itself
             keys = concurrency_keys(term, names)
-            match = Q(pk=term) | Q(slot_key1__in=keys) | Q(slot_key2__in=keys)
+            match = Q(pk=term) | Q(slot_key1__in=keys) | Q(slot_key2__in=keys) | Q(pk__in=tagged_ids)
         else:
-            match = Q(pk__in=ids)
+            # One IN list: PostgreSQL answers it from the primary key (an OR of two would scan).
+            match = Q(pk__in=list(dict.fromkeys([*ids, *tagged_ids])))
         return queryset.filter(match), False
 
     @admin.display(description="run", ordering="id")
@@ -334,6 +344,7 @@ class RunAdmin(RunActionsAdmin):
             path("refresh/", wrap(self.refresh_view), name="{}_{}_refresh".format(*info)),
             path("<path:object_id>/cancel/", wrap(self.cancel_view), name="{}_{}_cancel".format(*info)),
             path("<path:object_id>/replay/", wrap(require_POST(self.replay_view)), name="{}_{}_replay".format(*info)),
+            path("<path:object_id>/fork/", wrap(self.fork_view), name="{}_{}_fork".format(*info)),
             *super().get_urls(),
         ]
 
@@ -381,6 +392,12 @@ class RunAdmin(RunActionsAdmin):
             "changelist_url": reverse(f"{site}:celery_durable_run_changelist"),
             "can_cancel": self.has_cancel_permission(request) and run.status in operations.CANCELLABLE,
             "can_replay": self.has_replay_permission(request) and run.status in operations.REPLAYABLE,
+            "can_fork": self.has_fork_permission(request) and run.durable,
+            "fork_url": reverse(f"{site}:celery_durable_run_fork", args=[quote(run.pk)]),
+            **forks.family(run),
+            "progress": forks.progress(run, page["timeline"]),
+            "metadata": forks.metadata(run),
+            "preview_chars": run_page.OUTPUT_PREVIEW_CHARS,
             "cancel_url": reverse(f"{site}:celery_durable_run_cancel", args=[quote(run.pk)]),
             "replay_url": reverse(f"{site}:celery_durable_run_replay", args=[quote(run.pk)]),
             "dashboard_url": reverse(f"{site}:celery_durable_run_dashboard"),

@@ -7,6 +7,8 @@ search:
 - a concurrency key by its value alone: the stored key is ``task:path:value`` (per-task
   limits) or ``name:value`` (``scope="global"``), built here from the registered tasks;
 - an idempotency, singleton or debounce key by its value (``FlowState`` names);
+- ``field:value``: runs whose ``step.set_metadata`` field equals the value (the
+  ``RunMetadata`` index; a value is compared as text: ``order_id:42`` finds ``42`` and ``"42"``);
 - with ``CELERY_DURABLE["ADMIN_ARGUMENT_SEARCH"] = True``, any run whose stored arguments
   contain the term: a scan of the arguments of every run (off by default).
 """
@@ -14,12 +16,14 @@ search:
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from ..flow.keys import stored_key
 from ..models import Run
+from ..store.metadata import matching
 
 #: The shortest search term also tried as a run id prefix.
 MIN_PREFIX = 4
@@ -70,6 +74,17 @@ def by_arguments(term: str) -> list[str]:
     for form in forms:
         match |= Q(args__contains=form) | Q(kwargs__contains=form)
     return list(Run.objects.filter(match).order_by().values_list("pk", flat=True)[:MAX_MATCHES])
+
+
+_METADATA_TERM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(.+)\Z", re.DOTALL)
+
+
+def by_metadata(term: str) -> QuerySet[Run] | None:
+    """For a ``field:value`` term, the runs whose metadata field equals the value; else ``None``."""
+    found = _METADATA_TERM.match(term)
+    if found is None:
+        return None
+    return matching(Run.objects.all(), [(found.group(1), found.group(2))])
 
 
 def by_prefix(term: str) -> list[str]:

@@ -125,6 +125,7 @@ def execute(
         policy=policy,
         clock=clock.now,
         max_output_bytes=settings.MAX_STEP_OUTPUT_BYTES,
+        metadata=claim.run.metadata_value,
     )
     token = context.activate(ctx)
     active.ids.add(run_id)

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import clock, signals
-from ..store import events, suspension
+from ..store import events, metadata, suspension
 from ..store.checkpoints import CheckpointStore
 from .active import active
 
@@ -64,3 +64,11 @@ class RunWriter(CheckpointStore):
         event = self._send_event(name, data, event_id)
         result: dict[str, Any] = event.to_json()
         return result
+
+    def set_metadata(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
+        """Store the run's metadata and index the changed fields (fenced)."""
+        metadata.set_metadata(self.run_id, self.generation, values, changed, self.using)
+
+    def set_progress(self, progress: dict[str, Any]) -> None:
+        """Store the running step's progress (fenced)."""
+        metadata.set_progress(self.run_id, self.generation, progress, self.using)

@@ -7,17 +7,25 @@ public facade (``api``) and the operator surfaces call these.
 from __future__ import annotations
 
 import contextlib
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from celery import current_app
+from django.db import transaction
 
+from .. import serialization
 from ..engine import cancel as cancelling
 from ..engine import events
+from ..exceptions import DurableConfigError, TaskNotRegistered
 from ..models import Run
 from ..runtime.events import Event
+from ..store import forks, runs
 from ..store import replay as replaying
-from ..store import runs
 from .registry import ports
+
+# Stored publish options a fork does not take over: callbacks and the original's parentage.
+_NOT_FORKED = ("link", "link_error", "shadow", "parent_id", "root_id")
 
 
 def send_event(name: str, data: dict[str, Any] | None = None, *, id: str | None = None) -> Event:
@@ -46,3 +54,37 @@ def cancel(run_id: str, reason: str = "") -> Run:
     _registry, publisher = ports()
     cancelling.cancel(run_id, reason, publisher)
     return runs.get(run_id)
+
+
+def fork(
+    run_id: str,
+    from_step: str | None = None,
+    args: Sequence[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Run:
+    """Start a new run reusing the original's checkpoints before ``from_step`` (see :func:`celery_durable.fork`).
+
+    The fork is a call of the same task (``apply_async`` with a new id, so flow control
+    admits it like any call); its row, its link to the original and the copied checkpoints
+    commit together, before its message is published.
+    """
+    if args is not None and (isinstance(args, str | bytes | dict) or not isinstance(args, Sequence)):
+        raise DurableConfigError(f"fork(args=...) must be a list of positional arguments, got {args!r}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise DurableConfigError(f"fork(kwargs=...) must be a dict of keyword arguments, got {kwargs!r}")
+    with transaction.atomic():
+        original, steps = forks.plan(run_id, from_step)
+        task = current_app.tasks.get(original.task_name)
+        if task is None or getattr(task, "durable_spec", None) is None:
+            raise TaskNotRegistered(original.task_name)
+        options = {k: v for k, v in serialization.loads(original.options).items() if k not in _NOT_FORKED}
+        fork_id = str(uuid.uuid4())
+        result = task.apply_async(
+            tuple(original.args_value if args is None else args),
+            dict(original.kwargs_value if kwargs is None else kwargs),
+            task_id=fork_id,
+            **options,
+        )
+        if result.id == fork_id:
+            forks.attach(fork_id, original, from_step, steps)
+    return runs.get(str(result.id))

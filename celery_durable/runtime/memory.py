@@ -22,6 +22,8 @@ class MemoryCheckpointWriter:
         self.events: list[dict[str, Any]] = []
         self.child_runs: dict[str, list[dict[str, Any]]] = {}
         self.cancelled = False
+        self.metadata: dict[str, Any] = {}
+        self.progress: list[dict[str, Any]] = []
 
     def save_output(
         self, step_id: str, kind: str, output: str, attempts: int, started_at: datetime, exists: bool
@@ -64,6 +66,15 @@ class MemoryCheckpointWriter:
         event = Event(name, data, event_id, _utcnow()).to_json()
         self.events.append(event)
         return event
+
+    def set_metadata(self, metadata: dict[str, Any], changed: dict[str, Any]) -> None:
+        """Keep the metadata in memory (counted as a write)."""
+        self.writes += 1
+        self.metadata = dict(metadata)
+
+    def set_progress(self, progress: dict[str, Any]) -> None:
+        """Keep every progress report in memory."""
+        self.progress.append(progress)
 
 
 def _utcnow() -> datetime:

@@ -44,3 +44,9 @@ class CheckpointWriter(Protocol):
 
     def send_event(self, name: str, data: dict[str, Any], event_id: str) -> dict[str, Any]:
         """Send an event with this id (deduplicated) and return it as JSON."""
+
+    def set_metadata(self, metadata: dict[str, Any], changed: dict[str, Any]) -> None:
+        """Store the run's metadata (all fields) and index the ``changed`` ones (fenced)."""
+
+    def set_progress(self, progress: dict[str, Any]) -> None:
+        """Store the progress of the running step on the run (fenced)."""

@@ -120,6 +120,12 @@ class RefusingWriter:
         """Refused."""
         raise _WriteRefused(f"event {name!r}")
 
+    def set_metadata(self, metadata: dict[str, Any], changed: dict[str, Any]) -> None:
+        """Ignored: metadata is no checkpoint, it cannot make a replay diverge."""
+
+    def set_progress(self, progress: dict[str, Any]) -> None:
+        """Ignored: progress is no checkpoint."""
+
 
 class ReplayCheckContext(StepContext):
     """A step context that replays ``history`` (in recorded order) and stops at its edge."""

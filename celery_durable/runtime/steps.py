@@ -21,6 +21,7 @@ from ..exceptions import (
 )
 from ..options import Duration, RetryPolicy, to_seconds
 from ..validation import storable
+from .metadata import check_fields, check_progress
 from .records import CheckpointWriter, StoredStep
 from .suspension import SuspendingSteps
 from .timeouts import StepTimer
@@ -70,6 +71,7 @@ class StepContext(SuspendingSteps):
         policy: RetryPolicy,
         clock: Callable[[], datetime],
         max_output_bytes: int,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         self._run_id = run_id
         self._task_name = task_name
@@ -92,6 +94,7 @@ class StepContext(SuspendingSteps):
         )
         self._reached: set[str] = set()
         self._patches: dict[str, bool] = {}
+        self._metadata: dict[str, Any] = dict(metadata or {})
         self.replayed: list[str] = []
         self.executed: list[str] = []
 
@@ -265,6 +268,41 @@ class StepContext(SuspendingSteps):
         self._patches[change_id] = value
         return value
 
+    def set_metadata(self, **fields: Any) -> None:
+        """Store small JSON fields on the run, searchable by equality (``field:value`` in the admin).
+
+        Names are identifiers; values are str, int, float, bool or ``None`` (at most 200
+        characters as text). A field set again replaces its value. Only changed fields are
+        written (one small transaction), so a replay that sets the same values writes nothing.
+        Raises ``InvalidMetadata`` for a bad name or value, and then stores nothing.
+        """
+        check_fields(fields, self._metadata)
+        changed = {
+            name: value
+            for name, value in fields.items()
+            if name not in self._metadata or _typed(self._metadata[name]) != _typed(value)
+        }
+        if not changed:
+            return
+        merged = {**self._metadata, **changed}
+        self._writer.set_metadata(merged, changed)
+        self._metadata = merged
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The run's metadata fields (a copy)."""
+        return dict(self._metadata)
+
+    def progress(self, done: float, total: float, message: str = "") -> None:
+        """Report the progress of the running step (shown on the run page while it runs).
+
+        One small UPDATE of the run per call: call it every few seconds, not per item.
+        """
+        record = check_progress(done, total, message)
+        record["step"] = self._current[1] if self._current is not None else None
+        record["at"] = self._clock().isoformat()
+        self._writer.set_progress(record)
+
     def _history_goes_on(self) -> bool:
         """Whether a recorded step of this run has not been reached yet in this execution."""
         return not self._recorded <= self._reached
@@ -275,6 +313,11 @@ class StepContext(SuspendingSteps):
     def steps(self) -> Iterator[StoredStep]:
         """The checkpoints known to this execution (loaded and newly written)."""
         return iter(self._checkpoints.values())
+
+
+def _typed(value: Any) -> tuple[type, Any]:
+    """A value with its type: ``1``, ``1.0`` and ``True`` compare equal, as metadata they differ."""
+    return (type(value), value)
 
 
 def _call_site() -> tuple[str, int]:

@@ -139,7 +139,7 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
         run = _claim_returning(run_id, owner, now, now + timedelta(seconds=lease_seconds), using)
         if run is None:
             return None
-        loaded = load_checkpoints(run_id, using) if run.executions > 1 else {}
+        loaded = load_checkpoints(run_id, using) if _has_checkpoints(run) else {}
         return Claim(run=run, generation=run.generation, checkpoints=loaded)
     runs = Run.objects.using(using)
     claimed = runs.filter(
@@ -161,9 +161,14 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
         return None
     run = runs.get(id=run_id)
     checkpoints: dict[str, StoredStep] = {}
-    if run.executions > 1:
+    if _has_checkpoints(run):
         checkpoints = load_checkpoints(run_id, using)
     return Claim(run=run, generation=run.generation, checkpoints=checkpoints)
+
+
+def _has_checkpoints(run: Run) -> bool:
+    """Whether the run may have checkpoints: executed before, or a fork (it starts with copies)."""
+    return run.executions > 1 or run.forked_from_id is not None
 
 
 def _can_update_returning(using: str) -> bool:
@@ -175,7 +180,18 @@ def _can_update_returning(using: str) -> bool:
     return False  # MySQL/MariaDB: UPDATE ... RETURNING is not available
 
 
-_RETURNED = ("task_name", "args", "kwargs", "generation", "executions", "parent_id", "holds_slots", "started_at")
+_RETURNED = (
+    "task_name",
+    "args",
+    "kwargs",
+    "generation",
+    "executions",
+    "parent_id",
+    "holds_slots",
+    "started_at",
+    "metadata",
+    "forked_from_id",
+)
 
 
 def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: datetime, using: str) -> Run | None:
@@ -211,7 +227,7 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
         row = cursor.fetchone()
     if row is None:
         return None
-    task_name, args, kwargs, generation, executions, parent_id, holds_slots, started_at = row
+    task_name, args, kwargs, generation, executions, parent_id, holds_slots, started_at, metadata, forked_from = row
     if isinstance(started_at, str):  # SQLite may return text
         started_at = parse_datetime(started_at)
     if isinstance(started_at, datetime) and started_at.tzinfo is None and now.tzinfo is not None:
@@ -227,6 +243,8 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
         executions=executions,
         parent_id=parent_id,
         status=RunStatus.RUNNING,
+        metadata=metadata,
+        forked_from_id=forked_from,
     )
 
 

@@ -32,6 +32,7 @@ RUNS = 40_000
 TABLES = (
     "celery_durable_run",
     "celery_durable_step",
+    "celery_durable_runmetadata",
     "celery_durable_event",
     "celery_durable_flowstate",
     "celery_durable_slot",
@@ -80,6 +81,9 @@ FROM celery_durable_run r, (VALUES ('one'), ('two')) AS n(step_id) WHERE r.statu
 INSERT INTO celery_durable_step (run_id, step_id, kind, status, output, attempts, started_at, finished_at)
 SELECT id, 'wait', 'wait', 'pending', '{{"name": "' || waiting_for || '", "match": null}}', 1, created_at, created_at
 FROM celery_durable_run WHERE status = 'waiting';
+INSERT INTO celery_durable_runmetadata (run_id, field, value)
+SELECT id, f.field, CASE f.field WHEN 'customer' THEN 'customer-' || (length(id) % 7) ELSE substr(id, 6) END
+FROM celery_durable_run, (VALUES ('customer'), ('order_id')) AS f(field) WHERE id LIKE 'bulk-%';
 INSERT INTO celery_durable_event (name, data, event_id, received_at)
 SELECT 'bulk.event' || (i % 500), '{{"n": ' || i || '}}', md5(i::text), clock_timestamp() - i * interval '1 minute'
 FROM generate_series(1, 20000) AS i;
@@ -241,3 +245,9 @@ def test_admin__changelist_default_page(admin_client):
         lambda: admin_client.get(reverse("admin:celery_durable_run_changelist")), "durable_run_created"
     )
     assert any("ORDER BY" in sql and "LIMIT" in sql for sql, _ in statements)
+
+
+def test_admin__metadata_search(admin_client):
+    changelist = reverse("admin:celery_durable_run_changelist")
+    statements = assert_indexed(lambda: admin_client.get(changelist, {"q": "order_id:12345"}), "durable_meta_value")
+    assert any("celery_durable_runmetadata" in sql for sql, _ in statements)

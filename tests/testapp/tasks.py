@@ -240,3 +240,35 @@ def cyclic_output():
         return value
 
     return step.run("cycle", build)
+
+
+# --- forks, metadata and progress ---
+
+
+def _with_progress(name, value):
+    step.progress(1, 2, "half way")
+    step.progress(2, 2, "done")
+    return counted(name, value)
+
+
+@durable_task(name="t.tagged")
+def tagged(order_id, customer="acme"):
+    step.set_metadata(order_id=order_id, customer=customer)
+    a = step.run("fetch", counted, "fetch", order_id + 1)
+    step.set_metadata(stage="fetched")
+    b = step.run("charge", _with_progress, "charge", a * 2)
+    return step.run("ship", counted, "ship", {"a": a, "b": b, "customer": customer})
+
+
+@durable_task(name="t.bad_metadata")
+def bad_metadata(field, value):
+    step.set_metadata(**{field: value})
+    return step.run("after", counted, "after", 1)
+
+
+@durable_task(name="t.fork_flow")
+def fork_flow(n):
+    a = step.run("one", counted, "one", n)
+    step.sleep("nap", 3600)
+    c = step.invoke("child", add.s(a, 1))
+    return step.run("last", counted, "last", c * 10)

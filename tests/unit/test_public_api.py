@@ -22,6 +22,8 @@ EXPECTED = [
     "get_run",
     "cancel",
     "replay",
+    "fork",
+    "InvalidMetadata",
     "DurableError",
     "DurableConfigError",
     "SerializationError",

@@ -12,6 +12,7 @@ from ... import operations
 from ...exceptions import DurableError, RunNotFound
 from ...models import Run, Step
 from ...states import RunStatus, StepStatus
+from ...store import metadata
 
 STATUSES = [s.value for s in RunStatus]
 
@@ -22,6 +23,13 @@ def _statuses(value: str) -> list[str]:
     if unknown:
         raise CommandError(f"unknown status {', '.join(unknown)}; statuses are {', '.join(STATUSES)}")
     return chosen
+
+
+def _meta(value: str) -> tuple[str, str]:
+    field, sep, wanted = value.partition("=")
+    if not sep or not field.strip():
+        raise CommandError(f"--meta takes FIELD=VALUE, got {value!r}")
+    return field.strip(), wanted
 
 
 class Command(BaseCommand):
@@ -36,6 +44,13 @@ class Command(BaseCommand):
         listing.add_argument("--status", help="comma-separated statuses (e.g. failed,cancelled)")
         listing.add_argument("--task", help="exact task name")
         listing.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50)")
+        listing.add_argument(
+            "--meta",
+            action="append",
+            default=[],
+            metavar="FIELD=VALUE",
+            help="runs whose step.set_metadata FIELD equals VALUE (repeat for several; all must match)",
+        )
         listing.add_argument("--json", action="store_true", help="a JSON array")
 
         show = sub.add_parser("show", help="one run with its steps")
@@ -92,6 +107,8 @@ class Command(BaseCommand):
             runs = runs.filter(status__in=_statuses(options["status"]))
         if options["task"]:
             runs = runs.filter(task_name=options["task"])
+        if options["meta"]:
+            runs = metadata.matching(runs, [_meta(value) for value in options["meta"]])
         page = list(runs[: options["limit"]])
         counts = {
             row["run_id"]: (row["done"], row["total"])
