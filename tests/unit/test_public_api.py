@@ -39,6 +39,8 @@ EXPECTED = [
     "DurableNotMigrated",
     "RetryPolicy",
     "StepTimeout",
+    "Schedule",
+    "ScheduleError",
 ]
 
 
