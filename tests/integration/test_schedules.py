@@ -191,6 +191,23 @@ def test_a_stale_claim__changes_nothing(declare, durable):
     assert ScheduleState.objects.get(task_name=task.name).next_tick_at == START + timedelta(seconds=20)
 
 
+@pytest.mark.parametrize("meanwhile", ["claimed", "paused"])
+def test_claim__is_a_compare_and_set_on_the_tick_read_and_refused_when_paused(declare, durable, meanwhile):
+    task = declare("cas", Schedule(every=timedelta(seconds=10), overlap="allow"))
+    services()
+    stale = ScheduleState.objects.get(task_name=task.name)
+    if meanwhile == "claimed":  # another process moved the schedule on, nothing else changed
+        fresh = ScheduleState.objects.get(task_name=task.name)
+        moved = fresh.next_tick_at + timedelta(seconds=10)
+        assert store.claim(fresh, next_tick_at=moved, last_tick_at=None, last_run_id=None, buffered_tick_at=None)
+    else:
+        assert engine.pause(task.name)
+    before = list(ScheduleState.objects.values())
+    again = stale.next_tick_at + timedelta(seconds=10)
+    assert not store.claim(stale, next_tick_at=again, last_tick_at=None, last_run_id=None, buffered_tick_at=None)
+    assert list(ScheduleState.objects.values()) == before
+
+
 def test_a_failure_after_the_claim__undoes_the_claim(declare, durable, monkeypatch):
     task = declare("crash", Schedule(every=timedelta(seconds=10), overlap="allow"))
     services()
@@ -310,3 +327,49 @@ def test_bad_declarations__fail_at_import_time(db):
     assert not ScheduleState.objects.exists()
     for name in ("badcron", "badargs", "badjson"):
         assert f"tests.scheduled.{name}" not in current_app.tasks
+
+
+@pytest.mark.django_db(transaction=True)
+def test_three_services_ticking_at_the_same_moment__fire_each_tick_once():
+    """Three services threads, each on its own connection, released together at every step."""
+    import threading
+
+    from django.db import connection, connections
+
+    from celery_durable.testing import DurableTestRunner
+
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite serialises writers: the race needs a server database")
+    name = "tests.scheduled.race"
+
+    @durable_task(name=name, schedule=Schedule(every=timedelta(seconds=5), overlap="allow"))
+    def race():
+        return None
+
+    try:
+        with DurableTestRunner() as durable:
+            durable.clock.current = START
+            tick(current_app, backstops=False)
+            fired = []
+            for _ in range(15):  # 30 s of fake time in steps of 2 s: 6 ticks
+                durable.clock.advance(2)
+                barrier = threading.Barrier(3)
+
+                def services_thread():
+                    try:
+                        barrier.wait(10)
+                        fired.append(tick(current_app, backstops=False).scheduled)
+                    finally:
+                        connections.close_all()
+
+                threads = [threading.Thread(target=services_thread) for _ in range(3)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(30)
+            ids = sorted(Run.objects.filter(task_name=name).values_list("id", flat=True))
+            assert ids == sorted(tick_run_id(name, START + timedelta(seconds=5 * i)) for i in range(1, 7))
+            assert sum(fired) == 6
+            assert len(fired) == 45
+    finally:
+        current_app.tasks.pop(name, None)
