@@ -355,7 +355,7 @@ def test_three_services_ticking_at_the_same_moment__fire_each_tick_once():
                 durable.clock.advance(2)
                 barrier = threading.Barrier(3)
 
-                def services_thread():
+                def services_thread(barrier=barrier):
                     try:
                         barrier.wait(10)
                         fired.append(tick(current_app, backstops=False).scheduled)
