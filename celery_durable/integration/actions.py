@@ -7,17 +7,19 @@ public facade (``api``) and the operator surfaces call these.
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime
 from typing import Any
 
 from celery import current_app
 
 from ..engine import cancel as cancelling
-from ..engine import events
+from ..engine import events, schedules
 from ..models import Run
 from ..runtime.events import Event
 from ..store import replay as replaying
 from ..store import runs
-from .registry import ports
+from .registry import CeleryPublisher, ports
+from .timetable import CeleryTimetable
 
 
 def send_event(name: str, data: dict[str, Any] | None = None, *, id: str | None = None) -> Event:
@@ -46,3 +48,23 @@ def cancel(run_id: str, reason: str = "") -> Run:
     _registry, publisher = ports()
     cancelling.cancel(run_id, reason, publisher)
     return runs.get(run_id)
+
+
+def pause_schedule(task_name: str) -> bool:
+    """Stop firing the ticks of ``task_name``'s schedule; ``False`` if it was paused already."""
+    return schedules.pause(task_name)
+
+
+def resume_schedule(task_name: str) -> bool:
+    """Fire ``task_name``'s schedule again from its next tick; ``False`` if it was not paused."""
+    return schedules.resume(CeleryTimetable(current_app), task_name)
+
+
+def trigger_schedule(task_name: str) -> str:
+    """Start one run of ``task_name``'s schedule now; its run id."""
+    return schedules.trigger(CeleryTimetable(current_app), CeleryPublisher(current_app), task_name)
+
+
+def backfill_schedule(task_name: str, start: datetime, end: datetime) -> list[str]:
+    """Fire each tick of ``task_name``'s schedule in ``[start, end]`` not fired yet; the run ids started."""
+    return schedules.backfill(CeleryTimetable(current_app), CeleryPublisher(current_app), task_name, start, end)

@@ -1,6 +1,6 @@
 """Schedules without beat: ticks fired by the services' tick, exactly once, on a fake clock."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from celery import current_app
@@ -13,38 +13,7 @@ from celery_durable.integration.services import tick
 from celery_durable.integration.timetable import CeleryTimetable
 from celery_durable.models import Run, ScheduleState
 from celery_durable.store import schedules as store
-
-START = datetime(2026, 1, 1, 0, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def declare(durable):
-    """Declare a scheduled durable task for one test (removed from the app afterwards)."""
-    durable.clock.current = START
-    names = []
-
-    def declare_task(name, schedule, **options):
-        full = f"tests.scheduled.{name}"
-
-        @durable_task(name=full, schedule=schedule, **options)
-        def body(*args, **kwargs):
-            return {"args": list(args), "kwargs": kwargs}
-
-        names.append(full)
-        return current_app.tasks[full]
-
-    yield declare_task
-    for name in names:
-        current_app.tasks.pop(name, None)
-
-
-def services(times=3):
-    """``times`` services ticks one after the other (as three workers' services would)."""
-    return [tick(current_app, backstops=False).scheduled for _ in range(times)]
-
-
-def runs_of(task):
-    return list(Run.objects.filter(task_name=task.name).order_by("created_at", "id"))
+from tests.integration.scheduling import START, runs_of, services
 
 
 def test_first_tick_creates_the_row__and_fires_nothing(declare, durable):
