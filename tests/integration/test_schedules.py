@@ -40,6 +40,17 @@ def test_every__one_run_per_tick_however_many_services_tick(declare, durable):
     assert row.next_tick_at == ticks[-1] + timedelta(seconds=10)
 
 
+def test_an_idle_tick_with_a_schedule__costs_one_more_query(declare, durable):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    declare("idle", Schedule(every=timedelta(hours=1)))
+    services(1)  # creates the row
+    with CaptureQueriesContext(connection) as queries:
+        assert services(1) == [0]
+    assert len(queries) == 2, [q["sql"] for q in queries.captured_queries]
+
+
 def test_a_fired_tick__is_published_after_commit(declare, durable, django_capture_on_commit_callbacks):
     task = declare("published", Schedule(every=timedelta(seconds=10)))
     services()
@@ -320,7 +331,7 @@ def test_three_services_ticking_at_the_same_moment__fire_each_tick_once():
             durable.clock.current = START
             tick(current_app, backstops=False)
             fired = []
-            for _ in range(15):  # 30 s of fake time in steps of 2 s: 6 ticks
+            for _ in range(30):  # a minute of fake time in steps of 2 s: 12 ticks
                 durable.clock.advance(2)
                 barrier = threading.Barrier(3)
 
@@ -337,8 +348,8 @@ def test_three_services_ticking_at_the_same_moment__fire_each_tick_once():
                 for thread in threads:
                     thread.join(30)
             ids = sorted(Run.objects.filter(task_name=name).values_list("id", flat=True))
-            assert ids == sorted(tick_run_id(name, START + timedelta(seconds=5 * i)) for i in range(1, 7))
-            assert sum(fired) == 6
-            assert len(fired) == 45
+            assert ids == sorted(tick_run_id(name, START + timedelta(seconds=5 * i)) for i in range(1, 13))
+            assert sum(fired) == 12
+            assert len(fired) == 90
     finally:
         current_app.tasks.pop(name, None)
