@@ -144,7 +144,12 @@ def fire_due(timetable: Timetable, publisher: Publisher, using: str = "default")
             continue
         due = row.next_tick_at is not None and row.next_tick_at <= now
         if due or row.buffered_tick_at is not None:
-            started += _fire(row, spec, timetable, publisher, now, using)
+            try:
+                started += _fire(row, spec, timetable, publisher, now, using)
+            except Exception:
+                # Its transaction rolled back (the tick stays due): the other schedules, and
+                # the rest of the services tick, go on; the next tick tries again.
+                logger.exception("durable schedule of %s: its due tick could not be fired", name)
     return started
 
 

@@ -188,18 +188,23 @@ def test_claim__is_a_compare_and_set_on_the_tick_read_and_refused_when_paused(de
     assert list(ScheduleState.objects.values()) == before
 
 
-def test_a_failure_after_the_claim__undoes_the_claim(declare, durable, monkeypatch):
+def test_a_failure_after_the_claim__undoes_the_claim_and_the_services_go_on(declare, durable, monkeypatch, caplog):
     task = declare("crash", Schedule(every=timedelta(seconds=10), overlap="allow"))
+    other = declare("crash_other", Schedule(every=timedelta(seconds=10), overlap="allow"))
     services()
     durable.clock.advance(10)
+    real_start = engine._start
 
-    def crash(*args, **kwargs):
-        raise RuntimeError("process died between the claim and the run")
+    def crash(spec, run_id, publisher):
+        if spec.name == task.name:
+            raise RuntimeError("process died between the claim and the run")
+        return real_start(spec, run_id, publisher)
 
     monkeypatch.setattr(engine, "_start", crash)
-    with pytest.raises(RuntimeError):
-        engine.fire_due(CeleryTimetable(current_app), CeleryPublisher(current_app))
+    assert services(1) == [1]  # the other schedule fired
+    assert "could not be fired" in caplog.text
     assert ScheduleState.objects.get(task_name=task.name).next_tick_at == START + timedelta(seconds=10)
+    assert runs_of(task) == [] and len(runs_of(other)) == 1
     monkeypatch.undo()
     assert services() == [1, 0, 0]
     assert [r.id for r in runs_of(task)] == [tick_run_id(task.name, START + timedelta(seconds=10))]
