@@ -21,13 +21,14 @@ from .exceptions import (
     RunNotFound,
     RunSkipped,
     RunStateError,
+    ScheduleError,
     SerializationError,
     StepNotFound,
     StepTimeout,
 )
 from .integration.install import install
 from .integration.task import DurableTask, durable_task
-from .options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Singleton, Throttle, Timeouts
+from .options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Schedule, Singleton, Throttle, Timeouts
 from .runtime.context import step
 from .runtime.events import Event
 
@@ -53,6 +54,8 @@ __all__ = [
     "RunNotFound",
     "RunSkipped",
     "RunStateError",
+    "Schedule",
+    "ScheduleError",
     "SerializationError",
     "Singleton",
     "StepNotFound",

@@ -19,6 +19,10 @@ class DurableConfigError(DurableError, ValueError):
     """A durable task or option was declared with an invalid value."""
 
 
+class ScheduleError(DurableConfigError):
+    """A ``Schedule`` is invalid, or a schedule operation (backfill, trigger) cannot be done."""
+
+
 class SerializationError(DurableError, TypeError):
     """A value could not be stored as JSON (argument, step output or result)."""
 

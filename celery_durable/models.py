@@ -231,3 +231,26 @@ class Slot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} {self.in_use}/{self.limit}"
+
+
+class ScheduleState(models.Model):
+    """The timetable of one task's ``Schedule``: its next tick, claimed by one conditional UPDATE.
+
+    Created by the services' tick when a task declares a schedule; a task that no longer
+    declares one leaves its row, which the services then ignore.
+    """
+
+    task_name = models.CharField(max_length=255, unique=True)
+    definition = models.CharField(max_length=255, help_text="cron or every, as declared")
+    next_tick_at = models.DateTimeField(null=True, blank=True)
+    last_tick_at = models.DateTimeField(null=True, blank=True)
+    last_run_id = models.CharField(max_length=255, null=True, blank=True)
+    # buffer_one: the tick that waits for the unfinished run to finish.
+    buffered_tick_at = models.DateTimeField(null=True, blank=True)
+    paused = models.BooleanField(default=False)
+
+    class Meta:
+        permissions = [("manage_schedule", "Can pause, resume, trigger and backfill schedules")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} ({self.definition})"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from .exceptions import DurableConfigError
+from .exceptions import DurableConfigError, ScheduleError
 
 Key = str | Callable[..., Any] | None
 Duration = timedelta | int | float
@@ -207,3 +207,61 @@ class RetryPolicy:
         if self.retry_jitter:
             countdown = float((rng or random).uniform(0, countdown))
         return countdown
+
+
+OVERLAP_POLICIES = ("skip", "buffer_one", "cancel_other", "allow")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """Start the task on a timetable, from the services the workers already run (no beat).
+
+    Exactly one of ``cron`` (a 5-field cron string, parsed by Celery's ``crontab``) or
+    ``every`` (a ``timedelta``, ticks aligned on the Unix epoch). ``overlap`` says what a
+    tick does while the previous scheduled run is unfinished; ``catchup`` how far back
+    ticks missed while no services ran are still fired (``None``: only the latest, once).
+    """
+
+    cron: str | None = None
+    every: timedelta | None = None
+    overlap: Literal["skip", "buffer_one", "cancel_other", "allow"] = "skip"
+    catchup: timedelta | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.cron is None) == (self.every is None):
+            raise ScheduleError("Schedule needs exactly one of cron= or every=")
+        if self.cron is not None and (not isinstance(self.cron, str) or len(self.cron.split()) != 5):
+            raise ScheduleError(f"Schedule.cron must be a 5-field cron string like '*/5 * * * *', got {self.cron!r}")
+        if self.every is not None:
+            if not isinstance(self.every, timedelta):
+                raise ScheduleError(f"Schedule.every must be a timedelta, got {self.every!r}")
+            if self.every < timedelta(seconds=1) or self.every.microseconds:
+                raise ScheduleError(f"Schedule.every must be a whole number of seconds >= 1, got {self.every!r}")
+            to_seconds(self.every, "Schedule.every")
+        if self.overlap not in OVERLAP_POLICIES:
+            raise ScheduleError(f"Schedule.overlap must be one of {', '.join(OVERLAP_POLICIES)}, got {self.overlap!r}")
+        if self.catchup is not None and (not isinstance(self.catchup, timedelta) or self.catchup <= timedelta(0)):
+            raise ScheduleError(f"Schedule.catchup must be a positive timedelta or None, got {self.catchup!r}")
+        if self.catchup is not None:
+            to_seconds(self.catchup, "Schedule.catchup")
+        if not isinstance(self.args, tuple | list) or not isinstance(self.kwargs, dict):
+            raise ScheduleError("Schedule.args must be a tuple and Schedule.kwargs a dict")
+        object.__setattr__(self, "args", tuple(self.args))
+
+    @property
+    def definition(self) -> str:
+        """``"cron */5 * * * *"`` / ``"every 300s"``: what the stored schedule row was made from."""
+        if self.cron is not None:
+            return f"cron {' '.join(self.cron.split())}"
+        assert self.every is not None
+        return f"every {int(self.every.total_seconds())}s"
+
+    def next_every(self, after: datetime) -> datetime:
+        """The first ``every`` tick strictly after ``after`` (ticks are aligned on the Unix epoch)."""
+        assert self.every is not None
+        step = int(self.every.total_seconds())
+        epoch = datetime(1970, 1, 1, tzinfo=after.tzinfo) if after.tzinfo else datetime(1970, 1, 1)
+        elapsed = (after - epoch) // timedelta(seconds=1)  # whole seconds, floored
+        return epoch + timedelta(seconds=(elapsed // step + 1) * step)

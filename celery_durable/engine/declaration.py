@@ -6,7 +6,7 @@ from typing import Any
 
 from ..exceptions import DurableConfigError
 from ..flow.keys import check_key_spec
-from ..options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Singleton, Throttle, Timeouts
+from ..options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Schedule, Singleton, Throttle, Timeouts
 from ..runtime.events import validate_event_name
 
 RETRY_OPTIONS = ("retries", "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay")
@@ -115,6 +115,9 @@ def _validate_suspension_options(task_name: str, attrs: dict[str, Any]) -> None:
         rules = cancel_on if isinstance(cancel_on, list | tuple) else None
         if rules is None or not all(isinstance(rule, CancelOn) for rule in rules):
             raise DurableConfigError(f"{task_name}: option 'cancel_on' must be a list of CancelOn(...)")
+    schedule = attrs.get("schedule")
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise DurableConfigError(f"{task_name}: option 'schedule' must be Schedule(cron=... or every=...)")
     timeouts = attrs.get("timeouts")
     if timeouts is not None and not isinstance(timeouts, Timeouts):
         raise DurableConfigError(f"{task_name}: option 'timeouts' must be Timeouts(start=..., finish=...)")

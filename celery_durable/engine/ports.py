@@ -6,8 +6,10 @@ swaps the publisher for one that records messages instead of sending them.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
+from ..options import Schedule
 from ..store.messages import RunMessage
 from .spec import TaskSpec
 
@@ -45,3 +47,16 @@ class Publisher(Protocol):
 
     def failed_for_good(self, run_id: str, task_name: str, error: Exception) -> None:
         """A run failed outside any execution (the reaper gave up): store the error, call ``on_failure``."""
+
+
+class Timetable(Protocol):
+    """The scheduled tasks this process knows and when their schedules tick (cron needs Celery)."""
+
+    def scheduled(self) -> list[TaskSpec]:
+        """Every durable task here that declares a ``Schedule``."""
+
+    def spec(self, name: str) -> TaskSpec | None:
+        """The durable task ``name``, or ``None``."""
+
+    def next_after(self, schedule: Schedule, after: datetime) -> datetime:
+        """The first tick of ``schedule`` strictly after ``after``."""

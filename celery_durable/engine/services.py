@@ -14,8 +14,8 @@ from ..exceptions import WorkerLost
 from ..models import Run
 from ..store import cancellation, recovery, slots
 from ..store.cancellation import Cancellation
-from . import cancel
-from .ports import Publisher
+from . import cancel, schedules
+from .ports import Publisher, Timetable
 
 
 @dataclass
@@ -28,10 +28,13 @@ class TickReport:
     failed: int = 0
     timed_out: int = 0
     promoted: int = 0
+    scheduled: int = 0
 
 
-def tick(publisher: Publisher, using: str = "default", backstops: bool = True) -> TickReport:
-    """One pass: publish due runs, republish lost messages, requeue expired leases.
+def tick(
+    publisher: Publisher, using: str = "default", backstops: bool = True, timetable: Timetable | None = None
+) -> TickReport:
+    """One pass: fire due schedules, publish due runs, republish lost messages, requeue expired leases.
 
     An idle pass costs one query (:func:`recovery.work_pending`); ``backstops`` adds the
     slot backstops (the services loop runs them every ``BACKSTOP_EVERY`` ticks).
@@ -39,6 +42,8 @@ def tick(publisher: Publisher, using: str = "default", backstops: bool = True) -
     settings = get_settings()
     report = TickReport()
     batch = settings.WAKER_BATCH_SIZE
+    if timetable is not None:
+        report.scheduled = schedules.fire_due(timetable, publisher, using)
     if recovery.work_pending(settings.WAKER_INTERVAL, settings.REPUBLISH_AFTER_SECONDS, using):
         # Runs due within the next interval go out now with a short countdown: just in time.
         due = recovery.take_due(batch, settings.WAKER_INTERVAL, using)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from celery import current_app
@@ -16,13 +17,14 @@ from django.db import transaction
 
 from .. import serialization
 from ..engine import cancel as cancelling
-from ..engine import events
+from ..engine import events, schedules
 from ..exceptions import DurableConfigError, TaskNotRegistered
 from ..models import Run
 from ..runtime.events import Event
 from ..store import forks, runs
 from ..store import replay as replaying
-from .registry import ports
+from .registry import CeleryPublisher, ports
+from .timetable import CeleryTimetable
 
 # Stored publish options a fork does not take over: callbacks and the original's parentage.
 _NOT_FORKED = ("link", "link_error", "shadow", "parent_id", "root_id")
@@ -88,3 +90,23 @@ def fork(
         if result.id == fork_id:
             forks.attach(fork_id, original, from_step, steps)
     return runs.get(str(result.id))
+
+
+def pause_schedule(task_name: str) -> bool:
+    """Stop firing the ticks of ``task_name``'s schedule; ``False`` if it was paused already."""
+    return schedules.pause(task_name)
+
+
+def resume_schedule(task_name: str) -> bool:
+    """Fire ``task_name``'s schedule again from its next tick; ``False`` if it was not paused."""
+    return schedules.resume(CeleryTimetable(current_app), task_name)
+
+
+def trigger_schedule(task_name: str) -> str:
+    """Start one run of ``task_name``'s schedule now; its run id."""
+    return schedules.trigger(CeleryTimetable(current_app), CeleryPublisher(current_app), task_name)
+
+
+def backfill_schedule(task_name: str, start: datetime, end: datetime) -> list[str]:
+    """Fire each tick of ``task_name``'s schedule in ``[start, end]`` not fired yet; the run ids started."""
+    return schedules.backfill(CeleryTimetable(current_app), CeleryPublisher(current_app), task_name, start, end)

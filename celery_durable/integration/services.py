@@ -27,6 +27,7 @@ from ..engine.active import active, lease_owner
 from ..engine.services import TickReport
 from ..store import runs
 from .registry import CeleryPublisher
+from .timetable import CeleryTimetable
 
 logger = logging.getLogger("celery_durable")
 
@@ -107,7 +108,7 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_c
 
 def tick(app: Celery, using: str = "default", backstops: bool = True) -> TickReport:
     """One pass of the services on ``app`` (see :func:`celery_durable.engine.services.tick`)."""
-    return services.tick(CeleryPublisher(app), using, backstops)
+    return services.tick(CeleryPublisher(app), using, backstops, CeleryTimetable(app))
 
 
 class ServiceThread(threading.Thread):
@@ -146,7 +147,7 @@ class ServiceThread(threading.Thread):
             with self.connection.use():
                 report = tick(self.app, self.using, backstops=self.ticks % BACKSTOP_EVERY == 0)
             full = max(report.woken, report.republished, report.recovered) >= get_settings().WAKER_BATCH_SIZE
-            if report.woken or report.republished or report.recovered or report.failed or report.timed_out:
+            if report.scheduled or report.woken or report.republished or report.recovered or report.failed or report.timed_out:
                 logger.info("durable services: %s", report)
         except DatabaseError as exc:
             logger.warning("durable services: database error, retrying next tick: %s", exc)

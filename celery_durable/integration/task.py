@@ -35,7 +35,7 @@ from ..exceptions import (
     _StepFailed,
     _Suspend,
 )
-from ..options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Singleton, Throttle, Timeouts
+from ..options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Schedule, Singleton, Throttle, Timeouts
 from ..runtime import context
 from ..runtime.direct import suspending_steps
 from ..runtime.memory import ephemeral_context
@@ -45,6 +45,7 @@ from ..store.messages import RunMessage
 from . import handoff  # guard: connects the worker's startup check for a missing install(app)
 from .publish import NUDGE_HEADER, publish_all
 from .registry import CeleryPublisher, CeleryRegistry, call_on_failure
+from .timetable import check_schedule
 
 logger = logging.getLogger("celery_durable")
 
@@ -68,6 +69,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     on_event: str | None = None
     cancel_on: list[CancelOn] | None = None
     timeouts: Timeouts | None = None
+    schedule: Schedule | None = None
     # ``on_failure=signature`` of the decorator; Celery's own ``on_failure`` is a handler method.
     durable_on_failure: dict[str, Any] | None = None
     idempotency_key: Any = None
@@ -88,6 +90,10 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         validate_options(str(cls.__dict__.get("name") or cls.__name__), dict(cls.__dict__))
+        if cls.__dict__.get("schedule") is not None:
+            check_schedule(
+                str(cls.__dict__.get("name") or cls.__name__), cls.__dict__["schedule"], cls.__dict__.get("run")
+            )
         for name, value in celery_retry_options(dict(cls.__dict__)).items():
             # Celery's own autoretry wrapper would retry the whole run as a new message.
             setattr(cls, f"durable_{name}" if name.endswith("autoretry_for") else name, value)
@@ -137,6 +143,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
                 on_event=self.on_event,
                 cancel_on=tuple(self.cancel_on or ()),
                 on_failure=self.durable_on_failure,
+                schedule=self.schedule,
             )
         return self._durable_spec
 

@@ -37,6 +37,7 @@ FLOW_OPTIONS = frozenset(
         "idempotency_key",
         "singleton",
         "timeouts",
+        "schedule",
         "cancel_on",
         "on_failure",
         "retries",

@@ -4,7 +4,9 @@ from celery.exceptions import Ignore
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from celery_durable import durable_task
 from celery_durable.models import Run
+from tests.integration.scheduling import START
 
 
 def execute(run_id, queries=None):
@@ -33,3 +35,24 @@ def execute(run_id, queries=None):
 @pytest.fixture
 def deliver():
     return execute
+
+
+@pytest.fixture
+def declare(durable):
+    """Declare a scheduled durable task for one test (removed from the app afterwards)."""
+    durable.clock.current = START
+    names = []
+
+    def declare_task(name, schedule, **options):
+        full = f"tests.scheduled.{name}"
+
+        @durable_task(name=full, schedule=schedule, **options)
+        def body(*args, **kwargs):
+            return {"args": list(args), "kwargs": kwargs}
+
+        names.append(full)
+        return current_app.tasks[full]
+
+    yield declare_task
+    for name in names:
+        current_app.tasks.pop(name, None)

@@ -41,6 +41,8 @@ EXPECTED = [
     "DurableNotMigrated",
     "RetryPolicy",
     "StepTimeout",
+    "Schedule",
+    "ScheduleError",
 ]
 
 
