@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('celery_durable', '0010_event_send_permission'),
+        ('celery_durable', '0011_fork_metadata'),
     ]
 
     operations = [
