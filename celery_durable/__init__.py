@@ -5,7 +5,7 @@ Importing this package has no side effects and needs no Django settings.
 
 from __future__ import annotations
 
-from .api import cancel, get_run, replay, send_event
+from .api import cancel, explain, get_run, pause, replay, resume, send_event
 from .exceptions import (
     ChildRunFailed,
     DirectCallError,
@@ -59,9 +59,12 @@ __all__ = [
     "Timeouts",
     "cancel",
     "durable_task",
+    "explain",
     "get_run",
     "install",
+    "pause",
     "replay",
+    "resume",
     "send_event",
     "step",
 ]

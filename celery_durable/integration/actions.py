@@ -13,10 +13,14 @@ from celery import current_app
 
 from ..engine import cancel as cancelling
 from ..engine import events
-from ..models import Run
+from ..engine import pause as pausing_engine
+from ..exceptions import TaskNotRegistered
+from ..models import Pause, Run
 from ..runtime.events import Event
+from ..store import explain as explaining
+from ..store import pausing, runs
 from ..store import replay as replaying
-from ..store import runs
+from ..store.explain import Explanation
 from .registry import ports
 
 
@@ -46,3 +50,30 @@ def cancel(run_id: str, reason: str = "") -> Run:
     _registry, publisher = ports()
     cancelling.cancel(run_id, reason, publisher)
     return runs.get(run_id)
+
+
+def _check_task(task_name: str) -> None:
+    """A pause names a durable task this app knows; ``TaskNotRegistered`` otherwise."""
+    pausing.check_scope(task_name, None)
+    registry, _publisher = ports()
+    if registry.spec(task_name) is None:
+        raise TaskNotRegistered(task_name)
+
+
+def pause(task_name: str, key: str | None = None, by: str = "") -> Pause:
+    """Pause a task or one of its concurrency keys (see :func:`celery_durable.pause`)."""
+    _check_task(task_name)
+    held, _created = pausing_engine.pause(task_name, key, by)
+    return held
+
+
+def resume(task_name: str, key: str | None = None) -> list[str]:
+    """Lift a pause; the ids of the runs queued again, in order (see :func:`celery_durable.resume`)."""
+    pausing.check_scope(task_name, key)
+    registry, publisher = ports()
+    return pausing_engine.resume(task_name, key, registry, publisher).run_ids
+
+
+def explain(run_id: str) -> Explanation:
+    """Why a run is waiting (see :func:`celery_durable.explain`)."""
+    return explaining.explain(run_id)
