@@ -1,11 +1,12 @@
 """Checkpoints: one fenced INSERT per new step, and the fence of an atomic step.
 
-A checkpoint is written with ``INSERT ... SELECT ... FROM run WHERE id=%s AND generation=%s
-AND cancel_requested_at IS NULL AND NOT EXISTS (a pause of its task or key)``: one statement (no read before it, one commit in autocommit
-mode) that writes nothing if another execution has claimed the run since (fencing) or the
-run was cancelled. A write refused for a pause is made again without that condition (the
-step's work is kept) and the run stops at its next step boundary (:attr:`pause_pending`). The ORM cannot express an INSERT from a SELECT, hence the SQL; it is
-portable across PostgreSQL, MySQL/MariaDB and SQLite.
+A checkpoint is written with ``INSERT ... SELECT ... FROM run WHERE id=%s AND
+generation=%s AND cancel_requested_at IS NULL AND NOT EXISTS (a pause of its task or key)``:
+one statement (no read before it, one commit in autocommit mode) that writes nothing if
+another execution has claimed the run since (fencing) or the run was cancelled. A write
+refused for a pause is made again without that condition (the step's work is kept) and the
+run stops at its next step boundary (``pause_pending``). The ORM cannot express an INSERT
+from a SELECT, hence the SQL; it is portable across PostgreSQL, MySQL/MariaDB and SQLite.
 """
 
 from __future__ import annotations

@@ -133,7 +133,8 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
     """Take the run's lease with one compare-and-set; ``None`` if it is not ours to run.
 
     Runnable means: queued and due, or running with an expired lease (its worker died), and
-    not covered by a pause of its task or key (:mod:`.pausing`). Zero rows changed means a duplicate or stale message: the caller drops it.
+    not covered by a pause of its task or key (:mod:`.pausing`). Zero rows changed means a
+    duplicate or stale message (or a paused run): the caller drops it.
     """
     now = clock.now()
     if _can_update_returning(using):
