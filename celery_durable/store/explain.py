@@ -173,7 +173,21 @@ def _flow_states(task_name: str, option: str, using: str) -> Any:
 
 def _queued(run: Run, gate: Gate, using: str) -> Explanation:
     now = clock.now()
-    if run.wake_at is None or run.wake_at <= now:
+    due = run.wake_at is None or run.wake_at <= now
+    retried = None
+    if run.executions > 0:
+        failed = Step.objects.using(using).filter(run_id=run.id, status=StepStatus.FAILED)
+        retried = failed.order_by("-finished_at").first()
+    if retried is not None:
+        when = f"at {_at(run.wake_at)}" if not due else "as soon as a worker takes its message"
+        return gate(
+            "retry",
+            f"step {retried.step_id!r} failed (attempt {retried.attempts}); it retries {when}",
+            since=retried.finished_at,
+            estimated_start=None if due else run.wake_at,
+            data={"step_id": retried.step_id, "attempts": retried.attempts},
+        )
+    if due:
         return gate(
             "broker",
             f"in the broker queue since {_at(run.published_at)}, waiting for a worker",
@@ -188,15 +202,6 @@ def _queued(run: Run, gate: Gate, using: str) -> Explanation:
             estimated_start=run.wake_at,
             data={"key": debounce.name},
         )
-    retried = Step.objects.using(using).filter(run_id=run.id, status=StepStatus.FAILED).order_by("-finished_at").first()
-    if retried is not None:
-        return gate(
-            "retry",
-            f"step {retried.step_id!r} failed (attempt {retried.attempts}); it retries at {_at(run.wake_at)}",
-            since=retried.finished_at,
-            estimated_start=run.wake_at,
-            data={"step_id": retried.step_id, "attempts": retried.attempts},
-        )
     throttle = _flow_states(run.task_name, "throttle", using).order_by("-tat").first()
     if throttle is not None and run.executions == 0:
         return gate(
@@ -204,7 +209,7 @@ def _queued(run: Run, gate: Gate, using: str) -> Explanation:
             f"throttled ({throttle.name}): its slot is at {_at(run.wake_at)}",
             since=run.created_at,
             estimated_start=run.wake_at,
-            data={"key": throttle.name, "next_slot": run.wake_at.isoformat()},
+            data={"key": throttle.name, "next_slot": run.wake_at.isoformat() if run.wake_at else None},
         )
     return gate(
         "scheduled", f"scheduled: starts at {_at(run.wake_at)}", since=run.created_at, estimated_start=run.wake_at
