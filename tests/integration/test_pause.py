@@ -201,3 +201,13 @@ def test_explain_is_a_pure_read(durable):
     with CaptureQueriesContext(connection) as captured:
         explain(run.id)
     assert all(q["sql"].lstrip().upper().startswith("SELECT") for q in captured.captured_queries)
+
+
+def test_a_finished_run__is_not_held_by_a_later_pause(durable):
+    from celery_durable.store import pausing
+
+    run = flows.pausable.delay(1)
+    durable.run_until_idle()
+    pause("f.pausable")
+    assert pausing.hold_queued(run.id) is False  # a redelivery of a finished run
+    assert status(run) == "completed"
