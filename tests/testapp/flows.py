@@ -319,3 +319,21 @@ def pausable(n, pause_in_first=False):
 def pausable_keyed(user_id, n):
     step.run("one", counted, f"one-{n}", n)
     return step.run("two", counted, f"two-{n}", n)
+
+
+@durable_task(name="f.pause_hold")
+def pause_hold(n):
+    """Step "one" holds until the test writes a 'release-pause' row; then step "two"."""
+    import time as _time
+
+    from tests.testapp.models import BodyRun
+
+    def one():
+        counted("hold-one")
+        deadline = _time.monotonic() + 120
+        while _time.monotonic() < deadline and not BodyRun.objects.filter(step="release-pause").exists():
+            _time.sleep(0.05)
+        return n
+
+    step.run("one", one)
+    return step.run("two", counted, "hold-two", n)
