@@ -163,13 +163,17 @@ def hold_running(run_id: str, generation: int, using: str = "default") -> RunMes
     """An executing run stopped at a step boundary for a pause: ``running`` -> ``paused``.
 
     ``True`` if it is paused now; a message if the pause was lifted meanwhile (the run is
-    queued again, publish it); ``False`` if the run is not ours any more.
+    queued again, publish it); ``False`` if the run is not ours any more or a cancellation
+    was requested meanwhile.
     """
     with transaction.atomic(using=using):
         row = Run.objects.using(using).filter(id=run_id).values_list("task_name", "slot_key1", "slot_key2").first()
         if row is None:
             return False
-        mine = Run.objects.using(using).filter(id=run_id, generation=generation, status=RunStatus.RUNNING)
+        # A cancellation requested meanwhile wins: the caller then stops the run (cancelled).
+        mine = Run.objects.using(using).filter(
+            id=run_id, generation=generation, status=RunStatus.RUNNING, cancel_requested_at__isnull=True
+        )
         if list(_covering(row[0], [row[1], row[2]], using).select_for_update()):
             return bool(mine.update(status=RunStatus.PAUSED, lease_owner=None, lease_expires_at=None))
         if not mine.update(status=RunStatus.QUEUED, lease_owner=None, lease_expires_at=None, published_at=clock.now()):

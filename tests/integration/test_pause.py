@@ -211,3 +211,15 @@ def test_a_finished_run__is_not_held_by_a_later_pause(durable):
     pause("f.pausable")
     assert pausing.hold_queued(run.id) is False  # a redelivery of a finished run
     assert status(run) == "completed"
+
+
+def test_hold_at_a_boundary__a_cancellation_requested_meanwhile_wins(durable):
+    from celery_durable.store import pausing
+
+    run = flows.pausable.delay(1)
+    row = Run.objects.get(id=run.id)
+    Run.objects.filter(id=run.id).update(status="running", generation=row.generation + 1)
+    pause("f.pausable")
+    cancel(run.id)  # a running run: requested only
+    assert pausing.hold_running(run.id, row.generation + 1) is False
+    assert status(run) == "running"  # left for the stop at the boundary (the engine's _not_held)
