@@ -57,7 +57,7 @@ def resume_scope(request: HttpRequest, row: Pause) -> int:
 
 
 class PauseActionsMixin:
-    """The runs changelist's "Pause the tasks of the selected runs" action."""
+    """The runs changelist's "Pause the tasks (or the keys) of the selected runs" actions."""
 
     @admin.action(permissions=["pause"], description="Pause the tasks of the selected runs")
     def pause_tasks(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
@@ -69,6 +69,17 @@ class PauseActionsMixin:
                 f"Paused {len(paused)} task(s): {', '.join(p.task_name for p in paused)}. "
                 "Their runs start again after Resume (Durable pauses).",
             )
+
+    @admin.action(permissions=["pause"], description="Pause the concurrency keys of the selected runs")
+    def pause_keys(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        rows = queryset.order_by().values_list("task_name", "slot_key1", "slot_key2").distinct()[:100]
+        scopes = sorted({(task, key) for task, *keys in rows for key in keys if key})
+        if not scopes:
+            messages.warning(request, "None of the selected runs has a concurrency key: nothing paused.")
+            return
+        paused = [row for task, key in scopes if (row := pause_scope(request, task, key)) is not None]
+        if paused:
+            messages.success(request, f"Paused {len(paused)} key(s): {', '.join(str(p) for p in paused)}.")
 
     def has_pause_permission(self, request: HttpRequest) -> bool:
         return can_pause(request)

@@ -82,7 +82,7 @@ class RunAdmin(PauseActionsMixin, RunActionsAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = EstimatedCountPaginator
-    actions = ("cancel_runs", "replay_failed_step", "replay_from_start", "pause_tasks")
+    actions = ("cancel_runs", "replay_failed_step", "replay_from_start", "pause_tasks", "pause_keys")
     change_list_template = "admin/celery_durable/run/change_list.html"
 
     # --- permissions ---------------------------------------------------------------------

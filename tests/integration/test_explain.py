@@ -192,3 +192,17 @@ def test_admin_add_form__pauses_a_key(durable):
     row = Pause.objects.get()
     assert (row.task_name, row.key, row.by) == ("f.per_user", "f.per_user:user_id:1", "admin:oncall")
     assert LogEntry.objects.get().change_message == "Paused f.per_user [f.per_user:user_id:1] (admin)"
+
+
+def test_admin_pause_keys__pauses_the_selected_runs_keys_only(durable):
+    keyed = flows.per_user.delay(8)
+    plain = tasks.add.delay(1, 1)
+    oncall = staff("oncall", "view_run", "pause_task")
+    changelist = reverse("admin:celery_durable_run_changelist")
+    oncall.post(changelist, {"action": "pause_keys", "_selected_action": [keyed.id, plain.id]})
+    assert list(Pause.objects.values_list("task_name", "key", "by")) == [
+        ("f.per_user", "f.per_user:user_id:8", "admin:oncall")
+    ]
+    drain(durable)
+    assert Run.objects.get(id=keyed.id).status == "paused"
+    assert Run.objects.get(id=plain.id).status == "completed"
