@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import connections, transaction
@@ -181,16 +181,7 @@ def hold_running(run_id: str, generation: int, using: str = "default") -> RunMes
     return message_for(run_id, using)
 
 
-def active_pauses(using: str = "default") -> list[Pause]:
-    """Every pause, oldest first."""
-    return list(Pause.objects.using(using).order_by("created_at", "id"))
-
-
 def pause_of(task_name: str, keys: list[str | None], using: str = "default") -> Pause | None:
     """The oldest pause covering a run of ``task_name`` with these slot keys, if any."""
     return _covering(task_name, keys, using).order_by("created_at", "id").first()
 
-
-def paused_for(pause_row: Pause) -> timedelta:
-    """How long a pause has lasted."""
-    return clock.now() - pause_row.created_at

@@ -223,3 +223,20 @@ def test_hold_at_a_boundary__a_cancellation_requested_meanwhile_wins(durable):
     cancel(run.id)  # a running run: requested only
     assert pausing.hold_running(run.id, row.generation + 1) is False
     assert status(run) == "running"  # left for the stop at the boundary (the engine's _not_held)
+
+
+def test_hold_at_a_boundary__a_pause_lifted_meanwhile_queues_the_run_again(durable):
+    from celery_durable.store import pausing
+    from celery_durable.store.messages import RunMessage
+
+    run = flows.pausable.delay(1)
+    generation = Run.objects.get(id=run.id).generation + 1
+    Run.objects.filter(id=run.id).update(status="running", generation=generation, lease_owner="w")
+    assert pausing.hold_running(run.id, generation - 1) is False  # not ours: nothing changes
+    assert status(run) == "running"
+    message = pausing.hold_running(run.id, generation)  # no pause any more
+    assert isinstance(message, RunMessage) and message.run_id == run.id
+    row = Run.objects.get(id=run.id)
+    assert (row.status, row.lease_owner) == ("queued", None)
+    durable.run_until_idle()
+    assert durable.result(run.id) == 1
