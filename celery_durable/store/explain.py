@@ -202,14 +202,16 @@ def _queued(run: Run, gate: Gate, using: str) -> Explanation:
             estimated_start=run.wake_at,
             data={"key": debounce.name},
         )
-    throttle = _flow_states(run.task_name, "throttle", using).order_by("-tat").first()
-    if throttle is not None and run.executions == 0:
+    # The task's throttle states (its key is not stored on the run: named only when there is one).
+    throttles = list(_flow_states(run.task_name, "throttle", using).values_list("name", flat=True)[:2])
+    if throttles and run.executions == 0:
+        key = throttles[0] if len(throttles) == 1 else None
         return gate(
             "throttle",
-            f"throttled ({throttle.name}): its slot is at {_at(run.wake_at)}",
+            f"throttled{f' ({key})' if key else ''}: its slot is at {_at(run.wake_at)}",
             since=run.created_at,
             estimated_start=run.wake_at,
-            data={"key": throttle.name, "next_slot": run.wake_at.isoformat() if run.wake_at else None},
+            data={"key": key, "next_slot": run.wake_at.isoformat() if run.wake_at else None},
         )
     return gate(
         "scheduled", f"scheduled: starts at {_at(run.wake_at)}", since=run.created_at, estimated_start=run.wake_at

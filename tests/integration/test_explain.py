@@ -206,3 +206,9 @@ def test_admin_pause_keys__pauses_the_selected_runs_keys_only(durable):
     drain(durable)
     assert Run.objects.get(id=keyed.id).status == "paused"
     assert Run.objects.get(id=plain.id).status == "completed"
+
+
+def test_throttle__names_its_key_when_the_task_has_one(durable):
+    flows.throttled.delay("t", 0)
+    second = flows.throttled.delay("t", 1)
+    assert explain(second.id).data["key"] == "throttle:f.throttled:t"
