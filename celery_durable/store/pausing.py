@@ -184,4 +184,3 @@ def hold_running(run_id: str, generation: int, using: str = "default") -> RunMes
 def pause_of(task_name: str, keys: list[str | None], using: str = "default") -> Pause | None:
     """The oldest pause covering a run of ``task_name`` with these slot keys, if any."""
     return _covering(task_name, keys, using).order_by("created_at", "id").first()
-
