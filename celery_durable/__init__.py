@@ -5,7 +5,7 @@ Importing this package has no side effects and needs no Django settings.
 
 from __future__ import annotations
 
-from .api import cancel, fork, get_run, replay, send_event
+from .api import cancel, explain, fork, get_run, pause, replay, resume, send_event
 from .exceptions import (
     ChildRunFailed,
     DirectCallError,
@@ -64,10 +64,13 @@ __all__ = [
     "Timeouts",
     "cancel",
     "durable_task",
+    "explain",
     "fork",
     "get_run",
     "install",
+    "pause",
     "replay",
+    "resume",
     "send_event",
     "step",
 ]

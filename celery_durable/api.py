@@ -1,4 +1,4 @@
-"""Run control and inspection: ``send_event``, ``get_run``, ``replay``, ``fork``, ``cancel``.
+"""Run control and inspection: events, runs, replays, forks, cancels, pauses, explanations.
 
 The public facade: re-exported by ``celery_durable``; nothing in the package imports it.
 """
@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from .dbcheck import translated
 
 if TYPE_CHECKING:
-    from .models import Run
+    from .models import Pause, Run
     from .runtime.events import Event
+    from .store.explain import Explanation
 
 
 @translated
@@ -79,3 +80,40 @@ def cancel(run_id: str, reason: str = "") -> Run:
     from .integration import actions  # needs Django's app registry: not at import time
 
     return actions.cancel(run_id, reason)
+
+
+def pause(task_name: str, key: str | None = None, *, by: str = "") -> Pause:
+    """Pause a durable task, or only its runs with concurrency key ``key``.
+
+    While paused, no run it covers starts, and an executing one stops at its next step
+    boundary (status ``paused``, keeping its concurrency slots); calls are still recorded.
+    The pause is a row: it survives restarts. Pausing twice does nothing. ``key`` is a
+    concurrency key as stored on the run (``Run.slot_key1``/``slot_key2``, e.g.
+    ``"app.sync:user_id:7"``). Raises ``TaskNotRegistered`` for an unknown task and
+    ``DurableConfigError`` for a bad name or key (nothing changes then).
+    """
+    from .integration import actions  # needs Django's app registry: not at import time
+
+    return actions.pause(task_name, key, by)
+
+
+def resume(task_name: str, key: str | None = None) -> list[str]:
+    """Lift the pause of ``task_name`` (or of its ``key``); return the ids of the runs queued again.
+
+    The paused runs go in their original order (priority, then call order), through the
+    usual flow control; a run still covered by another pause stays paused. Resuming what is
+    not paused does nothing and returns ``[]``.
+    """
+    from .integration import actions  # needs Django's app registry: not at import time
+
+    return actions.resume(task_name, key)
+
+
+def explain(run_id: str) -> Explanation:
+    """Why is this run waiting? The gate that holds it, in words (``str()``) and as data.
+
+    A pure read. Raises ``RunNotFound`` for an unknown id.
+    """
+    from .integration import actions  # needs Django's app registry: not at import time
+
+    return actions.explain(run_id)

@@ -32,7 +32,7 @@ logger = logging.getLogger("celery_durable")
 
 #: Buckets of the step and run duration histograms, in seconds (10 ms .. 1 day).
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
-UNFINISHED = ("pending", "queued", "running", "sleeping", "waiting")
+UNFINISHED = ("pending", "queued", "running", "sleeping", "waiting", "paused")
 
 _DISPATCH_PREFIX = "celery_durable.metrics"
 

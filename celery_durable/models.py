@@ -254,3 +254,19 @@ class ScheduleState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_name} ({self.definition})"
+
+
+class Pause(models.Model):
+    """A pause of a task (``key`` null) or of one concurrency key of it: no run it covers starts."""
+
+    task_name = models.CharField(max_length=255)
+    key = models.CharField(max_length=255, null=True, blank=True, help_text="a concurrency key; empty: the whole task")
+    created_at = models.DateTimeField()
+    by = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        indexes = [models.Index(fields=["task_name", "key"], name="durable_pause_task")]
+        permissions = [("pause_task", "Can pause and resume durable tasks")]
+
+    def __str__(self) -> str:
+        return self.task_name if self.key is None else f"{self.task_name} [{self.key}]"

@@ -21,6 +21,7 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"  # refused by flow control at ``.delay()``
+    PAUSED = "paused"  # held by a pause of its task (or key) until ``resume``
 
     @property
     def label(self) -> str:
@@ -45,8 +46,9 @@ FINISHED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED
 UNFINISHED = frozenset(RunStatus) - FINISHED
 # What the waker may move to ``queued`` when ``wake_at`` comes: a countdown, a sleep, a wait's timeout.
 WAKEABLE = frozenset({RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING})
-# The statuses in which a run may hold its concurrency slots.
-HOLDING_SLOTS = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+# The statuses in which a run may hold its concurrency slots (a paused run keeps them, so the
+# key's backlog stays behind it and resume keeps the order).
+HOLDING_SLOTS = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED})
 REPLAYABLE = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
 CANCELLABLE = UNFINISHED
 # A child that ended this way no longer counts as pending for its parent's gather.

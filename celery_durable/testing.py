@@ -155,6 +155,7 @@ class DurableTestRunner:
 
         from .models import Run
         from .states import FINISHED as FINISHED_STATUSES
+        from .states import RunStatus
 
         count = 0
         while count < max_executions:
@@ -165,7 +166,8 @@ class DurableTestRunner:
                 continue
             if not advance_clock:
                 break
-            unfinished = Run.objects.exclude(status__in=FINISHED_STATUSES)
+            # A paused run keeps its start time for resume: nothing to jump to while it is paused.
+            unfinished = Run.objects.exclude(status__in=[*FINISHED_STATUSES, RunStatus.PAUSED])
             moments = [
                 unfinished.aggregate(Min("wake_at"))["wake_at__min"],
                 unfinished.aggregate(Min("finish_by"))["finish_by__min"],

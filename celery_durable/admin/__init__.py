@@ -4,13 +4,15 @@
 (arguments, result or error, the step timeline, parent and child runs), the dashboard and
 the cancel/replay actions; :class:`~celery_durable.admin.events.EventAdmin` the events
 list, each event's effects and the "send event" form;
-:class:`~celery_durable.admin.schedules.ScheduleStateAdmin` the schedules and their actions.
+:class:`~celery_durable.admin.schedules.ScheduleStateAdmin` the schedules and their actions;
+:class:`~celery_durable.admin.pauses.PauseAdmin` the active pauses of tasks, with "Resume".
 """
 
 from __future__ import annotations
 
 from .events import EventAdmin
+from .pauses import PauseAdmin
 from .runs import RunAdmin
 from .schedules import ScheduleStateAdmin
 
-__all__ = ["EventAdmin", "RunAdmin", "ScheduleStateAdmin"]
+__all__ = ["EventAdmin", "PauseAdmin", "RunAdmin", "ScheduleStateAdmin"]

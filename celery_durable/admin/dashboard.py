@@ -19,7 +19,14 @@ from .. import clock
 from ..models import Run
 from ..states import RunStatus
 
-ACTIVE = (RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING)
+ACTIVE = (
+    RunStatus.PENDING,
+    RunStatus.QUEUED,
+    RunStatus.RUNNING,
+    RunStatus.SLEEPING,
+    RunStatus.WAITING,
+    RunStatus.PAUSED,
+)
 BACKLOG = (RunStatus.PENDING, RunStatus.QUEUED)
 FINISHED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED)
 STATUS_ORDER = [s.value for s in (*ACTIVE, *FINISHED)]

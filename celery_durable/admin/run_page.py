@@ -22,6 +22,7 @@ from django.utils.safestring import SafeString, mark_safe
 from .. import readable, serialization
 from ..models import Run, Slot, Step
 from ..states import RunStatus, StepStatus
+from ..store import explain as explaining
 
 #: Runs listed as holding the slots a pending run waits for.
 MAX_HOLDERS = 20
@@ -340,3 +341,9 @@ def context(run: Run) -> dict[str, Any]:
         "slot_holders": slot_holders(run),
         "lease_remaining": (run.lease_expires_at - now if run.lease_expires_at is not None else None),
     }
+
+
+def explanation(run: Run) -> dict[str, Any]:
+    """The run page's "Why waiting" line: the gate that holds an unfinished run, not running."""
+    why = explaining.explain(run.pk)
+    return {"explanation": why, "show_explanation": why.gate not in ("finished", "running")}

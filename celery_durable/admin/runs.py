@@ -39,6 +39,7 @@ from .changelist import (
     TaskFilter,
     request_task_names,
 )
+from .pauses import PauseActionsMixin
 from .run_page import human_duration
 from .search import MAX_SEARCH_IDS, by_metadata, concurrency_keys, search_ids
 
@@ -55,7 +56,7 @@ REFRESH_SESSION_KEY = "celery_durable_auto_refresh"
 
 
 @admin.register(Run)
-class RunAdmin(RunActionsAdmin):
+class RunAdmin(PauseActionsMixin, RunActionsAdmin):
     """Durable runs: monitoring, and cancel/replay actions behind their own permissions."""
 
     list_display = (
@@ -81,7 +82,7 @@ class RunAdmin(RunActionsAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = EstimatedCountPaginator
-    actions = ("cancel_runs", "replay_failed_step", "replay_from_start")
+    actions = ("cancel_runs", "replay_failed_step", "replay_from_start", "pause_tasks", "pause_keys")
     change_list_template = "admin/celery_durable/run/change_list.html"
 
     # --- permissions ---------------------------------------------------------------------
@@ -402,4 +403,6 @@ class RunAdmin(RunActionsAdmin):
             "replay_url": reverse(f"{site}:celery_durable_run_replay", args=[quote(run.pk)]),
             "dashboard_url": reverse(f"{site}:celery_durable_run_dashboard"),
             "events_url": reverse(f"{site}:celery_durable_event_changelist"),
+            "pauses_url": reverse(f"{site}:celery_durable_pause_changelist"),
+            **run_page.explanation(run),
         }

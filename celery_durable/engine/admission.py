@@ -88,13 +88,37 @@ def admit(
             return Decision("skip", run_id, reason=f"rate limit: {limit.limit} per {limit.period}")
         flow_state.save(state, admitted=serialization.dumps([*admitted, now], "rate limit log"))
     if spec.throttle is not None:
-        throttle = spec.throttle
-        state = flow_state.lock(key("throttle", throttle.key))
-        cell = gcra.Cell(throttle.limit, to_seconds(throttle.period, "Throttle.period"), burst=throttle.burst)
-        start, tat = gcra.schedule(cell, state.tat, max(now, wake_at or now))
-        flow_state.save(state, tat=tat)
+        start = throttle_slot(spec, key("throttle", spec.throttle.key), max(now, wake_at or now))
         if start > now:
             wake_at = start
     if singleton_state is not None:  # only now: a call the rate limit skips must not take the key
         flow_state.save(singleton_state, run_id=run_id)
     return Decision("start", run_id, wake_at=wake_at, cancel=cancel, holds=holds)
+
+
+def throttle_slot(spec: TaskSpec, name: str, not_before: datetime) -> datetime:
+    """Take the next slot of the throttle state ``name`` at or after ``not_before`` (inside a transaction)."""
+    throttle = spec.throttle
+    assert throttle is not None
+    state = flow_state.lock(name)
+    cell = gcra.Cell(throttle.limit, to_seconds(throttle.period, "Throttle.period"), burst=throttle.burst)
+    start, tat = gcra.schedule(cell, state.tat, not_before)
+    flow_state.save(state, tat=tat)
+    return start
+
+
+def resumed_start(spec: TaskSpec, args_json: str, kwargs_json: str) -> datetime | None:
+    """When a run held by a pause may start once resumed: its throttle's next slot (``None``: now).
+
+    The throttle's slots were taken at ``.delay()``; a pause let them pass, so a resumed run
+    takes a new one, in resume order, as a new call would.
+    """
+    if spec.throttle is None:
+        return None
+    now = clock.now()
+    args, kwargs = serialization.loads(args_json), serialization.loads(kwargs_json)
+    bound = spec.bound_arguments(list(args), kwargs)
+    call_args, call_kwargs = spec.call_arguments(tuple(args), kwargs)
+    value = resolve_key(spec.name, "throttle", spec.throttle.key, bound, call_args, call_kwargs)
+    start = throttle_slot(spec, stored_key(f"throttle:{spec.name}:{value}"), now)
+    return start if start > now else None

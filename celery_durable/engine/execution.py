@@ -31,8 +31,8 @@ from ..runtime import context
 from ..runtime.errors import error_record
 from ..runtime.events import consumption_key, wait_names
 from ..runtime.steps import BODY_STEP, StepContext
-from ..states import FINISHED
-from ..store import cancellation, events, runs, slots, suspension
+from ..states import FINISHED, RunStatus
+from ..store import cancellation, events, pausing, runs, slots, suspension
 from ..store.cancellation import Cancellation
 from ..store.messages import RunMessage
 from . import cancel
@@ -117,11 +117,12 @@ def execute(
         signals.send(signals.run_started, task_name, run_id, execution=1)
     else:
         signals.send(signals.run_resumed, task_name, run_id, execution=claim.run.executions)
+    writer = RunWriter(run_id, claim.generation, task_name, send_event, using)
     ctx = StepContext(
         run_id=run_id,
         task_name=task_name,
         checkpoints=claim.checkpoints,
-        writer=RunWriter(run_id, claim.generation, task_name, send_event, using),
+        writer=writer,
         policy=policy,
         clock=clock.now,
         max_output_bytes=settings.MAX_STEP_OUTPUT_BYTES,
@@ -140,6 +141,8 @@ def execute(
     except _StepFailed as failed:
         return _step_failed(run, failed, settings.WAKER_INTERVAL)
     except _Cancelled:
+        if writer.pause_pending and run_id not in active.cancelled:
+            return _hold(run)
         return _stop(run)
     except _LeaseLost as lost:
         logger.warning("durable run %s: %s; this execution stops", run_id, lost)
@@ -352,6 +355,18 @@ def _stop(run: _Run) -> Outcome:
     return Outcome("cancelled", messages=outcome.messages, cancelled=outcome.cancelled)
 
 
+def _hold(run: _Run) -> Outcome:
+    """The run's task (or key) was paused while it executed: it stops at this step boundary."""
+    try:
+        held = pausing.hold_running(run.run_id, run.generation, run.using)
+    except DatabaseError as exc:
+        return _abandon(run.run_id, "pause", exc, run.using)
+    if held is False:
+        return _not_held(run)
+    # Resumed meanwhile: the run is queued again at once.
+    return Outcome("suspended", messages=[held] if isinstance(held, RunMessage) else [])
+
+
 def _abandon(run_id: str, what: str, exc: BaseException, using: str) -> Outcome:
     """The database failed under us: leave the run to its lease and the reaper."""
     logger.warning(
@@ -392,6 +407,9 @@ def deliver(
     outcome = execute(run_id=run_id, spec=spec, registry=registry, send_event=send_event)
     if outcome.kind == "dropped":
         status, value = runs.outcome_of(run_id)
+        if status == RunStatus.QUEUED and pausing.hold_queued(run_id):
+            # Its task (or key) is paused: the run waits in ``paused`` for ``resume``.
+            return Delivery(outcome)
         if status in FINISHED:
             # A redelivery of a run that already ended (its worker may have died before the
             # result backend heard of it): answer with the stored outcome again.

@@ -56,8 +56,12 @@ class RunWriter(CheckpointStore):
         return suspension.children_of(self.run_id, step_id, self.using)
 
     def cancel_requested(self) -> bool:
-        """Known cancellation (from the heartbeat); no query."""
-        return self.run_id in active.cancelled
+        """Known cancellation (from the heartbeat) or pause (from a refused checkpoint); no query.
+
+        Both stop the run at this step boundary; the engine tells them apart by
+        :attr:`pause_pending`.
+        """
+        return self.run_id in active.cancelled or self.pause_pending
 
     def send_event(self, name: str, data: dict[str, Any], event_id: str) -> dict[str, Any]:
         """Send an event (deduplicated by ``event_id``) and return it as JSON."""

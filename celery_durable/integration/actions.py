@@ -18,11 +18,14 @@ from django.db import transaction
 from .. import serialization
 from ..engine import cancel as cancelling
 from ..engine import events, schedules
+from ..engine import pause as pausing_engine
 from ..exceptions import DurableConfigError, TaskNotRegistered
-from ..models import Run
+from ..models import Pause, Run
 from ..runtime.events import Event
-from ..store import forks, runs
+from ..store import explain as explaining
+from ..store import forks, pausing, runs
 from ..store import replay as replaying
+from ..store.explain import Explanation
 from .registry import CeleryPublisher, ports
 from .timetable import CeleryTimetable
 
@@ -110,3 +113,30 @@ def trigger_schedule(task_name: str) -> str:
 def backfill_schedule(task_name: str, start: datetime, end: datetime) -> list[str]:
     """Fire each tick of ``task_name``'s schedule in ``[start, end]`` not fired yet; the run ids started."""
     return schedules.backfill(CeleryTimetable(current_app), CeleryPublisher(current_app), task_name, start, end)
+
+
+def _check_task(task_name: str) -> None:
+    """A pause names a durable task this app knows; ``TaskNotRegistered`` otherwise."""
+    pausing.check_scope(task_name, None)
+    registry, _publisher = ports()
+    if registry.spec(task_name) is None:
+        raise TaskNotRegistered(task_name)
+
+
+def pause(task_name: str, key: str | None = None, by: str = "") -> Pause:
+    """Pause a task or one of its concurrency keys (see :func:`celery_durable.pause`)."""
+    _check_task(task_name)
+    held, _created = pausing_engine.pause(task_name, key, by)
+    return held
+
+
+def resume(task_name: str, key: str | None = None) -> list[str]:
+    """Lift a pause; the ids of the runs queued again, in order (see :func:`celery_durable.resume`)."""
+    pausing.check_scope(task_name, key)
+    registry, publisher = ports()
+    return pausing_engine.resume(task_name, key, registry, publisher).run_ids
+
+
+def explain(run_id: str) -> Explanation:
+    """Why a run is waiting (see :func:`celery_durable.explain`)."""
+    return explaining.explain(run_id)

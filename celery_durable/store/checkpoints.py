@@ -1,10 +1,12 @@
 """Checkpoints: one fenced INSERT per new step, and the fence of an atomic step.
 
-A checkpoint is written with ``INSERT ... SELECT ... FROM run WHERE id=%s AND generation=%s
-AND cancel_requested_at IS NULL``: one statement (no read before it, one commit in autocommit
-mode) that writes nothing if another execution has claimed the run since (fencing) or the
-run was cancelled. The ORM cannot express an INSERT from a SELECT, hence the SQL; it is
-portable across PostgreSQL, MySQL/MariaDB and SQLite.
+A checkpoint is written with ``INSERT ... SELECT ... FROM run WHERE id=%s AND
+generation=%s AND cancel_requested_at IS NULL AND NOT EXISTS (a pause of its task or key)``:
+one statement (no read before it, one commit in autocommit mode) that writes nothing if
+another execution has claimed the run since (fencing) or the run was cancelled. A write
+refused for a pause is made again without that condition (the step's work is kept) and the
+run stops at its next step boundary (``pause_pending``). The ORM cannot express an INSERT
+from a SELECT, hence the SQL; it is portable across PostgreSQL, MySQL/MariaDB and SQLite.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .. import clock
 from ..exceptions import _Cancelled, _LeaseLost
 from ..models import Run, Step
 from ..states import RunStatus, StepStatus
+from .pausing import not_paused_sql, paused_here
 from .runs import stopped_by_cancel
 
 _COLUMNS = ("run_id", "step_id", "kind", "status", "output", "attempts", "started_at", "finished_at")
@@ -34,11 +37,15 @@ class CheckpointStore:
         q = connections[using].ops.quote_name
         self._step, self._run = q(Step._meta.db_table), q(Run._meta.db_table)
         self._q = q
-        # Fence: the run is still ours and not cancelled.
-        self._fence = (
+        # Fence: the run is still ours, not cancelled, and not paused.
+        held = (
             f"SELECT 1 FROM {self._run} WHERE {self._run}.{q('id')} = %s AND {self._run}.{q('generation')} = %s "
             f"AND {self._run}.{q('cancel_requested_at')} IS NULL"
         )
+        self._not_paused = f" AND {not_paused_sql(self._run, using)}"
+        self._fence = held + self._not_paused
+        # A pause refused a checkpoint (then written anyway): stop at the next step boundary.
+        self.pause_pending = False
 
     def _value(self, when: datetime) -> Any:
         return connections[self.using].ops.adapt_datetimefield_value(when)
@@ -52,12 +59,17 @@ class CheckpointStore:
             # Another execution wrote this step: it owns the run now.
             raise _LeaseLost(f"step {step_id!r} of run {self.run_id} was written by another execution") from exc
         if written != 1:
-            self._refused()
+            self._refused(sql, params, step_id)
 
-    def _refused(self) -> None:
-        """The fence refused a write: say why (rare path, one query)."""
+    def _refused(self, sql: str, params: list[Any], step_id: str) -> None:
+        """The fence refused a write: say why (rare path, one or two queries)."""
         if stopped_by_cancel(self.run_id, self.generation, self.using):
             raise _Cancelled()
+        if self._not_paused in sql and paused_here(self.run_id, self.generation, self.using):
+            # Keep the step's work: write it behind the fence without the pause condition.
+            self.pause_pending = True
+            self._execute(sql.replace(self._not_paused, ""), params, step_id)
+            return
         raise _LeaseLost(f"run {self.run_id} is no longer held at generation {self.generation}")
 
     def save_output(

@@ -15,7 +15,7 @@ from sqlite3 import sqlite_version_info
 from typing import Any
 
 from django.db import IntegrityError, connections, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Exists, F, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils.dateparse import parse_datetime
 
@@ -25,6 +25,7 @@ from ..models import Run, Step
 from ..runtime.records import StoredStep
 from ..states import FINISHED, RunStatus, StepStatus
 from .messages import RunMessage
+from .pausing import covering_pauses, not_paused_sql
 from .suspension import child_finished
 
 
@@ -131,8 +132,9 @@ def create_skipped(message: RunMessage, reason: str) -> None:
 def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default") -> Claim | None:
     """Take the run's lease with one compare-and-set; ``None`` if it is not ours to run.
 
-    Runnable means: queued and due, or running with an expired lease (its worker died).
-    Zero rows changed means a duplicate or stale message: the caller drops it.
+    Runnable means: queued and due, or running with an expired lease (its worker died), and
+    not covered by a pause of its task or key (:mod:`.pausing`). Zero rows changed means a
+    duplicate or stale message (or a paused run): the caller drops it.
     """
     now = clock.now()
     if _can_update_returning(using):
@@ -148,6 +150,7 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
             (Q(status=RunStatus.QUEUED) & (Q(wake_at__isnull=True) | Q(wake_at__lte=now)))
             | Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
         )
+        & ~Exists(covering_pauses())
     ).update(
         status=RunStatus.RUNNING,
         generation=F("generation") + 1,
@@ -209,6 +212,7 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
         f"{q('wake_at')} = NULL, {q('started_at')} = COALESCE({q('started_at')}, %s) "
         f"WHERE {q('id')} = %s AND (({q('status')} = %s AND ({q('wake_at')} IS NULL OR {q('wake_at')} <= %s)) "
         f"OR ({q('status')} = %s AND {q('lease_expires_at')} < %s)) "
+        f"AND {not_paused_sql(table, using)} "
         f"RETURNING {', '.join(q(c) for c in _RETURNED)}"
     )
     params = [

@@ -28,6 +28,7 @@ STATUSES: dict[str, TaskResultStatus] = {
     RunStatus.FAILED: TaskResultStatus.FAILED,
     RunStatus.CANCELLED: TaskResultStatus.FAILED,
     RunStatus.SKIPPED: TaskResultStatus.FAILED,
+    RunStatus.PAUSED: TaskResultStatus.READY,  # RUNNING once it started (below)
 }
 
 
@@ -59,6 +60,8 @@ def to_result(run: Run, alias: str, task: Task[..., Any] | None = None) -> TaskR
     if task is None:
         raise TaskResultDoesNotExist(f"run {run.id} of {run.task_name!r} is not a run of a Django task")
     status = STATUSES[run.status]
+    if run.status == RunStatus.PAUSED and run.started_at is not None:
+        status = TaskResultStatus.RUNNING  # paused between two steps: its function has not returned
     error = error_of(run.error_value) if status == TaskResultStatus.FAILED else None
     # One entry per attempt: the first execution and one per recovery after a crash. The run
     # records only the worker holding its lease: every entry names it (or is "" when none is known).

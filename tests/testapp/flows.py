@@ -292,3 +292,48 @@ def singleton_skip_nap(user_id, seconds):
 def singleton_cancel_nap(user_id, seconds):
     step.sleep("nap", seconds)
     return [user_id, seconds]
+
+
+# --- pause and resume (tests/integration/test_pause.py, tests/e2e/test_pause_e2e.py) ---
+
+
+def pause_own_task(name, value, key=None):
+    """A step body that pauses its own task (or key) while the run executes, then counts itself."""
+    from celery_durable import pause
+
+    pause("f.pausable", key, by="step")
+    return counted(name, value)
+
+
+@durable_task(name="f.pausable")
+def pausable(n, pause_in_first=False):
+    if pause_in_first:
+        step.run("one", pause_own_task, "one", n)
+    else:
+        step.run("one", counted, "one", n)
+    step.run("two", counted, "two", n)
+    return step.run("three", counted, "three", n)
+
+
+@durable_task(name="f.pausable_keyed", concurrency=Concurrency(limit=1, key="user_id"))
+def pausable_keyed(user_id, n):
+    step.run("one", counted, f"one-{n}", n)
+    return step.run("two", counted, f"two-{n}", n)
+
+
+@durable_task(name="f.pause_hold")
+def pause_hold(n):
+    """Step "one" holds until the test writes a 'release-pause' row; then step "two"."""
+    import time as _time
+
+    from tests.testapp.models import BodyRun
+
+    def one():
+        counted("hold-one")
+        deadline = _time.monotonic() + 120
+        while _time.monotonic() < deadline and not BodyRun.objects.filter(step="release-pause").exists():
+            _time.sleep(0.05)
+        return n
+
+    step.run("one", one)
+    return step.run("two", counted, "hold-two", n)

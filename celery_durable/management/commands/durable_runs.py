@@ -1,4 +1,4 @@
-"""``manage.py durable_runs list|show|cancel|replay``: inspect and control runs from a shell."""
+"""``manage.py durable_runs list|show|explain|cancel|replay``: inspect and control runs from a shell."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from django.db.models import Count, Q, QuerySet
 
 from ... import operations
 from ...exceptions import DurableError, RunNotFound
+from ...integration import actions
 from ...models import Run, Step
 from ...states import RunStatus, StepStatus
 from ...store import metadata
@@ -35,10 +36,10 @@ def _meta(value: str) -> tuple[str, str]:
 class Command(BaseCommand):
     """List, show, cancel and replay durable runs."""
 
-    help = "Inspect and control durable runs: list, show, cancel, replay."
+    help = "Inspect and control durable runs: list, show, explain, cancel, replay."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        sub = parser.add_subparsers(dest="action", required=True, metavar="{list,show,cancel,replay}")
+        sub = parser.add_subparsers(dest="action", required=True, metavar="{list,show,explain,cancel,replay}")
 
         listing = sub.add_parser("list", help="runs, newest first")
         listing.add_argument("--status", help="comma-separated statuses (e.g. failed,cancelled)")
@@ -56,6 +57,10 @@ class Command(BaseCommand):
         show = sub.add_parser("show", help="one run with its steps")
         show.add_argument("run_id")
         show.add_argument("--json", action="store_true", help="a JSON object {run, steps}")
+
+        explain = sub.add_parser("explain", help="why a run is waiting: the gate that holds it")
+        explain.add_argument("run_id")
+        explain.add_argument("--json", action="store_true", help="a JSON object {gate, detail, since, ...}")
 
         for name, helptext in (("cancel", "cancel runs"), ("replay", "replay failed or cancelled runs")):
             command = sub.add_parser(name, help=f"{helptext}: by id, or every run matching --task/--status")
@@ -83,7 +88,14 @@ class Command(BaseCommand):
         """Write ``data`` as JSON with ``--json``, else ``text``."""
         self.stdout.write(json.dumps(data, indent=2, default=str) if options["json"] else text)
 
-    # --- list and show -----------------------------------------------------------------------
+    # --- list, show and explain -------------------------------------------------------------
+
+    def do_explain(self, options: dict[str, Any]) -> None:
+        explanation = actions.explain(options["run_id"])
+        lines = [str(explanation)]
+        if explanation.holders:
+            lines.append("held by: " + ", ".join(explanation.holders))
+        self.emit(options, explanation.to_json(), "\n".join(lines))
 
     def do_list(self, options: dict[str, Any]) -> None:
         if options["limit"] < 1:
