@@ -5,7 +5,7 @@ Importing this package has no side effects and needs no Django settings.
 
 from __future__ import annotations
 
-from .api import cancel, get_run, replay, send_event
+from .api import cancel, get_run, replay, send_event, set_limit
 from .exceptions import (
     ChildRunFailed,
     DirectCallError,
@@ -63,5 +63,6 @@ __all__ = [
     "install",
     "replay",
     "send_event",
+    "set_limit",
     "step",
 ]

@@ -1,4 +1,4 @@
-"""Run control and inspection: ``send_event``, ``get_run``, ``replay``, ``cancel``.
+"""Run control and inspection: ``send_event``, ``get_run``, ``replay``, ``cancel``, ``set_limit``.
 
 The public facade: re-exported by ``celery_durable``; nothing in the package imports it.
 """
@@ -54,3 +54,18 @@ def cancel(run_id: str, reason: str = "") -> Run:
     from .integration import actions  # needs Django's app registry: not at import time
 
     return actions.cancel(run_id, reason)
+
+
+@translated
+def set_limit(name_or_task: Any, key: Any, limit: int | None) -> None:
+    """Override the concurrency limit of one key at run time; ``None`` removes the override.
+
+    ``name_or_task`` is a durable task (or its name) with one ``Concurrency``, or the
+    ``name=`` of a shared ``Concurrency(scope="global")``; ``key`` is the key's value
+    (``None`` for a concurrency without ``key``). Lowering a limit stops no running run;
+    raising it promotes the backlog at once. Bad input raises ``DurableConfigError`` and
+    changes nothing.
+    """
+    from .integration import actions  # needs Django's app registry: not at import time
+
+    actions.set_limit(name_or_task, key, limit)

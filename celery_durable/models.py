@@ -65,6 +65,9 @@ class Run(models.Model):
     slot_key2 = models.CharField(max_length=255, null=True, blank=True)
     holds_slots = models.BooleanField(default=False)
     backlog_at = models.DateTimeField(null=True, blank=True)
+    # Fairness (``Concurrency(fair_key=...)``): the run's fair value and its turns in a row.
+    fair_value = models.CharField(max_length=255, null=True, blank=True)
+    fair_weight = models.PositiveSmallIntegerField(default=1)
 
     class Meta:
         indexes = [
@@ -79,6 +82,7 @@ class Run(models.Model):
             models.Index(fields=["status", "slot_key1", "backlog_at"], name="durable_run_backlog1"),
             models.Index(fields=["status", "slot_key2", "backlog_at"], name="durable_run_backlog2"),
             models.Index(fields=["holds_slots", "status"], name="durable_run_holds"),
+            models.Index(fields=["status", "slot_key1", "fair_value", "backlog_at"], name="durable_run_fair"),
             models.Index(fields=["parent", "parent_step"], name="durable_run_parent"),
         ]
         permissions = [
@@ -185,8 +189,20 @@ class Slot(models.Model):
     """A concurrency key: at most ``limit`` of its runs hold a slot (queued or executing)."""
 
     key = models.CharField(max_length=255, unique=True)
-    limit = models.PositiveIntegerField()
+    limit = models.PositiveIntegerField(help_text="The limit the code declares (or a limit callable computed)")
     in_use = models.PositiveIntegerField(default=0)
+    override = models.PositiveIntegerField(null=True, blank=True, help_text="Set with set_limit; wins over limit")
+    # Fairness: the fair value served last and how many turns in a row it has had.
+    fair_cursor = models.CharField(max_length=255, null=True, blank=True)
+    fair_served = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        permissions = [("set_limit", "Can override concurrency limits")]
 
     def __str__(self) -> str:
-        return f"{self.key} {self.in_use}/{self.limit}"
+        return f"{self.key} {self.in_use}/{self.effective_limit}"
+
+    @property
+    def effective_limit(self) -> int:
+        """The override if one is set, else the declared limit."""
+        return self.limit if self.override is None else self.override

@@ -45,8 +45,10 @@ def admit(
     bound = spec.bound_arguments(list(args), kwargs)
     args, kwargs = spec.call_arguments(args, kwargs)
 
-    def key(option: str, key_spec: Any) -> str:
-        return stored_key(f"{option}:{spec.name}:{resolve_key(spec.name, option, key_spec, bound, args, kwargs)}")
+    def key(option: str, key_spec: Any, shared: str | None = None) -> str:
+        # A shared ``name=`` replaces the task's name: one budget for every task naming it.
+        owner = spec.name if shared is None else f"={shared}"
+        return stored_key(f"{option}:{owner}:{resolve_key(spec.name, option, key_spec, bound, args, kwargs)}")
 
     holds: list[str] = []
     if spec.idempotency_key is not None:
@@ -80,7 +82,7 @@ def admit(
         holds.append(name)
     if spec.rate_limit is not None:
         limit = spec.rate_limit
-        state = flow_state.lock(key("rate_limit", limit.key))
+        state = flow_state.lock(key("rate_limit", limit.key, limit.name))
         # A sliding log of the admissions inside the window: exact "at most limit per period".
         window_start = now - timedelta(seconds=to_seconds(limit.period, "RateLimit.period"))
         admitted = [t for t in serialization.loads(state.admitted) if t > window_start]
@@ -89,7 +91,7 @@ def admit(
         flow_state.save(state, admitted=serialization.dumps([*admitted, now], "rate limit log"))
     if spec.throttle is not None:
         throttle = spec.throttle
-        state = flow_state.lock(key("throttle", throttle.key))
+        state = flow_state.lock(key("throttle", throttle.key, throttle.name))
         cell = gcra.Cell(throttle.limit, to_seconds(throttle.period, "Throttle.period"), burst=throttle.burst)
         start, tat = gcra.schedule(cell, state.tat, max(now, wake_at or now))
         flow_state.save(state, tat=tat)

@@ -12,7 +12,9 @@ from typing import Any
 from celery import current_app
 
 from ..engine import cancel as cancelling
-from ..engine import events
+from ..engine import events, limits
+from ..engine.spec import TaskSpec
+from ..exceptions import DurableConfigError
 from ..models import Run
 from ..runtime.events import Event
 from ..store import replay as replaying
@@ -46,3 +48,18 @@ def cancel(run_id: str, reason: str = "") -> Run:
     _registry, publisher = ports()
     cancelling.cancel(run_id, reason, publisher)
     return runs.get(run_id)
+
+
+def set_limit(name_or_task: Any, key: Any, limit: int | None) -> tuple[int | None, int | None]:
+    """Override a concurrency key's limit (see :func:`celery_durable.set_limit`)."""
+    registry, publisher = ports()
+    spec = getattr(name_or_task, "durable_spec", None)
+    if isinstance(name_or_task, str):
+        spec = registry.spec(name_or_task)
+        name = name_or_task
+    elif isinstance(spec, TaskSpec):
+        name = spec.name
+    else:
+        raise DurableConfigError(f"set_limit: expected a durable task or a Concurrency name, got {name_or_task!r}")
+    limits.check_limit(limit)
+    return limits.set_override(limits.slot_key(registry, name, spec, key), limit, publisher)

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 
 from .. import clock
@@ -23,6 +23,8 @@ from .messages import RunMessage
 from .rows import message_for
 
 PROMOTION_CANDIDATES = 10
+#: A key's limit in force: its override (``set_limit``) if set, else the declared limit.
+EFFECTIVE_LIMIT = Coalesce(F("override"), F("limit"))
 
 
 _last_call: Any = None
@@ -41,29 +43,34 @@ def backlog_time(priority: int) -> Any:
     return now - timedelta(seconds=priority)
 
 
-def _ensure(key: str, limit: int) -> None:
-    """The slot row exists with the limit the code declares now (a deploy may change it)."""
+def _ensure(key: str, limit: int, fair: bool = False) -> None:
+    """The slot row exists with the limit the code declares now (a deploy may change it).
+
+    A fair key (``Concurrency(fair_key=...)``) has a non-NULL ``fair_cursor``.
+    """
     try:
         with transaction.atomic():
-            Slot.objects.get_or_create(key=key, defaults={"limit": limit})
+            Slot.objects.get_or_create(key=key, defaults={"limit": limit, "fair_cursor": "" if fair else None})
     except IntegrityError:
         pass  # created concurrently
     Slot.objects.filter(key=key).exclude(limit=limit).update(limit=limit)
+    if fair:
+        Slot.objects.filter(key=key, fair_cursor__isnull=True).update(fair_cursor="")
 
 
 def _take(key: str) -> bool:
-    return Slot.objects.filter(key=key, in_use__lt=F("limit")).update(in_use=F("in_use") + 1) == 1
+    return Slot.objects.filter(key=key, in_use__lt=EFFECTIVE_LIMIT).update(in_use=F("in_use") + 1) == 1
 
 
 def _give(key: str) -> None:
     Slot.objects.filter(key=key, in_use__gt=0).update(in_use=F("in_use") - 1)
 
 
-def acquire(run_id: str, limits: dict[str, int | None]) -> bool:
+def acquire(run_id: str, limits: dict[str, int | None], fair: bool = False) -> bool:
     """Take every slot of the run or none (call inside a transaction)."""
     for key, limit in limits.items():
         if limit is not None:  # every row first: a promotion later knows only the keys
-            _ensure(key, limit)
+            _ensure(key, limit, fair)
     taken: list[str] = []
     for key in sorted(limits):  # a fixed order: no deadlock between two runs sharing keys
         if not _take(key):
@@ -107,12 +114,14 @@ def release(run_id: str) -> list[RunMessage]:
 def _hand_over(key: str) -> RunMessage | None:
     """Pass a released slot of ``key`` to the head of its backlog if that run needs only this key.
 
-    Not when a lowered limit left the key over it (the slot must go back then). Locks the
+    Not when a lowered limit left the key over it (the slot must go back then), nor for a
+    fair key. Locks the
     head's row only (after the releasing run's own), skipping a head that another release
     is taking; a concurrent promoter that took the head first makes the UPDATE change
     nothing, and the caller gives the slot back instead.
     """
-    if not Slot.objects.filter(key=key, in_use__lte=F("limit")).exists():
+    # A fair key's next run is picked round robin by promote(), not by the backlog's head.
+    if not Slot.objects.filter(key=key, in_use__lte=EFFECTIVE_LIMIT, fair_cursor__isnull=True).exists():
         return None
     heads: list[tuple[Any, str, str | None]] = []
     for field in ("slot_key1", "slot_key2"):
@@ -147,6 +156,11 @@ def promote(keys: list[str]) -> list[RunMessage]:
 
 def _promote_one(key: str) -> list[RunMessage]:
     now = clock.now()
+    fair = Slot.objects.select_for_update().filter(key=key, fair_cursor__isnull=False).first()
+    if fair is not None:
+        promoted = _promote_fair(fair, now)
+        if promoted is not None:
+            return promoted
     candidates: list[tuple[Any, str]] = []
     for field in ("slot_key1", "slot_key2"):
         pending = Run.objects.filter(status=RunStatus.PENDING, **{field: key}).order_by("backlog_at", "id")
@@ -163,6 +177,44 @@ def _promote_one(key: str) -> list[RunMessage]:
             return [message_for(run_id)]
         Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING)
     return []
+
+
+def _promote_fair(slot: Slot, now: Any) -> list[RunMessage] | None:
+    """Round robin over a fair key's values: the next value after the cursor, wrapping around.
+
+    The slot row is locked (by the caller), so one promoter at a time moves the cursor. Two
+    indexed probes of ``(status, slot_key1, fair_value, backlog_at)``, whatever the backlog's
+    depth: the cursor value's head while it has turns left (its weight), else the head of the
+    next value. ``None`` when no run of the key has a fair value (the plain order applies).
+    """
+    pending = Run.objects.filter(status=RunStatus.PENDING, slot_key1=slot.key, fair_value__isnull=False)
+    cursor = slot.fair_cursor or ""
+    pick: tuple[str, str] | None = None
+    served = 1
+    if slot.fair_served > 0:
+        same = pending.filter(fair_value=cursor).order_by("backlog_at").values_list("id", "fair_weight").first()
+        if same is not None and slot.fair_served < same[1]:
+            pick, served = (cursor, same[0]), slot.fair_served + 1
+    if pick is None:
+        following = (
+            pending.filter(fair_value__gt=cursor) if slot.fair_served > 0 else pending.filter(fair_value__gte=cursor)
+        )
+        row = following.order_by("fair_value", "backlog_at").values_list("fair_value", "id").first()
+        if row is None:  # wrap around
+            row = pending.order_by("fair_value", "backlog_at").values_list("fair_value", "id").first()
+        if row is None:
+            return None
+        pick = (str(row[0]), row[1])
+    value, run_id = pick
+    if not Run.objects.filter(pk=run_id, status=RunStatus.PENDING, holds_slots=False).update(
+        status=RunStatus.QUEUED, published_at=now
+    ):
+        return []
+    if not acquire(run_id, {slot.key: None}):
+        Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING)
+        return []
+    Slot.objects.filter(pk=slot.pk).update(fair_cursor=value, fair_served=served)
+    return [message_for(run_id)]
 
 
 def reclaim(run_id: str, generation: int, limits: dict[str, int]) -> bool:
@@ -199,7 +251,7 @@ def repair(limit: int) -> list[RunMessage]:
 def promote_stranded(limit: int) -> list[RunMessage]:
     """Backstop: pending runs whose keys have free slots (a release raced their suspension)."""
     keys = set(_backlog_keys(limit))
-    free = set(Slot.objects.filter(key__in=keys, in_use__lt=F("limit")).values_list("key", flat=True))
+    free = set(Slot.objects.filter(key__in=keys, in_use__lt=EFFECTIVE_LIMIT).values_list("key", flat=True))
     return promote(sorted(free)) if free else []
 
 
@@ -228,9 +280,52 @@ def _backlog_keys(limit: int) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
-def admit(run_id: str, limits: dict[str, int]) -> bool:
+def admit(run_id: str, limits: dict[str, int], fair: bool = False) -> bool:
     """A new ``pending`` run takes every slot now and becomes ``queued``, or stays in the backlog."""
-    if not acquire(run_id, dict(limits)):
+    if not acquire(run_id, dict(limits), fair):
         return False
     Run.objects.filter(id=run_id, status=RunStatus.PENDING).update(status=RunStatus.QUEUED, published_at=clock.now())
     return True
+
+
+def oldest_holder(key: str) -> str | None:
+    """The oldest run holding a slot of ``key`` and not yet asked to cancel (``cancel_oldest``)."""
+    holders = Run.objects.filter(Q(slot_key1=key) | Q(slot_key2=key), holds_slots=True, status__in=HOLDING_SLOTS)
+    return (
+        holders.filter(cancel_requested_at__isnull=True)
+        .order_by("created_at", "id")
+        .values_list("id", flat=True)
+        .first()
+    )
+
+
+def set_override(key: str, limit: int | None) -> tuple[int | None, int | None]:
+    """Set (or with ``None`` remove) the override of ``key``; the previous and new override.
+
+    A key never used yet gets its row now (its declared limit is written by its first run).
+    Lowering stops no run: the key admits nothing until enough of its runs finish.
+    """
+    with transaction.atomic():
+        if limit is not None:
+            try:
+                with transaction.atomic():
+                    Slot.objects.get_or_create(key=key, defaults={"limit": limit})
+            except IntegrityError:
+                pass  # created concurrently
+        slot = Slot.objects.select_for_update().filter(key=key).first()
+        if slot is None:
+            return None, None
+        previous = slot.override
+        Slot.objects.filter(pk=slot.pk).update(override=limit)
+    return previous, limit
+
+
+def fill(key: str) -> list[RunMessage]:
+    """Promote the backlog of ``key`` until its slots are full (after a limit was raised)."""
+    messages: list[RunMessage] = []
+    while Slot.objects.filter(key=key, in_use__lt=EFFECTIVE_LIMIT).exists():
+        promoted = promote([key])
+        if not promoted:
+            break
+        messages += promoted
+    return messages

@@ -22,6 +22,7 @@ EXPECTED = [
     "get_run",
     "cancel",
     "replay",
+    "set_limit",
     "DurableError",
     "DurableConfigError",
     "SerializationError",
