@@ -30,7 +30,7 @@ def slot_key(registry: TaskRegistry, name: str, spec: TaskSpec | None, key: Any)
         entry = spec.concurrency[0]
         if (key is None) != (entry.key is None):
             raise DurableConfigError(
-                f"set_limit: task {spec.name!r} concurrency {'has' if entry.key else 'has no'} key"
+                f"set_limit: task {spec.name!r} concurrency {'has a' if entry.key is not None else 'has no'} key"
             )
         return spec.slot_key(0, "*" if key is None else key_text(spec.name, "concurrency", key))
     shared = [e for s in registry.specs() for e in s.concurrency if e.scope == "global" and e.name == name]

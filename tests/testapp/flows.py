@@ -292,3 +292,59 @@ def singleton_skip_nap(user_id, seconds):
 def singleton_cancel_nap(user_id, seconds):
     step.sleep("nap", seconds)
     return [user_id, seconds]
+
+
+# Issue 15: fairness, limits that change, when_full, shared throttles and rate limits.
+@durable_task(name="f.fair", concurrency=Concurrency(limit=1, fair_key="tenant"))
+def fair(tenant, n):
+    return n
+
+
+@durable_task(name="f.fair_weighted", concurrency=Concurrency(limit=1, fair_key="tenant", fair_weight={"big": 3}))
+def fair_weighted(tenant, n):
+    return n
+
+
+@durable_task(name="f.dyn_limit", concurrency=Concurrency(limit=lambda region, n: 2 if region == "eu" else 1, key="region"))
+def dyn_limit(region, n):
+    return n
+
+
+@durable_task(name="f.overridden", concurrency=Concurrency(limit=1, key="k"))
+def overridden(k, n):
+    return n
+
+
+@durable_task(name="f.full_skip", concurrency=Concurrency(limit=1, key="k", when_full="skip"))
+def full_skip(k, n):
+    return n
+
+
+@durable_task(name="f.full_cancel", concurrency=Concurrency(limit=1, key="k", when_full="cancel_oldest"))
+def full_cancel(k, n):
+    return n
+
+
+@durable_task(name="f.stripe_charge", throttle=Throttle(limit=1, period=10, name="stripe"))
+def stripe_charge(n):
+    return n
+
+
+@durable_task(name="f.stripe_refund", throttle=Throttle(limit=1, period=10, name="stripe"))
+def stripe_refund(n):
+    return n
+
+
+@durable_task(name="f.sms_a", rate_limit=RateLimit(limit=2, period=3600, name="sms"))
+def sms_a(n):
+    return n
+
+
+@durable_task(name="f.sms_b", rate_limit=RateLimit(limit=2, period=3600, name="sms"))
+def sms_b(n):
+    return n
+
+
+@durable_task(name="f.shared_pool_a", concurrency=Concurrency(limit=1, scope="global", name="pool", key="k"))
+def shared_pool_a(k, n):
+    return n
