@@ -305,7 +305,11 @@ def fair_weighted(tenant, n):
     return n
 
 
-@durable_task(name="f.dyn_limit", concurrency=Concurrency(limit=lambda region, n: 2 if region == "eu" else 1, key="region"))
+def _region_limit(region, n):
+    return 2 if region == "eu" else 1
+
+
+@durable_task(name="f.dyn_limit", concurrency=Concurrency(limit=_region_limit, key="region"))
 def dyn_limit(region, n):
     return n
 
