@@ -197,6 +197,8 @@ class Slot(models.Model):
     fair_served = models.PositiveIntegerField(default=0)
 
     class Meta:
+        verbose_name = "limit"
+        verbose_name_plural = "limits"
         permissions = [("set_limit", "Can override concurrency limits")]
 
     def __str__(self) -> str:

@@ -3,12 +3,14 @@
 :class:`~celery_durable.admin.runs.RunAdmin` registers the runs changelist, the run page
 (arguments, result or error, the step timeline, parent and child runs), the dashboard and
 the cancel/replay actions; :class:`~celery_durable.admin.events.EventAdmin` the events
-list, each event's effects and the "send event" form.
+list, each event's effects and the "send event" form;
+:class:`~celery_durable.admin.limits.LimitAdmin` the concurrency keys and their overrides.
 """
 
 from __future__ import annotations
 
 from .events import EventAdmin
+from .limits import LimitAdmin
 from .runs import RunAdmin
 
-__all__ = ["EventAdmin", "RunAdmin"]
+__all__ = ["EventAdmin", "LimitAdmin", "RunAdmin"]

@@ -63,3 +63,9 @@ def set_limit(name_or_task: Any, key: Any, limit: int | None) -> tuple[int | Non
         raise DurableConfigError(f"set_limit: expected a durable task or a Concurrency name, got {name_or_task!r}")
     limits.check_limit(limit)
     return limits.set_override(limits.slot_key(registry, name, spec, key), limit, publisher)
+
+
+def set_key_limit(key: str, limit: int | None) -> tuple[int | None, int | None]:
+    """Override the limit of a stored slot key (the admin's "Limits" page)."""
+    _registry, publisher = ports()
+    return limits.set_override(key, limit, publisher)

@@ -27,7 +27,7 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AlterModelOptions(
             name='slot',
-            options={'permissions': [('set_limit', 'Can override concurrency limits')]},
+            options={'permissions': [('set_limit', 'Can override concurrency limits')], 'verbose_name': 'limit', 'verbose_name_plural': 'limits'},
         ),
         migrations.AddField(
             model_name='run',
