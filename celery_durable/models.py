@@ -65,9 +65,11 @@ class Run(models.Model):
     slot_key2 = models.CharField(max_length=255, null=True, blank=True)
     holds_slots = models.BooleanField(default=False)
     backlog_at = models.DateTimeField(null=True, blank=True)
-    # Fairness (``Concurrency(fair_key=...)``): the run's fair value and its turns in a row.
+    # Fairness (``Concurrency(fair_key=...)``): the fair run's slot key (its own column, so the
+    # fair index serves only fair backlogs), its fair value and its turns in a row.
+    fair_slot = models.CharField(max_length=255, null=True, blank=True)
     fair_value = models.CharField(max_length=255, null=True, blank=True)
-    fair_weight = models.PositiveSmallIntegerField(default=1)
+    fair_weight = models.PositiveSmallIntegerField(default=1, db_default=1)
 
     class Meta:
         indexes = [
@@ -82,7 +84,7 @@ class Run(models.Model):
             models.Index(fields=["status", "slot_key1", "backlog_at"], name="durable_run_backlog1"),
             models.Index(fields=["status", "slot_key2", "backlog_at"], name="durable_run_backlog2"),
             models.Index(fields=["holds_slots", "status"], name="durable_run_holds"),
-            models.Index(fields=["status", "slot_key1", "fair_value", "backlog_at"], name="durable_run_fair"),
+            models.Index(fields=["status", "fair_slot", "fair_value", "backlog_at"], name="durable_run_fair"),
             models.Index(fields=["parent", "parent_step"], name="durable_run_parent"),
         ]
         permissions = [
@@ -194,7 +196,7 @@ class Slot(models.Model):
     override = models.PositiveIntegerField(null=True, blank=True, help_text="Set with set_limit; wins over limit")
     # Fairness: the fair value served last and how many turns in a row it has had.
     fair_cursor = models.CharField(max_length=255, null=True, blank=True)
-    fair_served = models.PositiveIntegerField(default=0)
+    fair_served = models.PositiveIntegerField(default=0, db_default=0)
 
     class Meta:
         verbose_name = "limit"

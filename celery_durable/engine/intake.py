@@ -84,7 +84,7 @@ def _admit(
                 "slot_key1": keys[0] if keys else None,
                 "slot_key2": keys[1] if len(keys) > 1 else None,
                 "status": RunStatus.PENDING if backlogged else RunStatus.QUEUED,
-                **({"fair_value": fairness[0], "fair_weight": fairness[1]} if fairness else {}),
+                **({"fair_slot": keys[0], "fair_value": fairness[0], "fair_weight": fairness[1]} if fairness else {}),
             },
         )
         if created and (backlogged or decision.wake_at is None):

@@ -10,7 +10,8 @@ def binary_collation(apps, schema_editor):
         return
     collation = "utf8mb4_nopad_bin" if connection.mysql_is_mariadb else "utf8mb4_0900_bin"
     quote = schema_editor.quote_name
-    for table, column in (("celery_durable_run", "fair_value"), ("celery_durable_slot", "fair_cursor")):
+    columns = (("celery_durable_run", "fair_slot"), ("celery_durable_run", "fair_value"), ("celery_durable_slot", "fair_cursor"))
+    for table, column in columns:
         schema_editor.execute(
             f"ALTER TABLE {quote(table)} MODIFY {quote(column)} varchar(255) "
             f"CHARACTER SET utf8mb4 COLLATE {collation} NULL"
@@ -31,13 +32,18 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='run',
+            name='fair_slot',
+            field=models.CharField(blank=True, max_length=255, null=True),
+        ),
+        migrations.AddField(
+            model_name='run',
             name='fair_value',
             field=models.CharField(blank=True, max_length=255, null=True),
         ),
         migrations.AddField(
             model_name='run',
             name='fair_weight',
-            field=models.PositiveSmallIntegerField(default=1),
+            field=models.PositiveSmallIntegerField(db_default=1, default=1),
         ),
         migrations.AddField(
             model_name='slot',
@@ -47,7 +53,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='slot',
             name='fair_served',
-            field=models.PositiveIntegerField(default=0),
+            field=models.PositiveIntegerField(db_default=0, default=0),
         ),
         migrations.AddField(
             model_name='slot',
@@ -61,7 +67,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='run',
-            index=models.Index(fields=['status', 'slot_key1', 'fair_value', 'backlog_at'], name='durable_run_fair'),
+            index=models.Index(fields=['status', 'fair_slot', 'fair_value', 'backlog_at'], name='durable_run_fair'),
         ),
         migrations.RunPython(binary_collation, migrations.RunPython.noop, atomic=False, elidable=False),
     ]

@@ -183,11 +183,11 @@ def _promote_fair(slot: Slot, now: Any) -> list[RunMessage] | None:
     """Round robin over a fair key's values: the next value after the cursor, wrapping around.
 
     The slot row is locked (by the caller), so one promoter at a time moves the cursor. Two
-    indexed probes of ``(status, slot_key1, fair_value, backlog_at)``, whatever the backlog's
+    indexed probes of ``(status, fair_slot, fair_value, backlog_at)``, whatever the backlog's
     depth: the cursor value's head while it has turns left (its weight), else the head of the
     next value. ``None`` when no run of the key has a fair value (the plain order applies).
     """
-    pending = Run.objects.filter(status=RunStatus.PENDING, slot_key1=slot.key, fair_value__isnull=False)
+    pending = Run.objects.filter(status=RunStatus.PENDING, fair_slot=slot.key, fair_value__isnull=False)
     cursor = slot.fair_cursor or ""
     pick: tuple[str, str] | None = None
     served = 1
