@@ -352,3 +352,35 @@ def sms_b(n):
 @durable_task(name="f.shared_pool_a", concurrency=Concurrency(limit=1, scope="global", name="pool", key="k"))
 def shared_pool_a(k, n):
     return n
+
+
+@durable_task(name="f.fair_work", concurrency=Concurrency(limit=1, fair_key="tenant"))
+def fair_work(tenant, n):
+    """Records when it started: with limit 1, the start order is the promotion order."""
+    record_interval(step.run_id, tenant)
+    return n
+
+
+@durable_task(name="f.override_work", concurrency=Concurrency(limit=1, key="k"))
+def override_work(k, n):
+    record_interval(step.run_id, k, hold=0.4)
+    return n
+
+
+@durable_task(name="f.full_cancel_slow", concurrency=Concurrency(limit=1, key="k", when_full="cancel_oldest"))
+def full_cancel_slow(k, n, wait=0.0):
+    step.run("first", counted, f"first-{n}", n)
+    record_interval(step.run_id, k, hold=wait)
+    return step.run("second", counted, f"second-{n}", n)
+
+
+@durable_task(name="f.shared_fast_a", throttle=Throttle(limit=2, period=1, name="shared-fast"))
+def shared_fast_a(n):
+    record_interval(step.run_id, "shared-fast")
+    return n
+
+
+@durable_task(name="f.shared_fast_b", throttle=Throttle(limit=2, period=1, name="shared-fast"))
+def shared_fast_b(n):
+    record_interval(step.run_id, "shared-fast")
+    return n
