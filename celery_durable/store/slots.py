@@ -114,15 +114,17 @@ def release(run_id: str) -> list[RunMessage]:
 def _hand_over(key: str) -> RunMessage | None:
     """Pass a released slot of ``key`` to the head of its backlog if that run needs only this key.
 
-    Not when a lowered limit left the key over it (the slot must go back then), nor for a
-    fair key. Locks the
+    Not when a lowered limit left the key over it (the slot must go back then); a fair key's
+    slot goes to its next run in round robin (``_hand_over_fair``). Locks the
     head's row only (after the releasing run's own), skipping a head that another release
     is taking; a concurrent promoter that took the head first makes the UPDATE change
     nothing, and the caller gives the slot back instead.
     """
-    # A fair key's next run is picked round robin by promote(), not by the backlog's head.
-    if not Slot.objects.filter(key=key, in_use__lte=EFFECTIVE_LIMIT, fair_cursor__isnull=True).exists():
+    slot = Slot.objects.filter(key=key, in_use__lte=EFFECTIVE_LIMIT).values_list("fair_cursor").first()
+    if slot is None:
         return None
+    if slot[0] is not None:  # a fair key: its next run in round robin, not the backlog's head
+        return _hand_over_fair(key)
     heads: list[tuple[Any, str, str | None]] = []
     for field in ("slot_key1", "slot_key2"):
         # By backlog_at alone, the backlog index's order: with ", id" PostgreSQL sorted the
@@ -179,33 +181,36 @@ def _promote_one(key: str) -> list[RunMessage]:
     return []
 
 
-def _promote_fair(slot: Slot, now: Any) -> list[RunMessage] | None:
+def _fair_pick(slot: Slot) -> tuple[str, str, int] | None:
     """Round robin over a fair key's values: the next value after the cursor, wrapping around.
 
-    The slot row is locked (by the caller), so one promoter at a time moves the cursor. Two
-    indexed probes of ``(status, fair_slot, fair_value, backlog_at)``, whatever the backlog's
-    depth: the cursor value's head while it has turns left (its weight), else the head of the
-    next value. ``None`` when no run of the key has a fair value (the plain order applies).
+    ``(value, run id, turns of the value after this one)``, or ``None`` when no run of the
+    key has a fair value. Call with the slot row locked: one promoter at a time moves the
+    cursor. Two indexed probes of ``(status, fair_slot, fair_value, backlog_at)``, whatever
+    the backlog's depth: the cursor value's head while it has turns left (its weight), else
+    the head of the next value.
     """
     pending = Run.objects.filter(status=RunStatus.PENDING, fair_slot=slot.key, fair_value__isnull=False)
     cursor = slot.fair_cursor or ""
-    pick: tuple[str, str] | None = None
-    served = 1
     if slot.fair_served > 0:
         same = pending.filter(fair_value=cursor).order_by("backlog_at").values_list("id", "fair_weight").first()
         if same is not None and slot.fair_served < same[1]:
-            pick, served = (cursor, same[0]), slot.fair_served + 1
+            return cursor, same[0], slot.fair_served + 1
+    following = (
+        pending.filter(fair_value__gt=cursor) if slot.fair_served > 0 else pending.filter(fair_value__gte=cursor)
+    )
+    row = following.order_by("fair_value", "backlog_at").values_list("fair_value", "id").first()
+    if row is None:  # wrap around
+        row = pending.order_by("fair_value", "backlog_at").values_list("fair_value", "id").first()
+    return None if row is None else (str(row[0]), row[1], 1)
+
+
+def _promote_fair(slot: Slot, now: Any) -> list[RunMessage] | None:
+    """Promote a fair key's next run (``_fair_pick``); ``None`` when no run has a fair value."""
+    pick = _fair_pick(slot)
     if pick is None:
-        following = (
-            pending.filter(fair_value__gt=cursor) if slot.fair_served > 0 else pending.filter(fair_value__gte=cursor)
-        )
-        row = following.order_by("fair_value", "backlog_at").values_list("fair_value", "id").first()
-        if row is None:  # wrap around
-            row = pending.order_by("fair_value", "backlog_at").values_list("fair_value", "id").first()
-        if row is None:
-            return None
-        pick = (str(row[0]), row[1])
-    value, run_id = pick
+        return None
+    value, run_id, served = pick
     if not Run.objects.filter(pk=run_id, status=RunStatus.PENDING, holds_slots=False).update(
         status=RunStatus.QUEUED, published_at=now
     ):
@@ -215,6 +220,27 @@ def _promote_fair(slot: Slot, now: Any) -> list[RunMessage] | None:
         return []
     Slot.objects.filter(pk=slot.pk).update(fair_cursor=value, fair_served=served)
     return [message_for(run_id)]
+
+
+def _hand_over_fair(key: str) -> RunMessage | None:
+    """A fair key's released slot goes straight to its next run in round robin (one transaction).
+
+    The slot row is locked (as giving the slot back would), its ``in_use`` untouched. ``None``
+    when the key is over its limit, nothing fair waits, or the pick needs another key: the
+    caller gives the slot back and promotes then.
+    """
+    slot = Slot.objects.select_for_update().filter(key=key, in_use__lte=EFFECTIVE_LIMIT).first()
+    pick = None if slot is None else _fair_pick(slot)
+    if slot is None or pick is None:
+        return None
+    value, run_id, served = pick
+    taken = Run.objects.filter(
+        pk=run_id, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
+    ).update(status=RunStatus.QUEUED, published_at=clock.now(), holds_slots=True)
+    if not taken:
+        return None
+    Slot.objects.filter(pk=slot.pk).update(fair_cursor=value, fair_served=served)
+    return message_for(run_id)
 
 
 def reclaim(run_id: str, generation: int, limits: dict[str, int]) -> bool:
