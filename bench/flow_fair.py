@@ -79,9 +79,22 @@ def drain(kind: str, n: int) -> dict:
         enqueue_rate = n / (time.perf_counter() - t0)
         wall = phases.wait_completed_after(worker, task.name, n)
     starts, finishes = phases.run_times(task.name)
-    figures = phases.timing(starts, finishes)
+    figures = phases.timing(starts, finishes) | phases.hop_ms(task.name) | {"inline_pct": inline_pct(task.name)}
     phases.log(f"drain {kind}: {figures['rate_per_s']:.0f}/s over the run rows, {n / wall:.0f}/s wall")
     return {**figures, "enqueue_per_s": enqueue_rate, "wall_s": wall, "first_start_of": first_starts(task.name)}
+
+
+def inline_pct(task: str) -> float:
+    """Share of the runs started within 5 ms of their promotion (run inline by the releasing process)."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT avg(CASE WHEN started_at - published_at < interval '5 ms' THEN 100.0 ELSE 0 END)"
+            " FROM celery_durable_run WHERE task_name = %s AND status = 'completed'",
+            [task],
+        )
+        return float(cur.fetchone()[0] or 0)
 
 
 def first_starts(task: str) -> dict[str, int]:
