@@ -57,3 +57,15 @@ def paced(key: str, i: int, seconds: float) -> int:
     """A run that takes ``seconds`` (hand-off latency without CPU saturation; slot holders)."""
     time.sleep(seconds)
     return i + 1
+
+
+@durable_task(name="bench.fc.fifo10", concurrency=Concurrency(limit=LIMIT, key="key"))
+def fifo10(key: str, i: int, tenant: str) -> int:
+    """bench/flow_fair.py: the FIFO backlog of 10 tenants (no fair_key)."""
+    return i + 1
+
+
+@durable_task(name="bench.fc.fair10", concurrency=Concurrency(limit=LIMIT, key="key", fair_key="tenant"))
+def fair10(key: str, i: int, tenant: str) -> int:
+    """bench/flow_fair.py: the same backlog, promoted round robin over the tenants."""
+    return i + 1

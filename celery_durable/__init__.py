@@ -5,7 +5,7 @@ Importing this package has no side effects and needs no Django settings.
 
 from __future__ import annotations
 
-from .api import cancel, explain, fork, get_run, pause, replay, resume, send_event
+from .api import cancel, explain, fork, get_run, pause, replay, resume, send_event, set_limit
 from .exceptions import (
     ChildRunFailed,
     DirectCallError,
@@ -72,5 +72,6 @@ __all__ = [
     "replay",
     "resume",
     "send_event",
+    "set_limit",
     "step",
 ]

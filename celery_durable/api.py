@@ -1,4 +1,4 @@
-"""Run control and inspection: events, runs, replays, forks, cancels, pauses, explanations.
+"""Run control and inspection: events, runs, replays, forks, cancels, pauses, limits, explanations.
 
 The public facade: re-exported by ``celery_durable``; nothing in the package imports it.
 """
@@ -117,3 +117,18 @@ def explain(run_id: str) -> Explanation:
     from .integration import actions  # needs Django's app registry: not at import time
 
     return actions.explain(run_id)
+
+
+@translated
+def set_limit(name_or_task: Any, key: Any, limit: int | None) -> None:
+    """Override the concurrency limit of one key at run time; ``None`` removes the override.
+
+    ``name_or_task`` is a durable task (or its name) with one ``Concurrency``, or the
+    ``name=`` of a shared ``Concurrency(scope="global")``; ``key`` is the key's value
+    (``None`` for a concurrency without ``key``). Lowering a limit stops no running run;
+    raising it promotes the backlog at once. Bad input raises ``DurableConfigError`` and
+    changes nothing.
+    """
+    from .integration import actions  # needs Django's app registry: not at import time
+
+    actions.set_limit(name_or_task, key, limit)

@@ -79,6 +79,11 @@ class Run(models.Model):
     # Nullable, with no default: a process still running the previous release can insert runs.
     metadata = models.TextField(null=True, blank=True, help_text="JSON object of metadata fields")
     progress = models.TextField(null=True, blank=True, help_text="JSON progress of the running step")
+    # Fairness (``Concurrency(fair_key=...)``): the fair run's slot key (its own column, so the
+    # fair index serves only fair backlogs), its fair value and its turns in a row.
+    fair_slot = models.CharField(max_length=255, null=True, blank=True)
+    fair_value = models.CharField(max_length=255, null=True, blank=True)
+    fair_weight = models.PositiveSmallIntegerField(default=1, db_default=1)
 
     class Meta:
         indexes = [
@@ -93,6 +98,7 @@ class Run(models.Model):
             models.Index(fields=["status", "slot_key1", "backlog_at"], name="durable_run_backlog1"),
             models.Index(fields=["status", "slot_key2", "backlog_at"], name="durable_run_backlog2"),
             models.Index(fields=["holds_slots", "status"], name="durable_run_holds"),
+            models.Index(fields=["status", "fair_slot", "fair_value", "backlog_at"], name="durable_run_fair"),
             models.Index(fields=["parent", "parent_step"], name="durable_run_parent"),
         ]
         permissions = [
@@ -226,11 +232,25 @@ class Slot(models.Model):
     """A concurrency key: at most ``limit`` of its runs hold a slot (queued or executing)."""
 
     key = models.CharField(max_length=255, unique=True)
-    limit = models.PositiveIntegerField()
+    limit = models.PositiveIntegerField(help_text="The limit the code declares (or a limit callable computed)")
     in_use = models.PositiveIntegerField(default=0)
+    override = models.PositiveIntegerField(null=True, blank=True, help_text="Set with set_limit; wins over limit")
+    # Fairness: the fair value served last and how many turns in a row it has had.
+    fair_cursor = models.CharField(max_length=255, null=True, blank=True)
+    fair_served = models.PositiveIntegerField(default=0, db_default=0)
+
+    class Meta:
+        verbose_name = "limit"
+        verbose_name_plural = "limits"
+        permissions = [("set_limit", "Can override concurrency limits")]
 
     def __str__(self) -> str:
-        return f"{self.key} {self.in_use}/{self.limit}"
+        return f"{self.key} {self.in_use}/{self.effective_limit}"
+
+    @property
+    def effective_limit(self) -> int:
+        """The override if one is set, else the declared limit."""
+        return self.limit if self.override is None else self.override
 
 
 class ScheduleState(models.Model):

@@ -37,6 +37,29 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
+#: The most turns in a row one fair value may get (``Concurrency.fair_weight``).
+MAX_FAIR_WEIGHT = 1000
+
+
+def _fair_weight(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_FAIR_WEIGHT:
+        raise DurableConfigError(f"{name} must be an int in 1..{MAX_FAIR_WEIGHT}, got {value!r}")
+    return value
+
+
+def fair_weight_of(weight: Callable[[Any], int] | dict[Any, int] | None, value: Any, name: str) -> int:
+    """The turns in a row of one fair value (1 without weights; a mapping defaults to 1)."""
+    if weight is None:
+        return 1
+    if isinstance(weight, dict):
+        return _fair_weight(weight.get(value, 1), name)
+    try:
+        result = weight(value)
+    except Exception as exc:
+        raise DurableConfigError(f"{name}: the fair_weight function raised {exc!r}") from exc
+    return _fair_weight(result, name)
+
+
 def _is_path(value: Any) -> bool:
     """A dotted path of Python names (``"order.customer_id"``): looked up, never evaluated."""
     return isinstance(value, str) and bool(value) and all(part.isidentifier() for part in value.split("."))
@@ -49,18 +72,52 @@ def _key(value: Any, name: str) -> None:
         raise DurableConfigError(f"{name} must be a parameter name (dotted paths allowed) or a callable, got {value!r}")
 
 
+WHEN_FULL = ("queue", "skip", "cancel_oldest")
+
+
+def _name(value: Any, option: str) -> None:
+    if value is not None and (not isinstance(value, str) or not value or len(value) > 100):
+        raise DurableConfigError(f"{option}.name must be a non-empty str of at most 100 characters, got {value!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Concurrency:
-    """At most ``limit`` runs executing at once per value of ``key``."""
+    """At most ``limit`` runs executing at once per value of ``key``.
 
-    limit: int
+    ``limit`` may be a callable of the call's arguments (evaluated at ``.delay()``);
+    ``fair_key`` shares a full key's freed slots round robin over its values (``fair_weight``
+    gives a value several turns in a row); ``when_full`` says what a call does when the key
+    is full: wait in the backlog (``"queue"``), end as skipped (``"skip"``) or cancel the
+    key's oldest run (``"cancel_oldest"``).
+    """
+
+    limit: int | Callable[..., int]
     key: Key = None
     scope: Literal["task", "global"] = "task"
     name: str | None = None
+    fair_key: Key = None
+    fair_weight: Callable[[Any], int] | dict[Any, int] | None = None
+    when_full: Literal["queue", "skip", "cancel_oldest"] = "queue"
 
     def __post_init__(self) -> None:
-        _positive_int(self.limit, "Concurrency.limit")
+        if not callable(self.limit):
+            _positive_int(self.limit, "Concurrency.limit")
         _key(self.key, "Concurrency.key")
+        _key(self.fair_key, "Concurrency.fair_key")
+        if self.fair_weight is not None:
+            if self.fair_key is None:
+                raise DurableConfigError("Concurrency.fair_weight needs a fair_key")
+            if isinstance(self.fair_weight, dict):
+                for value, weight in self.fair_weight.items():
+                    _fair_weight(weight, f"Concurrency.fair_weight[{value!r}]")
+            elif not callable(self.fair_weight):
+                raise DurableConfigError(
+                    f"Concurrency.fair_weight must be a callable or a mapping, got {self.fair_weight!r}"
+                )
+        if self.when_full not in WHEN_FULL:
+            raise DurableConfigError(
+                f"Concurrency.when_full must be one of {', '.join(WHEN_FULL)}, got {self.when_full!r}"
+            )
         if self.scope not in ("task", "global"):
             raise DurableConfigError(f"Concurrency.scope must be 'task' or 'global', got {self.scope!r}")
         if self.scope == "global" and not self.name:
@@ -75,8 +132,11 @@ class Throttle:
     period: Duration
     key: Key = None
     burst: int = 1
+    #: Shares one budget across every task that names it (``"stripe"``).
+    name: str | None = None
 
     def __post_init__(self) -> None:
+        _name(self.name, "Throttle")
         _positive_int(self.limit, "Throttle.limit")
         to_seconds(self.period, "Throttle.period")
         _positive_int(self.burst, "Throttle.burst")
@@ -90,8 +150,11 @@ class RateLimit:
     limit: int
     period: Duration
     key: Key = None
+    #: Shares one budget across every task that names it.
+    name: str | None = None
 
     def __post_init__(self) -> None:
+        _name(self.name, "RateLimit")
         _positive_int(self.limit, "RateLimit.limit")
         to_seconds(self.period, "RateLimit.period")
         _key(self.key, "RateLimit.key")

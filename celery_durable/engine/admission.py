@@ -45,8 +45,10 @@ def admit(
     bound = spec.bound_arguments(list(args), kwargs)
     args, kwargs = spec.call_arguments(args, kwargs)
 
-    def key(option: str, key_spec: Any) -> str:
-        return stored_key(f"{option}:{spec.name}:{resolve_key(spec.name, option, key_spec, bound, args, kwargs)}")
+    def key(option: str, key_spec: Any, shared: str | None = None) -> str:
+        # A shared ``name=`` replaces the task's name: one budget for every task naming it.
+        owner = spec.name if shared is None else f"={shared}"
+        return stored_key(f"{option}:{owner}:{resolve_key(spec.name, option, key_spec, bound, args, kwargs)}")
 
     holds: list[str] = []
     if spec.idempotency_key is not None:
@@ -80,7 +82,7 @@ def admit(
         holds.append(name)
     if spec.rate_limit is not None:
         limit = spec.rate_limit
-        state = flow_state.lock(key("rate_limit", limit.key))
+        state = flow_state.lock(key("rate_limit", limit.key, limit.name))
         # A sliding log of the admissions inside the window: exact "at most limit per period".
         window_start = now - timedelta(seconds=to_seconds(limit.period, "RateLimit.period"))
         admitted = [t for t in serialization.loads(state.admitted) if t > window_start]
@@ -88,7 +90,7 @@ def admit(
             return Decision("skip", run_id, reason=f"rate limit: {limit.limit} per {limit.period}")
         flow_state.save(state, admitted=serialization.dumps([*admitted, now], "rate limit log"))
     if spec.throttle is not None:
-        start = throttle_slot(spec, key("throttle", spec.throttle.key), max(now, wake_at or now))
+        start = throttle_slot(spec, key("throttle", spec.throttle.key, spec.throttle.name), max(now, wake_at or now))
         if start > now:
             wake_at = start
     if singleton_state is not None:  # only now: a call the rate limit skips must not take the key
@@ -120,5 +122,6 @@ def resumed_start(spec: TaskSpec, args_json: str, kwargs_json: str) -> datetime 
     bound = spec.bound_arguments(list(args), kwargs)
     call_args, call_kwargs = spec.call_arguments(tuple(args), kwargs)
     value = resolve_key(spec.name, "throttle", spec.throttle.key, bound, call_args, call_kwargs)
-    start = throttle_slot(spec, stored_key(f"throttle:{spec.name}:{value}"), now)
+    owner = spec.name if spec.throttle.name is None else f"={spec.throttle.name}"
+    start = throttle_slot(spec, stored_key(f"throttle:{owner}:{value}"), now)
     return start if start > now else None

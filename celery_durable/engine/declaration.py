@@ -78,6 +78,12 @@ def _validate_concurrency(task_name: str, concurrency: Any, fn: Any) -> None:
         raise DurableConfigError(f"{task_name}: option 'concurrency' has two entries with the same key")
     for entry in entries:
         check_key_spec(task_name, "concurrency", entry.key, getattr(fn, "__func__", fn))
+        check_key_spec(task_name, "concurrency fair_key", entry.fair_key, getattr(fn, "__func__", fn))
+        if len(entries) == 2 and (entry.fair_key is not None or entry.when_full != "queue"):
+            # The fair order and the full-key decision belong to one slot key.
+            raise DurableConfigError(
+                f"{task_name}: option 'concurrency' with fair_key or when_full takes one Concurrency entry, not two"
+            )
 
 
 def _validate_flow_options(task_name: str, attrs: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from .ports import Publisher
 from .spec import TaskSpec
 
 SINGLETON_REPLACED = "replaced by a newer run (Singleton mode='cancel')"
+CANCELLED_OLDEST = "cancelled to admit a newer run (Concurrency when_full='cancel_oldest')"
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def _admit(
     publisher: Publisher,
 ) -> Intake:
     """Intake through flow control (idempotency, debounce, singleton, rate limit, throttle, concurrency)."""
-    replaced = None
+    replaced = evicted = skipped = None
     with transaction.atomic():
         decision = admission.admit(spec, message.run_id, args, kwargs, wake_at, message.args, message.kwargs)
         if decision.kind in ("existing", "debounced"):
@@ -70,6 +71,7 @@ def _admit(
                 replaced = None  # it finished meanwhile
         priority = spec.priority_of(args, kwargs)
         limits = spec.slot_limits(args, kwargs)
+        fairness = spec.fairness(args, kwargs)
         keys = sorted(limits)
         backlogged = bool(limits) and decision.wake_at is None
         created = runs.record(
@@ -82,14 +84,47 @@ def _admit(
                 "slot_key1": keys[0] if keys else None,
                 "slot_key2": keys[1] if len(keys) > 1 else None,
                 "status": RunStatus.PENDING if backlogged else RunStatus.QUEUED,
+                **({"fair_slot": keys[0], "fair_value": fairness[0], "fair_weight": fairness[1]} if fairness else {}),
             },
         )
-        # A backlogged run is admitted now if every slot is free; otherwise it waits in the backlog.
-        if created and (slots.admit(message.run_id, limits) if backlogged else decision.wake_at is None):
-            publisher.publish_on_commit([message])
+        if created and (backlogged or decision.wake_at is None):
+            # A backlogged run is admitted now if every slot is free; otherwise it waits in the backlog.
+            admitted = slots.admit(message.run_id, limits, fairness is not None) if backlogged else True
+            if admitted:
+                publisher.publish_on_commit([message])
+            else:
+                full = when_full(spec, message.run_id, keys)
+                evicted, skipped = full.evicted, full.skipped
     if replaced is not None:
         cancel.finish(replaced, publisher)
-    return Intake(message.run_id)
+    if evicted is not None:
+        cancel.finish(evicted, publisher)
+    return skipped or Intake(message.run_id)
+
+
+@dataclass(frozen=True)
+class Full:
+    """What ``when_full`` did with a call whose key was full."""
+
+    skipped: Intake | None = None
+    evicted: cancellation.Cancellation | None = None
+
+
+def when_full(spec: TaskSpec, run_id: str, keys: list[str]) -> Full:
+    """A full key's ``when_full``: wait (``None``), end the new run as skipped, or cancel the oldest."""
+    mode = spec.concurrency[0].when_full if len(spec.concurrency) == 1 else "queue"
+    if mode == "skip":
+        reason = f"concurrency: key {keys[0]} is full (when_full='skip')"
+        runs.skip_pending(run_id, reason)
+        return Full(skipped=Intake(run_id, skipped=reason))
+    if mode == "cancel_oldest":
+        oldest = slots.oldest_holder(keys[0])
+        if oldest is not None:
+            try:
+                return Full(evicted=cancellation.cancel(oldest, CANCELLED_OLDEST))
+            except DurableError:
+                pass  # it finished meanwhile: its slot goes to the backlog
+    return Full()
 
 
 def encode_arguments(task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..exceptions import DurableConfigError
-from ..flow.keys import resolve_key, stored_key
+from ..flow.keys import key_text, resolve_key, stored_key
 from ..options import (
     CancelOn,
     Concurrency,
@@ -25,9 +25,13 @@ from ..options import (
     Singleton,
     Throttle,
     Timeouts,
+    fair_weight_of,
     to_seconds,
 )
 from ..runtime.events import Event
+
+#: The largest concurrency limit a limit callable or an override may give.
+MAX_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -106,12 +110,45 @@ class TaskSpec:
         limits: dict[str, int] = {}
         for index, entry in enumerate(self.concurrency):
             value = resolve_key(self.name, "concurrency", entry.key, bound, call_args, call_kwargs)
-            if entry.scope == "global":
-                key = f"{entry.name}:{value}"
-            else:  # the key's path (or position) keeps two dimensions of one task apart
-                key = f"{self.name}:{entry.key if isinstance(entry.key, str) else f'#{index}'}:{value}"
-            limits[stored_key(key)] = entry.limit
+            limits[self.slot_key(index, value)] = self._limit_of(entry, call_args, call_kwargs)
         return limits
+
+    def slot_key(self, index: int, value: str) -> str:
+        """The stored slot key of concurrency entry ``index`` for a key's text ``value``."""
+        entry = self.concurrency[index]
+        if entry.scope == "global":
+            return stored_key(f"{entry.name}:{value}")
+        # The key's path (or position) keeps two dimensions of one task apart.
+        return stored_key(f"{self.name}:{entry.key if isinstance(entry.key, str) else f'#{index}'}:{value}")
+
+    def _limit_of(self, entry: Concurrency, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        """An entry's limit for one call: an int, or a callable of the arguments (like ``priority``)."""
+        if not callable(entry.limit):
+            return entry.limit
+        try:
+            limit = entry.limit(*args, **kwargs)
+        except Exception as exc:
+            raise DurableConfigError(f"{self.name}: the concurrency limit function raised {exc!r}") from exc
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise DurableConfigError(
+                f"{self.name}: a concurrency limit must be an int in 1..{MAX_LIMIT}, got {limit!r}"
+            )
+        return limit
+
+    def fairness(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> tuple[str, int] | None:
+        """The run's fair value (as stored) and its weight, when its concurrency has a ``fair_key``."""
+        entry = self.concurrency[0] if len(self.concurrency) == 1 else None
+        if entry is None or entry.fair_key is None:
+            return None
+        bound = self.bound_arguments(list(args), kwargs)
+        call_args, call_kwargs = self.call_arguments(tuple(args), kwargs)
+        value = resolve_key(self.name, "concurrency fair_key", entry.fair_key, bound, call_args, call_kwargs)
+        raw = value if entry.fair_weight is None or callable(entry.fair_weight) else None
+        if isinstance(entry.fair_weight, dict):
+            # A mapping is looked up by the key's value as the call gave it (a str or an int).
+            raw = next((k for k in entry.fair_weight if key_text(self.name, "fair_weight", k) == value), value)
+        weight = fair_weight_of(entry.fair_weight, raw, f"{self.name}: Concurrency.fair_weight")
+        return stored_key(value), weight
 
     def priority_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         """The run's priority (-600..600 seconds of head start), from an int or a callable."""

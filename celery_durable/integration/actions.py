@@ -17,8 +17,9 @@ from django.db import transaction
 
 from .. import serialization
 from ..engine import cancel as cancelling
-from ..engine import events, schedules
+from ..engine import events, limits, schedules
 from ..engine import pause as pausing_engine
+from ..engine.spec import TaskSpec
 from ..exceptions import DurableConfigError, TaskNotRegistered
 from ..models import Pause, Run
 from ..runtime.events import Event
@@ -140,3 +141,24 @@ def resume(task_name: str, key: str | None = None) -> list[str]:
 def explain(run_id: str) -> Explanation:
     """Why a run is waiting (see :func:`celery_durable.explain`)."""
     return explaining.explain(run_id)
+
+
+def set_limit(name_or_task: Any, key: Any, limit: int | None) -> tuple[int | None, int | None]:
+    """Override a concurrency key's limit (see :func:`celery_durable.set_limit`)."""
+    registry, publisher = ports()
+    spec = getattr(name_or_task, "durable_spec", None)
+    if isinstance(name_or_task, str):
+        spec = registry.spec(name_or_task)
+        name = name_or_task
+    elif isinstance(spec, TaskSpec):
+        name = spec.name
+    else:
+        raise DurableConfigError(f"set_limit: expected a durable task or a Concurrency name, got {name_or_task!r}")
+    limits.check_limit(limit)
+    return limits.set_override(limits.slot_key(registry, name, spec, key), limit, publisher)
+
+
+def set_key_limit(key: str, limit: int | None) -> tuple[int | None, int | None]:
+    """Override the limit of a stored slot key (the admin's "Limits" page)."""
+    _registry, publisher = ports()
+    return limits.set_override(key, limit, publisher)

@@ -112,10 +112,25 @@ def record(
     )
 
 
+def _skip_error(reason: str) -> str:
+    error = {"type": "RunSkipped", "module": "celery_durable.exceptions", "message": reason, "traceback": ""}
+    return serialization.dumps(error, "error record")
+
+
+def skip_pending(run_id: str, reason: str) -> bool:
+    """End a run still waiting in a backlog as ``skipped`` (``Concurrency(when_full="skip")``)."""
+    now = clock.now()
+    return (
+        Run.objects.filter(id=run_id, status=RunStatus.PENDING, holds_slots=False).update(
+            status=RunStatus.SKIPPED, error=_skip_error(reason), finished_at=now
+        )
+        == 1
+    )
+
+
 def create_skipped(message: RunMessage, reason: str) -> None:
     """Record a run that flow control skipped at ``.delay()`` (status ``skipped``)."""
     now = clock.now()
-    error = {"type": "RunSkipped", "module": "celery_durable.exceptions", "message": reason, "traceback": ""}
     Run.objects.create(
         id=message.run_id,
         task_name=message.task_name,
@@ -123,7 +138,7 @@ def create_skipped(message: RunMessage, reason: str) -> None:
         args=message.args,
         kwargs=message.kwargs,
         options=message.options,
-        error=serialization.dumps(error, "error record"),
+        error=_skip_error(reason),
         created_at=now,
         finished_at=now,
     )

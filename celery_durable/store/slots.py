@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 
 from .. import clock
@@ -24,6 +24,8 @@ from .messages import RunMessage
 from .rows import message_for
 
 PROMOTION_CANDIDATES = 10
+#: A key's limit in force: its override (``set_limit``) if set, else the declared limit.
+EFFECTIVE_LIMIT = Coalesce(F("override"), F("limit"))
 
 
 _last_call: Any = None
@@ -42,25 +44,30 @@ def backlog_time(priority: int) -> Any:
     return now - timedelta(seconds=priority)
 
 
-def _ensure(key: str, limit: int) -> None:
-    """The slot row exists with the limit the code declares now (a deploy may change it)."""
+def _ensure(key: str, limit: int, fair: bool = False) -> None:
+    """The slot row exists with the limit the code declares now (a deploy may change it).
+
+    A fair key (``Concurrency(fair_key=...)``) has a non-NULL ``fair_cursor``.
+    """
     try:
         with transaction.atomic():
-            Slot.objects.get_or_create(key=key, defaults={"limit": limit})
+            Slot.objects.get_or_create(key=key, defaults={"limit": limit, "fair_cursor": "" if fair else None})
     except IntegrityError:
         pass  # created concurrently
     Slot.objects.filter(key=key).exclude(limit=limit).update(limit=limit)
+    if fair:
+        Slot.objects.filter(key=key, fair_cursor__isnull=True).update(fair_cursor="")
 
 
 def _take(key: str) -> bool:
-    return Slot.objects.filter(key=key, in_use__lt=F("limit")).update(in_use=F("in_use") + 1) == 1
+    return Slot.objects.filter(key=key, in_use__lt=EFFECTIVE_LIMIT).update(in_use=F("in_use") + 1) == 1
 
 
 def _give(key: str) -> None:
     Slot.objects.filter(key=key, in_use__gt=0).update(in_use=F("in_use") - 1)
 
 
-def acquire(run_id: str, limits: dict[str, int | None], lease_seconds: float | None = None) -> bool:
+def acquire(run_id: str, limits: dict[str, int | None], fair: bool = False, lease_seconds: float | None = None) -> bool:
     """Take every slot of the run or none (call inside a transaction).
 
     ``lease_seconds``: the claimed run's lease starts again once the slots are taken, in the
@@ -69,7 +76,7 @@ def acquire(run_id: str, limits: dict[str, int | None], lease_seconds: float | N
     """
     for key, limit in limits.items():
         if limit is not None:  # every row first: a promotion later knows only the keys
-            _ensure(key, limit)
+            _ensure(key, limit, fair)
     taken: list[str] = []
     for key in sorted(limits):  # a fixed order: no deadlock between two runs sharing keys
         if not _take(key):
@@ -114,13 +121,18 @@ def release(run_id: str) -> list[RunMessage]:
 def _hand_over(key: str) -> RunMessage | None:
     """Pass a released slot of ``key`` to the head of its backlog if that run needs only this key.
 
-    Not when a lowered limit left the key over it (the slot must go back then). Locks the
+    Not when a lowered limit left the key over it (the slot must go back then); a fair key's
+    slot goes to its next run in round robin (``_hand_over_fair``). Locks the
     head's row only (after the releasing run's own), skipping a head that another release
     is taking; a concurrent promoter that took the head first makes the UPDATE change
     nothing, and the caller gives the slot back instead.
     """
-    if not Slot.objects.filter(key=key, in_use__lte=F("limit")).exists():
+    slot = Slot.objects.filter(key=key, in_use__lte=EFFECTIVE_LIMIT).values_list("pk", "fair_cursor", "fair_served")
+    row = slot.first()
+    if row is None:
         return None
+    if row[1] is not None:  # a fair key: its next run in round robin, not the backlog's head
+        return _hand_over_fair(Slot(pk=row[0], key=key, fair_cursor=row[1], fair_served=row[2]))
     heads: list[tuple[Any, str, str | None]] = []
     for field in ("slot_key1", "slot_key2"):
         # By backlog_at alone, the backlog index's order: with ", id" PostgreSQL sorted the
@@ -154,6 +166,11 @@ def promote(keys: list[str]) -> list[RunMessage]:
 
 def _promote_one(key: str) -> list[RunMessage]:
     now = clock.now()
+    fair = Slot.objects.select_for_update().filter(key=key, fair_cursor__isnull=False).first()
+    if fair is not None:
+        promoted = _promote_fair(fair, now)
+        if promoted is not None:
+            return promoted
     candidates: list[tuple[Any, str]] = []
     for field in ("slot_key1", "slot_key2"):
         pending = Run.objects.filter(status=RunStatus.PENDING, **{field: key}).order_by("backlog_at", "id")
@@ -170,6 +187,69 @@ def _promote_one(key: str) -> list[RunMessage]:
             return [replace(message_for(run_id), resume=True)]  # a slot came due
         Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING)
     return []
+
+
+def _fair_pick(slot: Slot) -> tuple[str, str, int] | None:
+    """Round robin over a fair key's values: the next value after the cursor, wrapping around.
+
+    ``(value, run id, turns of the value after this one)``, or ``None`` when no run of the
+    key has a fair value. Call with the slot row locked: one promoter at a time moves the
+    cursor. Two indexed probes of ``(status, fair_slot, fair_value, backlog_at)``, whatever
+    the backlog's depth: the cursor value's head while it has turns left (its weight), else
+    the head of the next value.
+    """
+    pending = Run.objects.filter(status=RunStatus.PENDING, fair_slot=slot.key, fair_value__isnull=False)
+    cursor = slot.fair_cursor or ""
+    if slot.fair_served > 0:
+        same = pending.filter(fair_value=cursor).order_by("backlog_at").values_list("id", "fair_weight").first()
+        if same is not None and slot.fair_served < same[1]:
+            return cursor, same[0], slot.fair_served + 1
+    following = (
+        pending.filter(fair_value__gt=cursor) if slot.fair_served > 0 else pending.filter(fair_value__gte=cursor)
+    )
+    row = following.order_by("fair_value", "backlog_at").values_list("fair_value", "id").first()
+    if row is None:  # wrap around
+        row = pending.order_by("fair_value", "backlog_at").values_list("fair_value", "id").first()
+    return None if row is None else (str(row[0]), row[1], 1)
+
+
+def _promote_fair(slot: Slot, now: Any) -> list[RunMessage] | None:
+    """Promote a fair key's next run (``_fair_pick``); ``None`` when no run has a fair value."""
+    pick = _fair_pick(slot)
+    if pick is None:
+        return None
+    value, run_id, served = pick
+    if not Run.objects.filter(pk=run_id, status=RunStatus.PENDING, holds_slots=False).update(
+        status=RunStatus.QUEUED, published_at=now
+    ):
+        return []
+    if not acquire(run_id, {slot.key: None}):
+        Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING)
+        return []
+    Slot.objects.filter(pk=slot.pk).update(fair_cursor=value, fair_served=served)
+    return [message_for(run_id)]
+
+
+def _hand_over_fair(slot: Slot) -> RunMessage | None:
+    """A fair key's released slot goes straight to its next run in round robin (one transaction).
+
+    The slot's ``in_use`` is untouched, and its row is read without a lock (two releases hand
+    over in parallel, as for a plain key): two releases that read the same cursor pick the
+    same run, the second one's UPDATE then changes nothing (after the first commits), and it
+    gives its slot back and promotes from the moved cursor instead. ``None`` then, and when
+    nothing fair waits or the pick needs another key.
+    """
+    pick = _fair_pick(slot)
+    if pick is None:
+        return None
+    value, run_id, served = pick
+    taken = Run.objects.filter(
+        pk=run_id, status=RunStatus.PENDING, holds_slots=False, slot_key1=slot.key, slot_key2__isnull=True
+    ).update(status=RunStatus.QUEUED, published_at=clock.now(), holds_slots=True)
+    if not taken:
+        return None
+    Slot.objects.filter(pk=slot.pk).update(fair_cursor=value, fair_served=served)
+    return message_for(run_id)
 
 
 def reclaim(run_id: str, generation: int, limits: dict[str, int], lease_seconds: float) -> bool:
@@ -191,7 +271,7 @@ def reclaim(run_id: str, generation: int, limits: dict[str, int], lease_seconds:
         keys = sorted(limits)
         if keys:
             held.filter(slot_key1__isnull=True).update(slot_key1=keys[0], slot_key2=keys[1] if len(keys) > 1 else None)
-        if acquire(run_id, dict(limits), lease_seconds):
+        if acquire(run_id, dict(limits), lease_seconds=lease_seconds):
             return True
         held.update(status=RunStatus.PENDING, lease_owner=None, lease_expires_at=None)
         return False
@@ -209,7 +289,7 @@ def repair(limit: int) -> list[RunMessage]:
 def promote_stranded(limit: int) -> list[RunMessage]:
     """Backstop: pending runs whose keys have free slots (a release raced their suspension)."""
     keys = set(_backlog_keys(limit))
-    free = set(Slot.objects.filter(key__in=keys, in_use__lt=F("limit")).values_list("key", flat=True))
+    free = set(Slot.objects.filter(key__in=keys, in_use__lt=EFFECTIVE_LIMIT).values_list("key", flat=True))
     return promote(sorted(free)) if free else []
 
 
@@ -238,9 +318,52 @@ def _backlog_keys(limit: int) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
-def admit(run_id: str, limits: dict[str, int]) -> bool:
+def admit(run_id: str, limits: dict[str, int], fair: bool = False) -> bool:
     """A new ``pending`` run takes every slot now and becomes ``queued``, or stays in the backlog."""
-    if not acquire(run_id, dict(limits)):
+    if not acquire(run_id, dict(limits), fair):
         return False
     Run.objects.filter(id=run_id, status=RunStatus.PENDING).update(status=RunStatus.QUEUED, published_at=clock.now())
     return True
+
+
+def oldest_holder(key: str) -> str | None:
+    """The oldest run holding a slot of ``key`` and not yet asked to cancel (``cancel_oldest``)."""
+    holders = Run.objects.filter(Q(slot_key1=key) | Q(slot_key2=key), holds_slots=True, status__in=HOLDING_SLOTS)
+    return (
+        holders.filter(cancel_requested_at__isnull=True)
+        .order_by("created_at", "id")
+        .values_list("id", flat=True)
+        .first()
+    )
+
+
+def set_override(key: str, limit: int | None) -> tuple[int | None, int | None]:
+    """Set (or with ``None`` remove) the override of ``key``; the previous and new override.
+
+    A key never used yet gets its row now (its declared limit is written by its first run).
+    Lowering stops no run: the key admits nothing until enough of its runs finish.
+    """
+    with transaction.atomic():
+        if limit is not None:
+            try:
+                with transaction.atomic():
+                    Slot.objects.get_or_create(key=key, defaults={"limit": limit})
+            except IntegrityError:
+                pass  # created concurrently
+        slot = Slot.objects.select_for_update().filter(key=key).first()
+        if slot is None:
+            return None, None
+        previous = slot.override
+        Slot.objects.filter(pk=slot.pk).update(override=limit)
+    return previous, limit
+
+
+def fill(key: str) -> list[RunMessage]:
+    """Promote the backlog of ``key`` until its slots are full (after a limit was raised)."""
+    messages: list[RunMessage] = []
+    while Slot.objects.filter(key=key, in_use__lt=EFFECTIVE_LIMIT).exists():
+        promoted = promote([key])
+        if not promoted:
+            break
+        messages += promoted
+    return messages

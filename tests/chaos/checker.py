@@ -72,8 +72,14 @@ def load_faults() -> list[Fault]:
     return faults
 
 
-def check(called: list[str] | None = None, lease_seconds: float = 5.0) -> Report:
-    """Check every chaos run in the database; ``called``: ids the workload got from ``.delay()``."""
+def check(
+    called: list[str] | None = None, lease_seconds: float = 5.0, overrides: dict[str, list[int]] | None = None
+) -> Report:
+    """Check every chaos run in the database; ``called``: ids the workload got from ``.delay()``.
+
+    ``overrides``: the limits a workload set with ``set_limit`` during the run, per key value
+    of ``chaos.limited``.
+    """
     report = Report()
     runs = {r.id: r for r in Run.objects.filter(task_name__in=TASKS)}
     report.runs = len(runs)
@@ -123,7 +129,7 @@ def check(called: list[str] | None = None, lease_seconds: float = 5.0) -> Report
             report.fail(f"run {run_id}: .delay() returned it but no run row exists (lost)")
     for run in runs.values():
         _check_run(run, steps[run.id], attempts[run.id], counters, explained, report, story)
-    _check_limits(runs, attempts, explained, report)
+    _check_limits(runs, attempts, explained, report, _limits_in_force(overrides or {}))
     _check_events(runs, steps, report)
     _check_children(runs, report)
     leaked = Run.objects.filter(task_name="chaos.limited", holds_slots=True).values_list("id", flat=True)
@@ -217,8 +223,25 @@ def _check_run(run, steps, attempts, counters, explained, report: Report, story=
             report.fail(f"{name}: bodies {a.step!r} (pid {a.pid}) and {b.step!r} (pid {b.pid}) ran at once")
 
 
-def _check_limits(runs, attempts, explained, report: Report) -> None:
+def _limits_in_force(overrides: dict[str, list[int]]) -> dict[str, int]:
+    """Per slot key, the highest limit in force at any time: the declared LIMIT or an override.
+
+    No limit exceeded under overrides: lowering a limit stops no running run, so the bound
+    over the whole run is the largest of them (the overrides the workload set, and the one
+    still on the key's row).
+    """
+    applied = {key: list(limits) for key, limits in overrides.items()}
+    prefix = "chaos.limited:key:"  # the slot key of chaos.limited's key value (set_limit(limited, value, n))
+    rows = Slot.objects.filter(key__startswith=prefix, override__isnull=False).values_list("key", "override")
+    for key, override in rows:
+        applied.setdefault(key.removeprefix(prefix), []).append(override)
+    return {key: max([LIMIT, *limits]) for key, limits in applied.items()}
+
+
+def _check_limits(runs, attempts, explained, report: Report, limits: dict[str, int]) -> None:
     """At most LIMIT runs of a key execute at any instant (SPEC §10.4), from the bodies' intervals.
+
+    A key given overrides may reach the highest of them (``_limits_in_force``).
 
     An attempt killed inside its body has no end: it counts until the run's next attempt
     starts (its run keeps the slot until then), or until the run ended. An attempt still going
@@ -243,9 +266,10 @@ def _check_limits(runs, attempts, explained, report: Report) -> None:
     for key, intervals in per_key.items():
         peak, at, holders = _max_overlap(intervals)
         report.peak[key] = peak
-        if peak > LIMIT:
+        limit = limits.get(key, LIMIT)
+        if peak > limit:
             report.limit_violations += 1
-            report.fail(f"key {key!r}: {peak} runs executing at once at {at} (limit {LIMIT}): {sorted(holders)}")
+            report.fail(f"key {key!r}: {peak} runs executing at once at {at} (limit {limit}): {sorted(holders)}")
 
 
 def _max_overlap(intervals):

@@ -290,3 +290,34 @@ def test_cookbook__the_nightly_job_never_overlaps(durable):
     durable.run_until_idle()
     assert durable.result(tonight.id)["orders"] == 3
     assert get_run(nightly_rollup.delay().id).status == "queued"  # the next night's
+
+
+def render(tenant, report_id):
+    return f"{tenant}/{report_id}"
+
+
+@durable_task(
+    name="reports.export",
+    concurrency=Concurrency(limit=4, fair_key="tenant", fair_weight={"enterprise-co": 2}),
+)
+def export(tenant, report_id):
+    return step.run("render", render, tenant, report_id)
+
+
+def test_cookbook__fair_exports_per_tenant_with_a_tunable_limit(durable):
+    from celery_durable import set_limit
+
+    first = [export.delay("big-co", n) for n in range(4)]  # the 4 slots
+    waiting = [export.delay("big-co", n) for n in range(4, 40)] + [export.delay("small-co", 0)]
+    waiting += [export.delay("enterprise-co", n) for n in range(3)]
+    assert {get_run(r.id).status for r in first} == {"queued"}
+    set_limit(export, None, 12)  # raise: 8 more exports start now
+    queued = [r for r in waiting if get_run(r.id).status == "queued"]
+    tenants = sorted(get_run(r.id).args_value[0] for r in queued)
+    # Round robin by the tenants' text order, two turns in a row for enterprise-co: big-co,
+    # enterprise-co x2, small-co, big-co, enterprise-co (its last), big-co, big-co.
+    assert tenants == ["big-co"] * 4 + ["enterprise-co"] * 3 + ["small-co"]
+    set_limit(export, None, None)  # back to 4; running exports finish
+    assert Slot.objects.get(key="reports.export:#0:*").override is None
+    durable.run_until_idle()
+    assert all(get_run(r.id).status == "completed" for r in first + waiting)

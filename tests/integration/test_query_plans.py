@@ -251,3 +251,12 @@ def test_admin__metadata_search(admin_client):
     changelist = reverse("admin:celery_durable_run_changelist")
     statements = assert_indexed(lambda: admin_client.get(changelist, {"q": "order_id:12345"}), "durable_meta_value")
     assert any("celery_durable_runmetadata" in sql for sql, _ in statements)
+
+
+def test_fair_promotion__probes_the_fair_index(durable):
+    held = flows.fair.delay("a", 0)
+    for n in range(40):
+        flows.fair.delay("a" if n % 3 else "b", n)
+    Run.objects.filter(id=held.id).update(status=RunStatus.COMPLETED)
+    assert_indexed(lambda: slots.release(held.id), "durable_run_fair")
+    assert Run.objects.filter(task_name="f.fair", status=RunStatus.QUEUED).count() == 1

@@ -337,3 +337,95 @@ def pause_hold(n):
 
     step.run("one", one)
     return step.run("two", counted, "hold-two", n)
+
+
+# Issue 15: fairness, limits that change, when_full, shared throttles and rate limits.
+@durable_task(name="f.fair", concurrency=Concurrency(limit=1, fair_key="tenant"))
+def fair(tenant, n):
+    return n
+
+
+@durable_task(name="f.fair_weighted", concurrency=Concurrency(limit=1, fair_key="tenant", fair_weight={"big": 3}))
+def fair_weighted(tenant, n):
+    return n
+
+
+def _region_limit(region, n):
+    return 2 if region == "eu" else 1
+
+
+@durable_task(name="f.dyn_limit", concurrency=Concurrency(limit=_region_limit, key="region"))
+def dyn_limit(region, n):
+    return n
+
+
+@durable_task(name="f.overridden", concurrency=Concurrency(limit=1, key="k"))
+def overridden(k, n):
+    return n
+
+
+@durable_task(name="f.full_skip", concurrency=Concurrency(limit=1, key="k", when_full="skip"))
+def full_skip(k, n):
+    return n
+
+
+@durable_task(name="f.full_cancel", concurrency=Concurrency(limit=1, key="k", when_full="cancel_oldest"))
+def full_cancel(k, n):
+    return n
+
+
+@durable_task(name="f.stripe_charge", throttle=Throttle(limit=1, period=10, name="stripe"))
+def stripe_charge(n):
+    return n
+
+
+@durable_task(name="f.stripe_refund", throttle=Throttle(limit=1, period=10, name="stripe"))
+def stripe_refund(n):
+    return n
+
+
+@durable_task(name="f.sms_a", rate_limit=RateLimit(limit=2, period=3600, name="sms"))
+def sms_a(n):
+    return n
+
+
+@durable_task(name="f.sms_b", rate_limit=RateLimit(limit=2, period=3600, name="sms"))
+def sms_b(n):
+    return n
+
+
+@durable_task(name="f.shared_pool_a", concurrency=Concurrency(limit=1, scope="global", name="pool", key="k"))
+def shared_pool_a(k, n):
+    return n
+
+
+@durable_task(name="f.fair_work", concurrency=Concurrency(limit=1, fair_key="tenant"))
+def fair_work(tenant, n):
+    """Records when it started: with limit 1, the start order is the promotion order."""
+    record_interval(step.run_id, tenant)
+    return n
+
+
+@durable_task(name="f.override_work", concurrency=Concurrency(limit=1, key="k"))
+def override_work(k, n):
+    record_interval(step.run_id, k, hold=0.4)
+    return n
+
+
+@durable_task(name="f.full_cancel_slow", concurrency=Concurrency(limit=1, key="k", when_full="cancel_oldest"))
+def full_cancel_slow(k, n, wait=0.0):
+    step.run("first", counted, f"first-{n}", n)
+    record_interval(step.run_id, k, hold=wait)
+    return step.run("second", counted, f"second-{n}", n)
+
+
+@durable_task(name="f.shared_fast_a", throttle=Throttle(limit=2, period=1, name="shared-fast"))
+def shared_fast_a(n):
+    record_interval(step.run_id, "shared-fast")
+    return n
+
+
+@durable_task(name="f.shared_fast_b", throttle=Throttle(limit=2, period=1, name="shared-fast"))
+def shared_fast_b(n):
+    record_interval(step.run_id, "shared-fast")
+    return n

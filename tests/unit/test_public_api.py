@@ -27,6 +27,7 @@ EXPECTED = [
     "pause",
     "resume",
     "explain",
+    "set_limit",
     "DurableError",
     "DurableConfigError",
     "SerializationError",
