@@ -5,7 +5,7 @@ Importing this package has no side effects and needs no Django settings.
 
 from __future__ import annotations
 
-from .api import cancel, get_run, replay, send_event
+from .api import batch_run, cancel, get_run, replay, send_event
 from .exceptions import (
     ChildRunFailed,
     DirectCallError,
@@ -26,11 +26,12 @@ from .exceptions import (
 )
 from .integration.install import install
 from .integration.task import DurableTask, durable_task
-from .options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Singleton, Throttle, Timeouts
+from .options import Batch, CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Singleton, Throttle, Timeouts
 from .runtime.context import step
 from .runtime.events import Event
 
 __all__ = [
+    "Batch",
     "CancelOn",
     "ChildRunFailed",
     "Concurrency",
@@ -57,6 +58,7 @@ __all__ = [
     "StepTimeout",
     "Throttle",
     "Timeouts",
+    "batch_run",
     "cancel",
     "durable_task",
     "get_run",

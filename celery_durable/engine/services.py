@@ -1,7 +1,7 @@
 """One pass of the services.
 
-Wake due runs, cancel timed-out ones, republish lost messages, reap expired leases, and
-repair slots (the backstops).
+Wake due runs, cancel timed-out ones, republish lost messages, reap expired leases, form
+due batches, and repair slots (the backstops).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ..exceptions import WorkerLost
 from ..models import Run
 from ..store import cancellation, recovery, slots
 from ..store.cancellation import Cancellation
-from . import cancel
+from . import batching, cancel
 from .ports import Publisher
 
 
@@ -28,6 +28,7 @@ class TickReport:
     failed: int = 0
     timed_out: int = 0
     promoted: int = 0
+    batches: int = 0
 
 
 def tick(publisher: Publisher, using: str = "default", backstops: bool = True) -> TickReport:
@@ -59,6 +60,7 @@ def tick(publisher: Publisher, using: str = "default", backstops: bool = True) -
         for run_id in reaped.failed:
             publisher.failed_for_good(run_id, names.get(run_id, ""), WorkerLost(run_id))
         report.failed = len(reaped.failed)
+        report.batches = batching.form_due(publisher, using)
     if backstops:
         # Slots held by runs that are no longer queued or running, and backlogs whose slots
         # are free (each normally handled in the transition itself).

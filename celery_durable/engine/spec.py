@@ -15,7 +15,18 @@ from typing import Any
 
 from ..exceptions import DurableConfigError
 from ..flow.keys import resolve_key, stored_key
-from ..options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Singleton, Throttle, Timeouts, to_seconds
+from ..options import (
+    Batch,
+    CancelOn,
+    Concurrency,
+    Debounce,
+    RateLimit,
+    RetryPolicy,
+    Singleton,
+    Throttle,
+    Timeouts,
+    to_seconds,
+)
 from ..runtime.events import Event
 
 
@@ -37,6 +48,7 @@ class TaskSpec:
     on_event: str | None = None
     cancel_on: tuple[CancelOn, ...] = ()
     on_failure: dict[str, Any] | None = None
+    batch: Batch | None = None
 
     @property
     def signature(self) -> inspect.Signature:

@@ -13,10 +13,11 @@ from celery import current_app
 
 from ..engine import cancel as cancelling
 from ..engine import events
+from ..exceptions import RunNotFound
 from ..models import Run
 from ..runtime.events import Event
+from ..store import batches, runs
 from ..store import replay as replaying
-from ..store import runs
 from .registry import ports
 
 
@@ -29,6 +30,15 @@ def send_event(name: str, data: dict[str, Any] | None = None, *, id: str | None 
 def get_run(run_id: str) -> Run:
     """The run with this id, or raise ``RunNotFound``."""
     return runs.get(run_id)
+
+
+def batch_run(call_id: str) -> Run | None:
+    """The run a batched call joined; ``None`` while its batch forms (see :func:`celery_durable.batch_run`)."""
+    runs.check_id(call_id)
+    item = batches.get_item(call_id)
+    if item is None:
+        raise RunNotFound(call_id)
+    return None if item.run_id is None else runs.get(item.run_id)
 
 
 def replay(run_id: str, from_step: str | None = None) -> Run:
