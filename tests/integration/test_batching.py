@@ -1,9 +1,11 @@
 """Batching (``Batch``): calls recorded at ``.delay()``, one run per batch, formed by size or by time."""
 
+import html
 from datetime import timedelta
 
 import pytest
 from celery import current_app
+from django.urls import reverse
 
 from celery_durable import Batch, Concurrency, DurableConfigError, RunNotFound, batch_run, durable_task, get_run
 from celery_durable.engine import services
@@ -198,3 +200,27 @@ def test_get_run__of_the_batch_lists_its_calls(durable):
     run = get_run(batch_run(calls[2].id).id)
     assert list(run.batch_items.order_by("created_at").values_list("id", flat=True)) == [c.id for c in calls]
     assert timedelta(0) <= run.created_at - BatchItem.objects.get(id=calls[0].id).created_at
+
+
+def test_admin__the_run_page_lists_the_calls_and_a_call_id_leads_to_its_batch(durable, admin_client):
+    calls = [make_call(durable, account="acme", n=n) for n in range(3)]
+    forming = make_call(durable, account="acme", n=99)
+    run_id = batch_run(calls[0].id).id
+    page = admin_client.get(reverse("admin:celery_durable_run_change", args=[run_id]))
+    assert page.status_code == 200
+    body = html.unescape(page.content.decode())
+    assert "Batched calls" in body and "3 calls" in body
+    for call in calls:
+        assert call.id in body
+    assert '"n": 2' in body
+    # A call's id: its page is its batch run's page, and the search finds the batch.
+    redirect = admin_client.get(reverse("admin:celery_durable_run_change", args=[calls[1].id]))
+    assert redirect.status_code == 302
+    assert redirect["Location"] == reverse("admin:celery_durable_run_change", args=[run_id])
+    listed = html.unescape(
+        admin_client.get(reverse("admin:celery_durable_run_changelist"), {"q": calls[1].id}).content.decode()
+    )
+    assert run_id in listed
+    # A call whose batch still forms: a 404 that says so.
+    waiting = admin_client.get(reverse("admin:celery_durable_run_change", args=[forming.id]))
+    assert waiting.status_code == 404
