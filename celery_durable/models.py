@@ -200,6 +200,9 @@ class BatchItem(models.Model):
     # The task name and the call's key value (``flow.keys.stored_key``): calls batch per key.
     batch_key = models.CharField(max_length=255)
     arguments = models.TextField(default="{}", help_text="JSON dict of the call's keyword arguments")
+    options = models.TextField(
+        default="{}", help_text="JSON publish options (queue, ...); the first call's are the run's"
+    )
     max_size = models.PositiveIntegerField()
     created_at = models.DateTimeField()
     # When the batch this call starts (as its oldest unassigned call) is due: created_at + wait.

@@ -19,7 +19,8 @@ from .ports import Publisher
 from .spec import TaskSpec
 
 #: Publish options a batched call cannot take: they describe one run, and a batch run is many calls.
-REFUSED_OPTIONS = ("countdown", "eta", "queue", "link", "link_error", "priority")
+#: (Other publish options are stored with the call; the batch run has those of its first call.)
+REFUSED_OPTIONS = ("countdown", "eta", "link", "link_error")
 
 
 def batch_of(spec: TaskSpec) -> Batch:
@@ -48,7 +49,14 @@ def check_call(spec: TaskSpec, args: tuple[Any, ...], options: dict[str, Any]) -
         )
 
 
-def record(spec: TaskSpec, call_id: str, arguments: dict[str, Any], arguments_json: str, publisher: Publisher) -> str:
+def record(
+    spec: TaskSpec,
+    call_id: str,
+    arguments: dict[str, Any],
+    arguments_json: str,
+    options_json: str,
+    publisher: Publisher,
+) -> str:
     """Record one call; form its batch now if it fills it. Returns the call's id.
 
     The call and the batch it may form commit with the caller's transaction; the batch's
@@ -57,7 +65,8 @@ def record(spec: TaskSpec, call_id: str, arguments: dict[str, Any], arguments_js
     batch = batch_of(spec)
     key = key_of(spec, arguments)
     with transaction.atomic():
-        added = batches.add(call_id, spec.name, key, arguments_json, batch.max_size, to_seconds(batch.wait, "wait"))
+        wait = to_seconds(batch.wait, "wait")
+        added = batches.add(call_id, spec.name, key, arguments_json, batch.max_size, wait, options_json)
         if added and batches.waiting(key) >= batch.max_size:
             formed = batches.form(spec.name, key, batch.max_size, full=True)
             if formed is not None:

@@ -184,7 +184,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         if self.batch is not None:
-            return self._add_to_batch(args, kwargs, task_id, {**options, "link": link, "link_error": link_error})
+            return self._add_to_batch(args, kwargs, task_id, link, link_error, options)
         self._check_arguments(args, kwargs)
         run_id = validation.task_id(task_id, self.name) or uuid()
         wake_at = start_time.wake_time(options.pop("countdown", None), options.pop("eta", None), clock.now())
@@ -208,15 +208,23 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         return self.AsyncResult(recorded.run_id)
 
     def _add_to_batch(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str | None, options: dict[str, Any]
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_id: str | None,
+        link: Any,
+        link_error: Any,
+        options: dict[str, Any],
     ) -> AsyncResult:  # type: ignore[type-arg]
         """Record one call of a batched task; its result is the result of the batch it joins."""
         from ..engine import batching, intake  # the store's modules need Django's app registry
 
-        batching.check_call(self.durable_spec, args, options)
+        batching.check_call(self.durable_spec, args, {**options, "link": link, "link_error": link_error})
         call_id = validation.task_id(task_id, self.name) or uuid()
         _, kwargs_json = intake.encode_arguments(self.name, (), kwargs)
-        batching.record(self.durable_spec, call_id, kwargs, kwargs_json, CeleryPublisher(self.app))
+        stored = {k: v for k, v in options.items() if k not in TRANSIENT_OPTIONS and v is not None}
+        options_json = serialization.dumps(stored, f"publish options of {self.name}")
+        batching.record(self.durable_spec, call_id, kwargs, kwargs_json, options_json, CeleryPublisher(self.app))
         return self.AsyncResult(call_id)
 
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

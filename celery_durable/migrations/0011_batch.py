@@ -5,47 +5,27 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("celery_durable", "0010_event_send_permission"),
+        ('celery_durable', '0010_event_send_permission'),
     ]
 
     operations = [
         migrations.CreateModel(
-            name="BatchItem",
+            name='BatchItem',
             fields=[
-                (
-                    "id",
-                    models.CharField(
-                        help_text="the call's id (its AsyncResult id)",
-                        max_length=255,
-                        primary_key=True,
-                        serialize=False,
-                    ),
-                ),
-                ("task_name", models.CharField(max_length=255)),
-                ("batch_key", models.CharField(max_length=255)),
-                ("arguments", models.TextField(default="{}", help_text="JSON dict of the call's keyword arguments")),
-                ("max_size", models.PositiveIntegerField()),
-                ("created_at", models.DateTimeField()),
-                ("due_at", models.DateTimeField()),
-                (
-                    "run",
-                    models.ForeignKey(
-                        blank=True,
-                        db_constraint=False,
-                        db_index=False,
-                        null=True,
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="batch_items",
-                        to="celery_durable.run",
-                    ),
-                ),
+                ('id', models.CharField(help_text="the call's id (its AsyncResult id)", max_length=255, primary_key=True, serialize=False)),
+                ('task_name', models.CharField(max_length=255)),
+                ('batch_key', models.CharField(max_length=255)),
+                ('arguments', models.TextField(default='{}', help_text="JSON dict of the call's keyword arguments")),
+                ('options', models.TextField(default='{}', help_text="JSON publish options (queue, ...); the first call's are the run's")),
+                ('max_size', models.PositiveIntegerField()),
+                ('created_at', models.DateTimeField()),
+                ('due_at', models.DateTimeField()),
+                ('run', models.ForeignKey(blank=True, db_constraint=False, db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='batch_items', to='celery_durable.run')),
             ],
             options={
-                "indexes": [
-                    models.Index(fields=["run", "batch_key", "created_at"], name="durable_batch_forming"),
-                    models.Index(fields=["run", "due_at"], name="durable_batch_due"),
-                ],
+                'indexes': [models.Index(fields=['run', 'batch_key', 'created_at'], name='durable_batch_forming'), models.Index(fields=['run', 'due_at'], name='durable_batch_due')],
             },
         ),
     ]

@@ -31,6 +31,7 @@ def add(
     arguments: str,
     max_size: int,
     wait_seconds: float,
+    options: str = "{}",
     using: str = "default",
 ) -> bool:
     """Record one call waiting for its batch; ``False`` if a call with that id exists already."""
@@ -43,6 +44,7 @@ def add(
                 task_name=task_name,
                 batch_key=batch_key,
                 arguments=arguments,
+                options=options,
                 max_size=max_size,
                 created_at=now,
                 due_at=now + timedelta(seconds=wait_seconds),
@@ -59,11 +61,10 @@ def waiting(batch_key: str, using: str = "default") -> int:
     return BatchItem.objects.using(using).filter(run__isnull=True, batch_key=batch_key).count()
 
 
-def form(
-    task_name: str, batch_key: str, max_size: int, *, full: bool, options: str = "{}", using: str = "default"
-) -> RunMessage | None:
+def form(task_name: str, batch_key: str, max_size: int, *, full: bool, using: str = "default") -> RunMessage | None:
     """Make a run of the oldest ``max_size`` waiting calls of ``batch_key``; its message, or ``None``.
 
+    The run has the publish options of its first call.
     ``full``: only if ``max_size`` calls can be taken (calls another forming holds are
     skipped). ``None`` when no call (or too few) could be taken, or a concurrent forming
     assigned one of them first.
@@ -75,13 +76,14 @@ def form(
                 .filter(run__isnull=True, batch_key=batch_key)
                 .order_by("created_at", "id")
             )
-            rows = list(skip_locked(items, using).values_list("id", "arguments")[:max_size])
+            rows = list(skip_locked(items, using).values_list("id", "arguments", "options")[:max_size])
             if not rows or (full and len(rows) < max_size):
                 return None
             run_id = str(uuid.uuid4())
-            kwargs = '{"items": [' + ", ".join(arguments for _, arguments in rows) + "]}"
+            kwargs = '{"items": [' + ", ".join(arguments for _, arguments, _ in rows) + "]}"
+            options = rows[0][2]
             create(run_id=run_id, task_name=task_name, args="[]", kwargs=kwargs, options=options, using=using)
-            ids = [item_id for item_id, _ in rows]
+            ids = [item_id for item_id, _, _ in rows]
             assigned = BatchItem.objects.using(using).filter(id__in=ids, run__isnull=True).update(run_id=run_id)
             if assigned != len(ids):
                 raise _Raced

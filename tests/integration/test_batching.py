@@ -7,7 +7,16 @@ import pytest
 from celery import current_app
 from django.urls import reverse
 
-from celery_durable import Batch, Concurrency, DurableConfigError, RunNotFound, batch_run, durable_task, get_run
+from celery_durable import (
+    Batch,
+    Concurrency,
+    DurableConfigError,
+    RunNotFound,
+    batch_run,
+    durable_task,
+    get_run,
+    serialization,
+)
 from celery_durable.engine import services
 from celery_durable.integration.registry import CeleryPublisher
 from celery_durable.models import BatchItem, Run
@@ -224,3 +233,11 @@ def test_admin__the_run_page_lists_the_calls_and_a_call_id_leads_to_its_batch(du
     # A call whose batch still forms: a 404 that says so.
     waiting = admin_client.get(reverse("admin:celery_durable_run_change", args=[forming.id]))
     assert waiting.status_code == 404
+
+
+def test_options__the_batch_run_has_the_publish_options_of_its_first_call(durable):
+    first = batch_tasks.bound.apply_async(kwargs={"x": 1}, queue="bulk")
+    durable.clock.advance(timedelta(microseconds=1))
+    batch_tasks.bound.apply_async(kwargs={"x": 2}, queue="other")
+    run = batch_run(first.id)
+    assert serialization.loads(run.options)["queue"] == "bulk"
