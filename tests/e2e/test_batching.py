@@ -1,4 +1,4 @@
-"""Batching (``Batch``) with real workers on Redis and RabbitMQ: by size, by time, and a worker killed while a batch forms."""
+"""Batching (``Batch``) with real workers on Redis and RabbitMQ: by size, by time, and a worker killed meanwhile."""
 
 import pytest
 
