@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
-
 from ..conf import get_settings
 from ..exceptions import DurableConfigError
 from ..flow.keys import resolve_key, stored_key
@@ -59,18 +57,18 @@ def record(
 ) -> str:
     """Record one call; form its batch now if it fills it. Returns the call's id.
 
-    The call and the batch it may form commit with the caller's transaction; the batch's
-    message goes out after that commit.
+    The call is recorded first (it commits with the caller's transaction, if any); the batch
+    it fills forms in a transaction of its own, and its message goes out after that commits.
+    A call recorded by a process that dies before forming waits for the services tick.
     """
     batch = batch_of(spec)
     key = key_of(spec, arguments)
-    with transaction.atomic():
-        wait = to_seconds(batch.wait, "wait")
-        added = batches.add(call_id, spec.name, key, arguments_json, batch.max_size, wait, options_json)
-        if added and batches.waiting(key) >= batch.max_size:
-            formed = batches.form(spec.name, key, batch.max_size, full=True)
-            if formed is not None:
-                publisher.publish_on_commit([formed])
+    wait = to_seconds(batch.wait, "wait")
+    added = batches.add(call_id, spec.name, key, arguments_json, batch.max_size, wait, options_json)
+    if added and batches.waiting(key) >= batch.max_size:
+        formed = batches.form(spec.name, key, batch.max_size, full=True)
+        if formed is not None:
+            publisher.publish_on_commit([formed])
     return call_id
 
 
