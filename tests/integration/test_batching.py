@@ -21,7 +21,7 @@ from celery_durable.engine import services
 from celery_durable.integration.registry import CeleryPublisher
 from celery_durable.models import BatchItem, Run
 from celery_durable.states import RunStatus
-from celery_durable.store import batches, recovery
+from celery_durable.store import batches, prune, recovery
 from tests.integration.race_tools import before_statement, concurrently, update_of
 from tests.testapp import batch_tasks
 from tests.testapp.models import BodyRun
@@ -241,3 +241,13 @@ def test_options__the_batch_run_has_the_publish_options_of_its_first_call(durabl
     batch_tasks.bound.apply_async(kwargs={"x": 2}, queue="other")
     run = batch_run(first.id)
     assert serialization.loads(run.options)["queue"] == "bulk"
+
+
+def test_prune__deletes_a_pruned_batch_runs_calls_and_keeps_forming_ones(durable):
+    calls = [make_call(durable, account="acme", n=n) for n in range(3)]
+    forming = make_call(durable, account="acme", n=9)
+    durable.run_until_idle(advance_clock=False)
+    run_id = batch_run(calls[0].id).id
+    durable.clock.advance(timedelta(days=31))
+    assert prune.delete_batch([run_id], timedelta(days=30)) == 1
+    assert list(BatchItem.objects.values_list("id", flat=True)) == [forming.id]
