@@ -85,8 +85,10 @@ def test_time__the_tick_forms_a_batch_once_its_first_call_is_wait_old(durable):
     assert services.tick(publisher).batches == 0
     durable.clock.advance(29)
     assert services.tick(publisher).batches == 0
+    assert batches.due_keys(10) == []
     assert not Run.objects.filter(task_name="b.collect").exists()
     durable.clock.advance(1)
+    assert [key[0] for key in batches.due_keys(10)] == ["b.collect"]
     assert services.tick(publisher).batches == 1
     assert services.tick(publisher).batches == 0  # exactly once
     run = batch_run(second.id)
