@@ -14,7 +14,7 @@ from datetime import timedelta
 from django.db import IntegrityError, connections, transaction
 
 from .. import clock
-from ..models import BatchItem, Run
+from ..models import BatchItem
 from .messages import RunMessage
 from .rows import skip_locked
 from .runs import create
@@ -107,11 +107,6 @@ def due_keys(limit: int, using: str = "default") -> list[tuple[str, str, int]]:
     return list(seen.values())[:limit]
 
 
-def items_of(run_id: str, using: str = "default") -> list[BatchItem]:
-    """The calls a batch run executes, oldest first."""
-    return list(BatchItem.objects.using(using).filter(run_id=run_id).order_by("created_at", "id"))
-
-
 def item_ids(run_id: str, using: str = "default") -> list[str]:
     """The call ids of a batch run."""
     return list(BatchItem.objects.using(using).filter(run_id=run_id).values_list("id", flat=True))
@@ -120,9 +115,3 @@ def item_ids(run_id: str, using: str = "default") -> list[str]:
 def get_item(call_id: str, using: str = "default") -> BatchItem | None:
     """The batched call ``call_id``, or ``None``."""
     return BatchItem.objects.using(using).filter(id=call_id).first()
-
-
-def run_of(call_id: str, using: str = "default") -> Run | None:
-    """The run a batched call joined, or ``None`` while its batch forms (or for an unknown id)."""
-    run_id = BatchItem.objects.using(using).filter(id=call_id).values_list("run_id", flat=True).first()
-    return None if run_id is None else Run.objects.using(using).filter(id=run_id).first()
