@@ -11,8 +11,10 @@ from celery_durable import (
     Batch,
     Concurrency,
     DurableConfigError,
+    RunCancelled,
     RunNotFound,
     batch_run,
+    cancel,
     durable_task,
     get_run,
     serialization,
@@ -253,3 +255,22 @@ def test_prune__deletes_a_pruned_batch_runs_calls_and_keeps_forming_ones(durable
     durable.clock.advance(timedelta(days=31))
     assert prune.delete_batch([run_id], timedelta(days=30)) == 1
     assert list(BatchItem.objects.values_list("id", flat=True)) == [forming.id]
+
+
+def test_results__a_redelivery_of_the_ended_batch_run_stores_the_calls_results_again(durable, deliver):
+    from django_celery_results.models import TaskResult
+
+    calls = [make_call(durable, account="acme", n=n) for n in range(3)]
+    run_id = batch_run(calls[0].id).id
+    assert deliver(run_id) == 3
+    TaskResult.objects.filter(task_id__in=[c.id for c in calls]).delete()  # the worker died before storing them
+    assert deliver(run_id) == 3  # the broker redelivers the message of the ended run
+    assert [current_app.AsyncResult(c.id).get(timeout=5) for c in calls] == [3, 3, 3]
+
+
+def test_results__cancelling_a_batch_run_cancels_every_call(durable):
+    calls = [make_call(durable, account="acme", n=n) for n in range(3)]
+    cancel(batch_run(calls[0].id).id, "not today")
+    for call in calls:
+        with pytest.raises(RunCancelled, match="not today"):
+            current_app.AsyncResult(call.id).get(timeout=5)
