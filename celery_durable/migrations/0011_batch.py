@@ -4,28 +4,69 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
+def binary_batch_key(apps, schema_editor):
+    """MySQL/MariaDB: batch keys compare byte for byte, like the other keys (see 0008)."""
+    connection = schema_editor.connection
+    if connection.vendor != "mysql":
+        return
+    collation = "utf8mb4_nopad_bin" if connection.mysql_is_mariadb else "utf8mb4_0900_bin"
+    schema_editor.execute(
+        f"ALTER TABLE {schema_editor.quote_name('celery_durable_batchitem')} MODIFY "
+        f"{schema_editor.quote_name('batch_key')} varchar(255) CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL"
+    )
+
+
 class Migration(migrations.Migration):
+    atomic = False  # DDL on MySQL cannot run inside a transaction
 
     dependencies = [
-        ('celery_durable', '0010_event_send_permission'),
+        ("celery_durable", "0010_event_send_permission"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='BatchItem',
+            name="BatchItem",
             fields=[
-                ('id', models.CharField(help_text="the call's id (its AsyncResult id)", max_length=255, primary_key=True, serialize=False)),
-                ('task_name', models.CharField(max_length=255)),
-                ('batch_key', models.CharField(max_length=255)),
-                ('arguments', models.TextField(default='{}', help_text="JSON dict of the call's keyword arguments")),
-                ('options', models.TextField(default='{}', help_text="JSON publish options (queue, ...); the first call's are the run's")),
-                ('max_size', models.PositiveIntegerField()),
-                ('created_at', models.DateTimeField()),
-                ('due_at', models.DateTimeField()),
-                ('run', models.ForeignKey(blank=True, db_constraint=False, db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='batch_items', to='celery_durable.run')),
+                (
+                    "id",
+                    models.CharField(
+                        help_text="the call's id (its AsyncResult id)",
+                        max_length=255,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
+                ("task_name", models.CharField(max_length=255)),
+                ("batch_key", models.CharField(max_length=255)),
+                ("arguments", models.TextField(default="{}", help_text="JSON dict of the call's keyword arguments")),
+                (
+                    "options",
+                    models.TextField(
+                        default="{}", help_text="JSON publish options (queue, ...); the first call's are the run's"
+                    ),
+                ),
+                ("max_size", models.PositiveIntegerField()),
+                ("created_at", models.DateTimeField()),
+                ("due_at", models.DateTimeField()),
+                (
+                    "run",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="batch_items",
+                        to="celery_durable.run",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['run', 'batch_key', 'created_at'], name='durable_batch_forming'), models.Index(fields=['run', 'due_at'], name='durable_batch_due')],
+                "indexes": [
+                    models.Index(fields=["run", "batch_key", "created_at"], name="durable_batch_forming"),
+                    models.Index(fields=["run", "due_at"], name="durable_batch_due"),
+                ],
             },
         ),
+        migrations.RunPython(binary_batch_key, migrations.RunPython.noop, atomic=False, elidable=False),
     ]

@@ -274,3 +274,14 @@ def test_results__cancelling_a_batch_run_cancels_every_call(durable):
     for call in calls:
         with pytest.raises(RunCancelled, match="not today"):
             current_app.AsyncResult(call.id).get(timeout=5)
+
+
+def test_keys__compare_byte_for_byte(durable):
+    for account in ("Alice", "alice", "Alice "):
+        make_call(durable, account=account, n=1)
+    assert BatchItem.objects.values("batch_key").distinct().count() == 3
+    for account in ("Alice", "alice", "Alice "):
+        make_call(durable, account=account, n=2)
+        make_call(durable, account=account, n=3)
+    runs = Run.objects.filter(task_name="b.collect")
+    assert sorted(run.kwargs_value["items"][0]["account"] for run in runs) == ["Alice", "Alice ", "alice"]
