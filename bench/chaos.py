@@ -120,7 +120,7 @@ def main() -> int:
             fault_every=args.fault_every, drain_timeout=300, progress=progress,
         )  # fmt: skip
         drain = time.monotonic() - began - args.minutes * 60
-        report = checker.check(session.workload.called, harness.LEASE)
+        report = checker.check(session.workload.called, harness.LEASE, batched=session.workload.batched)
         recoveries = harness.recoveries()
     finally:
         fleet.close()

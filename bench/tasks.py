@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from celery_durable import durable_task, step
+from celery_durable import Batch, durable_task, step
 
 
 def inc(x):
@@ -53,3 +53,15 @@ def probe3(x):
     c = step.run("three", inc, b)
     mark("finish")
     return c
+
+
+@durable_task(name="bench.single")
+def single(n):
+    """bench/batching.py: one call, one run (no step)."""
+    return n
+
+
+@durable_task(name="bench.batch100", batch=Batch(max_size=100, wait=3600))
+def batch100(items):
+    """bench/batching.py: 100 calls, one run (no step)."""
+    return len(items)

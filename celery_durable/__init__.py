@@ -5,7 +5,7 @@ Importing this package has no side effects and needs no Django settings.
 
 from __future__ import annotations
 
-from .api import cancel, explain, fork, get_run, pause, replay, resume, send_event, set_limit
+from .api import batch_run, cancel, explain, fork, get_run, pause, replay, resume, send_event, set_limit
 from .exceptions import (
     ChildRunFailed,
     DirectCallError,
@@ -28,11 +28,23 @@ from .exceptions import (
 )
 from .integration.install import install
 from .integration.task import DurableTask, durable_task
-from .options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Schedule, Singleton, Throttle, Timeouts
+from .options import (
+    Batch,
+    CancelOn,
+    Concurrency,
+    Debounce,
+    RateLimit,
+    RetryPolicy,
+    Schedule,
+    Singleton,
+    Throttle,
+    Timeouts,
+)
 from .runtime.context import step
 from .runtime.events import Event
 
 __all__ = [
+    "Batch",
     "CancelOn",
     "ChildRunFailed",
     "Concurrency",
@@ -62,6 +74,7 @@ __all__ = [
     "StepTimeout",
     "Throttle",
     "Timeouts",
+    "batch_run",
     "cancel",
     "durable_task",
     "explain",

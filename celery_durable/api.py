@@ -1,4 +1,4 @@
-"""Run control and inspection: events, runs, replays, forks, cancels, pauses, limits, explanations.
+"""Run control and inspection: events, runs, batches, replays, forks, cancels, pauses, limits, explanations.
 
 The public facade: re-exported by ``celery_durable``; nothing in the package imports it.
 """
@@ -32,6 +32,17 @@ def get_run(run_id: str) -> Run:
     from .integration import actions  # needs Django's app registry: not at import time
 
     return actions.get_run(run_id)
+
+
+def batch_run(call_id: str) -> Run | None:
+    """The batch run a call of a batched task joined, or ``None`` while its batch still forms.
+
+    ``call_id`` is the id of the call's ``AsyncResult``. Raises ``RunNotFound`` for an id
+    that is no batched call.
+    """
+    from .integration import actions  # needs Django's app registry: not at import time
+
+    return actions.batch_run(call_id)
 
 
 def replay(run_id: str, from_step: str | None = None) -> Run:

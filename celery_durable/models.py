@@ -290,3 +290,44 @@ class Pause(models.Model):
 
     def __str__(self) -> str:
         return self.task_name if self.key is None else f"{self.task_name} [{self.key}]"
+
+
+class BatchItem(models.Model):
+    """One call of a batched task: recorded at ``.delay()``, then assigned to the run of its batch."""
+
+    id = models.CharField(max_length=255, primary_key=True, help_text="the call's id (its AsyncResult id)")
+    task_name = models.CharField(max_length=255)
+    # The task name and the call's key value (``flow.keys.stored_key``): calls batch per key.
+    batch_key = models.CharField(max_length=255)
+    arguments = models.TextField(default="{}", help_text="JSON dict of the call's keyword arguments")
+    options = models.TextField(
+        default="{}", help_text="JSON publish options (queue, ...); the first call's are the run's"
+    )
+    max_size = models.PositiveIntegerField()
+    created_at = models.DateTimeField()
+    # When the batch this call starts (as its oldest unassigned call) is due: created_at + wait.
+    due_at = models.DateTimeField()
+    run = models.ForeignKey(
+        Run,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="batch_items",
+        db_constraint=False,
+        db_index=False,  # the indexes below start with it
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["run", "batch_key", "created_at"], name="durable_batch_forming"),
+            models.Index(fields=["run", "due_at"], name="durable_batch_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.batch_key}[{self.id}]"
+
+    @property
+    def arguments_value(self) -> dict[str, Any]:
+        """The decoded keyword arguments of the call."""
+        value: dict[str, Any] = serialization.loads(self.arguments)
+        return value

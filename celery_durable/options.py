@@ -219,6 +219,24 @@ class Timeouts:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Batch:
+    """Calls accumulate per ``key``; one run executes them together.
+
+    The run starts when ``max_size`` calls wait, or ``wait`` after the first of them. The
+    task body takes one parameter, ``items``: the list of the calls' keyword arguments.
+    """
+
+    max_size: int
+    wait: Duration
+    key: Key = None
+
+    def __post_init__(self) -> None:
+        _positive_int(self.max_size, "Batch.max_size")
+        to_seconds(self.wait, "Batch.wait")
+        _key(self.key, "Batch.key")
+
+
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """Per-step retries with Celery's names and meanings (``retries`` = retries after the first try)."""
 

@@ -135,7 +135,8 @@ class DurableTestRunner:
             finish_plain_child(run_id, False, None, error)
 
     def wake_due(self) -> int:
-        """Do what the waker does now: queue due sleeps, waits and timed-out runs."""
+        """Do what the waker does now: queue due sleeps, waits and timed-out runs, form due batches."""
+        from .engine.batching import form_due
         from .engine.cancel import finish
         from .integration.registry import CeleryPublisher
         from .store.cancellation import take_timed_out
@@ -144,7 +145,8 @@ class DurableTestRunner:
         woken = len(take_due(10_000))
         timed_out = take_timed_out(10_000)
         finish(timed_out, CeleryPublisher())
-        return woken + len(timed_out.cancelled)
+        formed = form_due(CeleryPublisher())
+        return woken + len(timed_out.cancelled) + formed
 
     def run_until_idle(self, max_executions: int = 10_000, advance_clock: bool = True) -> int:
         """Execute runs until none is due; with ``advance_clock``, jump to each wake time.
@@ -153,7 +155,7 @@ class DurableTestRunner:
         """
         from django.db.models import Min
 
-        from .models import Run
+        from .models import BatchItem, Run
         from .states import FINISHED as FINISHED_STATUSES
         from .states import RunStatus
 
@@ -172,6 +174,7 @@ class DurableTestRunner:
                 unfinished.aggregate(Min("wake_at"))["wake_at__min"],
                 unfinished.aggregate(Min("finish_by"))["finish_by__min"],
                 unfinished.filter(started_at__isnull=True).aggregate(Min("start_by"))["start_by__min"],
+                BatchItem.objects.filter(run__isnull=True).aggregate(Min("due_at"))["due_at__min"],
             ]
             upcoming = [moment for moment in moments if moment is not None]
             if not upcoming:

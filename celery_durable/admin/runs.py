@@ -14,10 +14,10 @@ from urllib.parse import quote_plus
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.utils import quote
+from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import dateformat, timezone
@@ -29,7 +29,7 @@ from django.views.decorators.http import require_POST
 
 from .. import operations, readable
 from ..models import Run
-from . import dashboard, forks, run_page, waterfall
+from . import batches, dashboard, forks, run_page, waterfall
 from .actions import RunActionsAdmin, earlier_of, log_bulk
 from .changelist import (
     CreatedFilter,
@@ -366,7 +366,13 @@ class RunAdmin(PauseActionsMixin, RunActionsAdmin):
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
-        run = self._run_or_404(request, object_id)
+        try:
+            run = self._run_or_404(request, object_id)
+        except Http404:
+            batch_run = batches.run_of_call(unquote(object_id))  # a batched call's id: its batch run
+            if batch_run is None:
+                raise
+            return HttpResponseRedirect(self._run_url(batch_run))
         if not self.has_view_permission(request, run):
             raise PermissionDenied
         context = {
@@ -388,6 +394,7 @@ class RunAdmin(PauseActionsMixin, RunActionsAdmin):
         page = run_page.context(run)
         return {
             **page,
+            **batches.context(run.pk),
             "waterfall": waterfall.build(run, page["timeline"], page["in_progress"], page["now"]),
             **self.history_context(run),
             "changelist_url": reverse(f"{site}:celery_durable_run_changelist"),

@@ -22,7 +22,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from ..flow.keys import stored_key
-from ..models import Run
+from ..models import BatchItem, Run
 from ..store.metadata import matching
 
 #: The shortest search term also tried as a run id prefix.
@@ -94,6 +94,12 @@ def by_prefix(term: str) -> list[str]:
     return list(Run.objects.filter(pk__startswith=term).order_by("pk").values_list("pk", flat=True)[:MAX_MATCHES])
 
 
+def batch_of_call(term: str) -> list[str]:
+    """The batch run of the batched call ``term`` (``Batch``), if it has formed."""
+    run_id = BatchItem.objects.filter(pk=term).values_list("run_id", flat=True).first()
+    return [] if run_id is None else [run_id]
+
+
 def search_ids(term: str, names: list[str]) -> list[str] | None:
     """Ids of the runs ``term`` names (see the module); ``None`` if a key matches too many runs."""
     from .changelist import runs_by_flow_key
@@ -106,7 +112,7 @@ def search_ids(term: str, names: list[str]) -> list[str] | None:
     )
     if len(by_key) > MAX_SEARCH_IDS:
         return None
-    found = [term, *by_prefix(term), *by_key, *runs_by_flow_key(term, names)]
+    found = [term, *by_prefix(term), *by_key, *runs_by_flow_key(term, names), *batch_of_call(term)]
     if argument_search_enabled():
         found.extend(by_arguments(term))
     return list(dict.fromkeys(found))

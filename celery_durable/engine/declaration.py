@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from ..exceptions import DurableConfigError
 from ..flow.keys import check_key_spec
-from ..options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Schedule, Singleton, Throttle, Timeouts
+from ..options import (
+    Batch,
+    CancelOn,
+    Concurrency,
+    Debounce,
+    RateLimit,
+    RetryPolicy,
+    Schedule,
+    Singleton,
+    Throttle,
+    Timeouts,
+)
 from ..runtime.events import validate_event_name
 
 RETRY_OPTIONS = ("retries", "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay")
@@ -24,6 +36,7 @@ def validate_options(task_name: str, attrs: dict[str, Any]) -> None:
         raise DurableConfigError(f"{task_name}: option 'priority' must be an int in -600..600 or a callable")
     _validate_concurrency(task_name, attrs.get("concurrency"), attrs.get("run"))
     _validate_flow_options(task_name, attrs)
+    _validate_batch(task_name, attrs)
     try:
         celery_retry_options(attrs)
         RetryPolicy(**{k: attrs[k] for k in RETRY_OPTIONS if k in attrs})
@@ -110,6 +123,50 @@ def _validate_flow_options(task_name: str, attrs: dict[str, Any]) -> None:
         if not (callable(key) or (isinstance(key, str) and key)):
             raise DurableConfigError(f"{task_name}: option 'idempotency_key' must be a parameter path or a callable")
         check_key_spec(task_name, "idempotency_key", key, fn)
+
+
+#: Options a batched task cannot have: they act on one call's arguments, and a batch run has many calls.
+NOT_WITH_BATCH = (
+    "concurrency",
+    "priority",
+    "throttle",
+    "debounce",
+    "idempotency_key",
+    "singleton",
+    "on_event",
+    "cancel_on",
+)
+
+
+def _validate_batch(task_name: str, attrs: dict[str, Any]) -> None:
+    """``batch=Batch(...)``; the body takes one parameter, ``items`` (after ``self`` with ``bind=True``)."""
+    batch = attrs.get("batch")
+    if batch is None:
+        return
+    if not isinstance(batch, Batch):
+        raise DurableConfigError(f"{task_name}: option 'batch' must be Batch(max_size=..., wait=..., key=...)")
+    combined = [name for name in NOT_WITH_BATCH if attrs.get(name) is not None]
+    if isinstance(attrs.get("rate_limit"), RateLimit):
+        combined.append("rate_limit")
+    if combined:
+        raise DurableConfigError(f"{task_name}: option 'batch' cannot be combined with {', '.join(combined)}")
+    run = attrs.get("run")
+    fn = getattr(run, "__func__", run)
+    if fn is None:
+        return
+    parameters = list(inspect.signature(fn).parameters.values())
+    # ``bind=True`` in the decorator, or a method in a task class's body: the task comes first.
+    is_method = "__module__" in attrs and inspect.isfunction(run)
+    if (attrs.get("bind") or is_method) and parameters:
+        parameters = parameters[1:]
+    if [p.name for p in parameters] != ["items"] or parameters[0].kind not in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    ):
+        raise DurableConfigError(
+            f"{task_name}: a batched task's body takes one parameter, 'items' (the list of the calls' "
+            f"keyword arguments), got ({', '.join(p.name for p in parameters)})"
+        )
 
 
 def _validate_suspension_options(task_name: str, attrs: dict[str, Any]) -> None:

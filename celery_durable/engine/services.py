@@ -1,7 +1,7 @@
 """One pass of the services.
 
-Wake due runs, cancel timed-out ones, republish lost messages, reap expired leases, and
-repair slots (the backstops).
+Wake due runs, cancel timed-out ones, republish lost messages, reap expired leases, form
+due batches, and repair slots (the backstops).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ..exceptions import WorkerLost
 from ..models import Run
 from ..store import cancellation, recovery, slots
 from ..store.cancellation import Cancellation
-from . import cancel, schedules
+from . import batching, cancel, schedules
 from .ports import Publisher, Timetable
 
 
@@ -29,6 +29,7 @@ class TickReport:
     timed_out: int = 0
     promoted: int = 0
     scheduled: int = 0
+    batches: int = 0
 
 
 def tick(
@@ -64,6 +65,7 @@ def tick(
         for run_id in reaped.failed:
             publisher.failed_for_good(run_id, names.get(run_id, ""), WorkerLost(run_id))
         report.failed = len(reaped.failed)
+        report.batches = batching.form_due(publisher, using)
     if backstops:
         # Slots held by runs that are no longer queued or running, and backlogs whose slots
         # are free (each normally handled in the transition itself).

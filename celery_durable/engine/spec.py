@@ -16,6 +16,7 @@ from typing import Any
 from ..exceptions import DurableConfigError
 from ..flow.keys import key_text, resolve_key, stored_key
 from ..options import (
+    Batch,
     CancelOn,
     Concurrency,
     Debounce,
@@ -53,6 +54,7 @@ class TaskSpec:
     cancel_on: tuple[CancelOn, ...] = ()
     on_failure: dict[str, Any] | None = None
     schedule: Schedule | None = None
+    batch: Batch | None = None
 
     @property
     def signature(self) -> inspect.Signature:

@@ -20,11 +20,11 @@ from ..engine import cancel as cancelling
 from ..engine import events, limits, schedules
 from ..engine import pause as pausing_engine
 from ..engine.spec import TaskSpec
-from ..exceptions import DurableConfigError, TaskNotRegistered
+from ..exceptions import DurableConfigError, RunNotFound, TaskNotRegistered
 from ..models import Pause, Run
 from ..runtime.events import Event
+from ..store import batches, forks, pausing, runs
 from ..store import explain as explaining
-from ..store import forks, pausing, runs
 from ..store import replay as replaying
 from ..store.explain import Explanation
 from .registry import CeleryPublisher, ports
@@ -43,6 +43,15 @@ def send_event(name: str, data: dict[str, Any] | None = None, *, id: str | None 
 def get_run(run_id: str) -> Run:
     """The run with this id, or raise ``RunNotFound``."""
     return runs.get(run_id)
+
+
+def batch_run(call_id: str) -> Run | None:
+    """The run a batched call joined; ``None`` while its batch forms (see :func:`celery_durable.batch_run`)."""
+    runs.check_id(call_id)
+    item = batches.get_item(call_id)
+    if item is None:
+        raise RunNotFound(call_id)
+    return None if item.run_id is None else runs.get(item.run_id)
 
 
 def replay(run_id: str, from_step: str | None = None) -> Run:

@@ -11,6 +11,7 @@ from ..engine.ports import ChildMessage
 from ..engine.spec import TaskSpec
 from ..exceptions import RunCancelled
 from ..store.messages import RunMessage
+from . import batch_results
 from .publish import publish_all, publish_children, publish_on_commit
 
 logger = logging.getLogger("celery_durable")
@@ -74,6 +75,7 @@ class CeleryPublisher:
         """``.get()`` of a cancelled run raises ``RunCancelled``; a plain child is revoked, as Celery allows."""
         if durable:
             self.app.backend.mark_as_failure(run_id, RunCancelled(reason))
+            batch_results.store_error(self.app, run_id, RunCancelled(reason))
         else:
             self.app.control.revoke(run_id)
 
@@ -81,6 +83,8 @@ class CeleryPublisher:
         """Store the error of a run the reaper gave up on and call its ``on_failure``."""
         self.app.backend.mark_as_failure(run_id, error)
         spec = CeleryRegistry(self.app).spec(task_name)
+        if spec is not None and spec.batch is not None:
+            batch_results.store_error(self.app, run_id, error)
         if spec is not None:
             call_on_failure(self.app, spec, run_id)
 

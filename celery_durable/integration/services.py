@@ -147,14 +147,8 @@ class ServiceThread(threading.Thread):
             with self.connection.use():
                 report = tick(self.app, self.using, backstops=self.ticks % BACKSTOP_EVERY == 0)
             full = max(report.woken, report.republished, report.recovered) >= get_settings().WAKER_BATCH_SIZE
-            if (
-                report.scheduled
-                or report.woken
-                or report.republished
-                or report.recovered
-                or report.failed
-                or report.timed_out
-            ):
+            counts = (report.scheduled, report.batches, report.woken, report.republished, report.recovered)
+            if any(counts) or report.failed or report.timed_out:
                 logger.info("durable services: %s", report)
         except DatabaseError as exc:
             logger.warning("durable services: database error, retrying next tick: %s", exc)

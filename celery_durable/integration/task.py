@@ -35,14 +35,25 @@ from ..exceptions import (
     _StepFailed,
     _Suspend,
 )
-from ..options import CancelOn, Concurrency, Debounce, RateLimit, RetryPolicy, Schedule, Singleton, Throttle, Timeouts
+from ..options import (
+    Batch,
+    CancelOn,
+    Concurrency,
+    Debounce,
+    RateLimit,
+    RetryPolicy,
+    Schedule,
+    Singleton,
+    Throttle,
+    Timeouts,
+)
 from ..runtime import context
 from ..runtime.direct import suspending_steps
 from ..runtime.memory import ephemeral_context
 from ..runtime.steps import StepContext
 from ..states import RunStatus
 from ..store.messages import RunMessage
-from . import handoff  # guard: connects the worker's startup check for a missing install(app)
+from . import batch_results, handoff  # guard: connects the worker's startup check for a missing install(app)
 from .publish import NUDGE_HEADER, publish_all
 from .registry import CeleryPublisher, CeleryRegistry, call_on_failure
 from .timetable import check_schedule
@@ -84,6 +95,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
     # Celery's ``autoretry_for`` / ``dont_autoretry_for``, applied by our retry policy.
     durable_autoretry_for: tuple[type[BaseException], ...] | None = None
     durable_dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    batch: Batch | None = None
     _durable_exec_options: dict[str, Any] | None = None
     _durable_spec: TaskSpec | None = None
 
@@ -144,6 +156,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
                 cancel_on=tuple(self.cancel_on or ()),
                 on_failure=self.durable_on_failure,
                 schedule=self.schedule,
+                batch=self.batch,
             )
         return self._durable_spec
 
@@ -188,6 +201,8 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
+        if self.batch is not None:
+            return self._add_to_batch(args, kwargs, task_id, link, link_error, options)
         self._check_arguments(args, kwargs)
         run_id = validation.task_id(task_id, self.name) or uuid()
         wake_at = start_time.wake_time(options.pop("countdown", None), options.pop("eta", None), clock.now())
@@ -209,6 +224,26 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             reason = recorded.skipped
             transaction.on_commit(lambda: self.backend.mark_as_failure(run_id, RunSkipped(reason)))
         return self.AsyncResult(recorded.run_id)
+
+    def _add_to_batch(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_id: str | None,
+        link: Any,
+        link_error: Any,
+        options: dict[str, Any],
+    ) -> AsyncResult:  # type: ignore[type-arg]
+        """Record one call of a batched task; its result is the result of the batch it joins."""
+        from ..engine import batching, intake  # the store's modules need Django's app registry
+
+        batching.check_call(self.durable_spec, args, {**options, "link": link, "link_error": link_error})
+        call_id = validation.task_id(task_id, self.name) or uuid()
+        _, kwargs_json = intake.encode_arguments(self.name, (), kwargs)
+        stored = {k: v for k, v in options.items() if k not in TRANSIENT_OPTIONS and v is not None}
+        options_json = serialization.dumps(stored, f"publish options of {self.name}")
+        batching.record(self.durable_spec, call_id, kwargs, kwargs_json, options_json, CeleryPublisher(self.app))
+        return self.AsyncResult(call_id)
 
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self.typing:
@@ -242,6 +277,8 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         from ..engine.execution import deliver  # not at import time: it needs Django's app registry
 
         delivery = deliver(run_id, args, kwargs, self.durable_spec, CeleryRegistry(self.app), CeleryPublisher(self.app))
+        if self.batch is not None:
+            batch_results.store_for_calls(self.app, run_id, delivery)
         if delivery.ended is not None:
             status, value = delivery.ended
             if status == RunStatus.COMPLETED:

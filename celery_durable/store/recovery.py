@@ -14,7 +14,7 @@ from django.db.models import F
 from django.utils.dateparse import parse_datetime
 
 from .. import clock, serialization
-from ..models import Run
+from ..models import BatchItem, Run
 from ..states import FINISHED, WAKEABLE, RunStatus
 from .cancellation import stop_abandoned
 from .messages import RunMessage
@@ -46,7 +46,7 @@ def take_due(limit: int, horizon: float = 0.0, using: str = "default") -> list[R
 
 
 def work_pending(horizon: float, republish_after: float, using: str = "default") -> bool:
-    """Whether the waker, the timeouts, the sweeper or the reaper has anything to do now.
+    """Whether the waker, the timeouts, the sweeper, the reaper or batching has anything to do now.
 
     One round trip of index probes, so that an idle tick costs one query whatever the size
     of the tables.
@@ -65,6 +65,7 @@ def work_pending(horizon: float, republish_after: float, using: str = "default")
         runs.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now).order_by("lease_expires_at"),
         unfinished.filter(finish_by__lt=now).order_by("finish_by"),
         unfinished.filter(start_by__lt=now, started_at__isnull=True).order_by("start_by"),
+        BatchItem.objects.using(using).filter(run__isnull=True, due_at__lte=now).order_by("due_at"),
     ]
     parts, params = [], []
     for probe in probes:

@@ -30,7 +30,7 @@ def messages_for(ids: list[str], using: str = "default") -> list[RunMessage]:
 
 def locked_ids(queryset: Any, limit: int, using: str) -> list[str]:
     """Up to ``limit`` ids of ``queryset``, rows locked and skipped if another tick holds them."""
-    return list(_skip_locked(queryset, using).values_list("id", flat=True)[:limit])
+    return list(skip_locked(queryset, using).values_list("id", flat=True)[:limit])
 
 
 def locked_messages(queryset: Any, limit: int, using: str) -> list[tuple[RunMessage, Any]]:
@@ -38,11 +38,11 @@ def locked_messages(queryset: Any, limit: int, using: str) -> list[tuple[RunMess
 
     Rows that another services tick holds are skipped (where the database can).
     """
-    rows = _skip_locked(queryset, using).values_list(*_FIELDS, "wake_at")[:limit]
+    rows = skip_locked(queryset, using).values_list(*_FIELDS, "wake_at")[:limit]
     return [(_message(row[:-1]), row[-1]) for row in rows]
 
 
-def _skip_locked(queryset: Any, using: str) -> Any:
+def skip_locked(queryset: Any, using: str) -> Any:
     """``queryset`` locking its rows and skipping those another transaction holds, where the database can."""
     if connections[using].features.has_select_for_update_skip_locked:
         return queryset.select_for_update(skip_locked=True)

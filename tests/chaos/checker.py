@@ -19,13 +19,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from celery_durable.models import Event, Run, Slot, Step
+from celery_durable.models import BatchItem, Event, Run, Slot, Step
 from celery_durable.states import FINISHED as FINISHED_STATUSES
 from celery_durable.states import RunStatus
 from tests.testapp.chaos_tasks import CHILDREN, EVENT, LIMIT
 from tests.testapp.models import ChaosAttempt, ChaosClaim, ChaosCounter, ChaosFault
 
-TASKS = ("chaos.pipeline", "chaos.waiter", "chaos.parent", "chaos.child", "chaos.limited", "chaos.cancellable")
+TASKS = (
+    "chaos.pipeline",
+    "chaos.waiter",
+    "chaos.parent",
+    "chaos.child",
+    "chaos.limited",
+    "chaos.cancellable",
+    "chaos.batched",
+)
 EVERYONE = "*"
 
 
@@ -73,12 +81,16 @@ def load_faults() -> list[Fault]:
 
 
 def check(
-    called: list[str] | None = None, lease_seconds: float = 5.0, overrides: dict[str, list[int]] | None = None
+    called: list[str] | None = None,
+    lease_seconds: float = 5.0,
+    overrides: dict[str, list[int]] | None = None,
+    batched: list[str] | None = None,
 ) -> Report:
     """Check every chaos run in the database; ``called``: ids the workload got from ``.delay()``.
 
     ``overrides``: the limits a workload set with ``set_limit`` during the run, per key value
-    of ``chaos.limited``.
+    of ``chaos.limited``. ``batched``: the call ids of ``chaos.batched`` calls (each must be
+    in exactly one batch run).
     """
     report = Report()
     runs = {r.id: r for r in Run.objects.filter(task_name__in=TASKS)}
@@ -132,6 +144,7 @@ def check(
     _check_limits(runs, attempts, explained, report, _limits_in_force(overrides or {}))
     _check_events(runs, steps, report)
     _check_children(runs, report)
+    _check_batches(batched or [], runs, report)
     leaked = Run.objects.filter(task_name="chaos.limited", holds_slots=True).values_list("id", flat=True)
     for run_id in leaked:
         report.fail(f"run {run_id} (chaos.limited): finished but still holds its concurrency slot")
@@ -149,7 +162,40 @@ def _expected(run: Run) -> Any:
         return args[0] * 10 + args[1]
     if run.task_name == "chaos.limited":
         return args[1]
+    if run.task_name == "chaos.batched":
+        return sorted(item["n"] for item in run.kwargs_value["items"])
     return args[0]
+
+
+def _check_batches(batched: list[str], runs: dict[str, Run], report: Report) -> None:
+    """No batched call lost or duplicated: each call row is in one batch run, which executes exactly its calls."""
+    items = {item.id: item for item in BatchItem.objects.filter(task_name="chaos.batched")}
+    for call_id in batched:
+        if call_id not in items:
+            report.lost += 1
+            report.fail(f"batched call {call_id}: .delay() returned it but no call row exists (lost)")
+    calls_of: dict[str, list[int]] = defaultdict(list)
+    for item in items.values():
+        if item.run_id is None:
+            report.lost += 1
+            report.fail(f"batched call {item.id}: never joined a batch")
+        elif item.run_id not in runs:
+            report.fail(f"batched call {item.id}: its batch run {item.run_id} does not exist")
+        else:
+            calls_of[item.run_id].append(item.arguments_value["n"])
+    executed: dict[int, list[str]] = defaultdict(list)
+    for run in runs.values():
+        if run.task_name != "chaos.batched":
+            continue
+        given = sorted(item["n"] for item in run.kwargs_value["items"])
+        if given != sorted(calls_of.get(run.id, [])):
+            rows = calls_of.get(run.id)
+            report.fail(f"run {run.id} (chaos.batched): executes calls {given}, its call rows are {rows}")
+        for n in given:
+            executed[n].append(run.id)
+    for n, run_ids in executed.items():
+        if len(run_ids) > 1:
+            report.fail(f"batched call n={n}: in {len(run_ids)} batch runs {run_ids} (duplicated)")
 
 
 def _check_run(run, steps, attempts, counters, explained, report: Report, story=lambda a, tries: "") -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from celery_durable.models import Run
+from celery_durable.models import BatchItem, Run
 from celery_durable.states import FINISHED as FINISHED_STATUSES
 from tests.testapp.models import ChaosClaim, ChaosFault
 
@@ -182,9 +182,10 @@ def run(fleet: Fleet, seed: int, seconds: float, plan: list[str] | None, *, rate
 
 
 def unfinished() -> list[str]:
-    return list(
-        Run.objects.filter(task_name__in=TASKS).exclude(status__in=FINISHED_STATUSES).values_list("id", flat=True)
-    )
+    """Chaos runs not finished, and batched calls whose batch has not formed yet."""
+    runs = Run.objects.filter(task_name__in=TASKS).exclude(status__in=FINISHED_STATUSES).values_list("id", flat=True)
+    forming = BatchItem.objects.filter(task_name="chaos.batched", run__isnull=True).values_list("id", flat=True)
+    return [*runs, *forming]
 
 
 def recoveries() -> list[tuple[float, float]]:

@@ -29,7 +29,7 @@ def test_chaos__guarantees_hold_under_every_fault(chaos_seed, fleet):
     session = harness.run(
         fleet, chaos_seed, SECONDS, plan, fault_every=SECONDS / (len(plan) + 1), allow_restarts=RESTARTS
     )
-    report = checker.check(session.workload.called, harness.LEASE)
+    report = checker.check(session.workload.called, harness.LEASE, batched=session.workload.batched)
     summary = f"seed {chaos_seed}, faults {session.injector.counts}, report {report}"
     print(summary)
     report.assert_ok()

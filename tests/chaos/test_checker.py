@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from celery_durable import serialization
-from celery_durable.models import Event, Run, Step
+from celery_durable.models import BatchItem, Event, Run, Step
 from celery_durable.states import RunStatus
 from tests.testapp.models import ChaosAttempt, ChaosClaim, ChaosCounter, ChaosFault
 
@@ -194,3 +194,40 @@ def test_checker__a_sleep_that_ended_early_is_named(db):
     sleep_step(run, "nap", wake=10, finished=9)
     [message] = violations()
     assert run.id in message and "sleep 'nap' ended" in message
+
+
+def batch(ns, run=True, **fields):
+    """A completed chaos.batched run of the calls ``ns`` (with their call rows), or only the rows."""
+    run_row = None
+    if run:
+        kwargs = json.dumps({"items": [{"key": "k0", "n": n} for n in ns]})
+        run_row = make_run("chaos.batched", (), result=sorted(ns), kwargs=kwargs)
+    ids = []
+    for n in ns:
+        call_id = str(uuid.uuid4())
+        BatchItem.objects.create(
+            id=call_id, task_name="chaos.batched", batch_key="chaos.batched:k0", max_size=3,
+            arguments=json.dumps({"key": "k0", "n": n}), created_at=at(0), due_at=at(0.5), run=run_row,
+        )  # fmt: skip
+        ids.append(call_id)
+    return run_row, ids
+
+
+def test_checker__every_batched_call_in_exactly_one_batch(db):
+    run, ids = batch([0, 1, 2])
+    _, more = batch([3])
+    assert checker.check(batched=ids + more).violations == []
+    [lost] = checker.check(batched=[*ids, *more, "gone"]).violations
+    assert "gone" in lost and "lost" in lost
+    BatchItem.objects.filter(id=ids[0]).update(run=None)
+    found = checker.check(batched=ids).violations
+    assert any(ids[0] in m and "never joined" in m for m in found)
+    assert any(run.id in m and "executes calls [0, 1, 2]" in m for m in found)
+
+
+def test_checker__a_batched_call_in_two_batch_runs_is_a_duplicate(db):
+    first, ids = batch([0, 1])
+    second = make_run("chaos.batched", (), result=[0, 1], kwargs=first.kwargs)  # no call rows of its own
+    found = checker.check(batched=ids).violations
+    assert any("n=0" in m and "duplicated" in m for m in found)
+    assert any(second.id in m and "executes calls" in m for m in found)

@@ -21,7 +21,7 @@ from tests.testapp import chaos_tasks as tasks
 
 logger = logging.getLogger("tests.chaos")
 KEYS = ["k0", "k1"]  # few keys: backlogs form behind chaos.limited's limit
-WEIGHTS = {"pipeline": 3, "waiter": 2, "parent": 1, "limited": 4, "cancellable": 2}
+WEIGHTS = {"pipeline": 3, "waiter": 2, "parent": 1, "limited": 4, "cancellable": 2, "batched": 2}
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Workload:
     rng: Random
     queue: str
     called: list[str] = field(default_factory=list)  # run ids .delay() returned
+    batched: list[str] = field(default_factory=list)  # call ids of chaos.batched calls (not runs)
     events: list[tuple[float, int, str]] = field(default_factory=list)  # (due, n, token) not yet sent
     cancels: list[tuple[float, str]] = field(default_factory=list)  # (due, run id) not yet cancelled
     sent: dict[int, str] = field(default_factory=dict)
@@ -62,6 +63,11 @@ class Workload:
             key = self.rng.choice(KEYS)
             for extra in range(3):  # a burst on one key: a backlog behind its limit
                 self._call(tasks.limited, key, n * 10 + extra)
+        elif kind == "batched":
+            key = self.rng.choice(KEYS)
+            for extra in range(self.rng.randint(1, 4)):  # batches of three form by size or after 0.5 s
+                call = tasks.batched.apply_async(kwargs={"key": key, "n": n * 10 + extra}, queue=self.queue)
+                self.batched.append(call.id)
         else:
             target = first or self.rng.random() < 0.6
             # A run to cancel sleeps for an hour after its first steps: it must be cancelled to end.

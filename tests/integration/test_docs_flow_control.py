@@ -5,12 +5,14 @@ from datetime import date, timedelta
 import pytest
 
 from celery_durable import (
+    Batch,
     Concurrency,
     Debounce,
     RateLimit,
     RunSkipped,
     Singleton,
     Throttle,
+    batch_run,
     durable_task,
     get_run,
     step,
@@ -321,3 +323,35 @@ def test_cookbook__fair_exports_per_tenant_with_a_tunable_limit(durable):
     assert Slot.objects.get(key="reports.export:#0:*").override is None
     durable.run_until_idle()
     assert all(get_run(r.id).status == "completed" for r in first + waiting)
+
+
+# --- batch.md and the cookbook's digest ------------------------------------------------
+
+sent_digests: list[tuple[int, list[str]]] = []
+
+
+def send_digest_email(user_id, lines):
+    sent_digests.append((user_id, lines))
+    return True
+
+
+@durable_task(name="docs.notification_digest", batch=Batch(max_size=50, wait=timedelta(minutes=1), key="user_id"))
+def notification_digest(items: list[dict]) -> int:
+    user_id = items[0]["user_id"]
+    lines = [item["text"] for item in items]
+    step.run("send", send_digest_email, user_id, lines)
+    return len(lines)
+
+
+def test_cookbook__one_digest_per_user(durable):
+    sent_digests.clear()
+    for n in range(50):
+        durable.clock.advance(timedelta(microseconds=1))
+        notification_digest.delay(user_id=7, text=f"note {n}")
+    lone = notification_digest.delay(user_id=8, text="hello")
+    durable.run_until_idle(advance_clock=False)  # the 50th notification started user 7's digest
+    assert sent_digests == [(7, [f"note {n}" for n in range(50)])]
+    assert batch_run(lone.id) is None
+    durable.run_until_idle()  # a minute later, the lone one goes out
+    assert sent_digests[-1] == (8, ["hello"])
+    assert durable.result(batch_run(lone.id).id) == 1

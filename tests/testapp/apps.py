@@ -9,6 +9,7 @@ class TestAppConfig(AppConfig):
     def ready(self) -> None:
         from tests.celery_app import app  # noqa: F401  (the app every test task binds to)
         from tests.testapp import (  # noqa: F401  (the test tasks)
+            batch_tasks,
             chaos_tasks,
             deploy_tasks,
             fence_tasks,

@@ -16,7 +16,7 @@ from django.db import connection
 from django.db.backends.signals import connection_created
 from django.dispatch import receiver
 
-from celery_durable import Concurrency, durable_task, signals, step
+from celery_durable import Batch, Concurrency, durable_task, signals, step
 
 from .models import ChaosAttempt, ChaosClaim, ChaosCounter, ChaosFault
 
@@ -109,6 +109,13 @@ def cancellable(n, pause):
     for i in range(8, 12):
         step.run(f"s{i}", tick, f"s{i}", 0.1)
     return n
+
+
+@durable_task(name="chaos.batched", batch=Batch(max_size=3, wait=0.5, key="key"), **RETRIES)
+def batched(items):
+    """Up to three calls of one key in one run: the checker finds each call in exactly one batch."""
+    step.run("work", tick, "work", 0.05)
+    return sorted(item["n"] for item in items)
 
 
 def _hold_while_cut_off(name: str) -> None:

@@ -17,6 +17,8 @@ EXPECTED = [
     "Singleton",
     "CancelOn",
     "Timeouts",
+    "Batch",
+    "batch_run",
     "Event",
     "send_event",
     "get_run",
