@@ -345,5 +345,5 @@ def context(run: Run) -> dict[str, Any]:
 
 def explanation(run: Run) -> dict[str, Any]:
     """The run page's "Why waiting" line: the gate that holds an unfinished run, not running."""
-    why = explaining.explain(run.pk)
+    why = explaining.explain(run.pk, run=run)
     return {"explanation": why, "show_explanation": why.gate not in ("finished", "running")}

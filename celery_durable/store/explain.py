@@ -78,9 +78,13 @@ class Explanation:
 Gate = Callable[..., Explanation]
 
 
-def explain(run_id: str, using: str = "default") -> Explanation:
-    """Why ``run_id`` is not executing now; ``RunNotFound`` for an unknown id. Writes nothing."""
-    run = get(run_id, using)
+def explain(run_id: str, using: str = "default", run: Run | None = None) -> Explanation:
+    """Why ``run_id`` is not executing now; ``RunNotFound`` for an unknown id. Writes nothing.
+
+    ``run``: the run's row when the caller loaded it already (the admin's run page).
+    """
+    if run is None:
+        run = get(run_id, using)
     status = RunStatus(run.status)
 
     def gate(name: str, detail: str, **kwargs: Any) -> Explanation:
