@@ -187,10 +187,17 @@ class RunActionsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             except (DurableError, TypeError) as exc:  # TypeError: arguments the task does not take
                 error = str(exc)
             else:
+                if fork.forked_from_id != run.pk:  # an idempotency key or a debounce folded the call
+                    self.message_user(
+                        request,
+                        f"Not forked: the task's flow control answered with run {fork.pk} (idempotency key or "
+                        f"debounce); nothing was copied.",
+                        messages.WARNING,
+                    )
+                    return HttpResponseRedirect(self._run_url(fork.pk))
                 where = f"from step {from_step!r}" if from_step else "reusing every completed step"
                 self.log_change(request, run, f"Forked into {fork.pk} {where}")
-                if fork.pk != run.pk:
-                    self.log_change(request, fork, f"Forked from {run.pk} {where}")
+                self.log_change(request, fork, f"Forked from {run.pk} {where}")
                 self.message_user(request, f"Run {run.pk} forked {where}: {fork.pk}.", messages.SUCCESS)
                 return HttpResponseRedirect(self._run_url(fork.pk))
         else:

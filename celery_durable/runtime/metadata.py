@@ -7,6 +7,7 @@ indexed for equality search as text (:func:`search_text`). No Django here.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -55,7 +56,7 @@ def check_fields(fields: dict[str, Any], current: dict[str, Any]) -> dict[str, A
 def check_progress(done: Any, total: Any, message: Any) -> dict[str, Any]:
     """The progress record ``{"done", "total", "message"}``, or raise ``InvalidMetadata``."""
     for name, value in (("done", done), ("total", total)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
             raise InvalidMetadata(f"step.progress: {name} must be a non-negative number, got {value!r}")
     if not isinstance(message, str) or not storable(message):
         raise InvalidMetadata(f"step.progress: message must be a str, got {message!r}")

@@ -139,3 +139,13 @@ def test_changelist__metadata_search_with_very_many_matches(admin_client, durabl
     durable.run_until_idle()
     found = text(admin_client.get(reverse("admin:celery_durable_run_changelist"), {"q": "customer:acme"}))
     assert one.id in found and two.id in found and other.id not in found
+
+
+def test_fork__folded_by_an_idempotency_key_says_so_and_logs_nothing(forker_client, durable):
+    from tests.testapp import flows
+
+    run = flows.idempotent.delay(17)
+    durable.run_until_idle()
+    response = forker_client.post(url(run.id, "fork"), {"from_step": "", "args": "[17]", "kwargs": "{}"}, follow=True)
+    assert "Not forked: the task's flow control answered with run" in text(response)
+    assert Run.objects.count() == 1 and not LogEntry.objects.exists()

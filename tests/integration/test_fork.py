@@ -107,3 +107,27 @@ def test_fork__bad_input_is_refused_and_writes_nothing(durable, call, error):
     with pytest.raises(error):
         call(original.id)
     assert (Run.objects.count(), Step.objects.count()) == (runs, steps)
+
+
+def test_fork__goes_through_the_tasks_flow_control(durable):
+    from tests.testapp import flows
+
+    done = flows.per_user.delay(7)
+    durable.run_until_idle()
+    holder = flows.per_user.delay(7)  # queued: it holds user 7's only slot
+    forked = fork(done.id)
+    assert forked.status == "pending"  # in the key's backlog, like any call
+    assert [s[0] for s in _steps(forked.id)] == ["work"]
+    durable.run_until_idle()
+    assert durable.result(holder.id) == 7 and durable.result(forked.id) == 7
+    assert BodyRun.objects.filter(run_id=forked.id).count() == 0  # "work" was reused
+
+
+def test_fork__of_an_idempotent_run_returns_the_run_holding_the_key(durable):
+    from tests.testapp import flows
+
+    original = flows.idempotent.delay(17)
+    durable.run_until_idle()
+    before = _steps(original.id)
+    assert fork(original.id).id == original.id  # the key is held for 24 h: no new run
+    assert Run.objects.count() == 1 and _steps(original.id) == before
