@@ -374,3 +374,17 @@ def test_next_after__cron_in_the_celery_timezone_and_naive_times_as_local(settin
     aware = datetime(2026, 1, 1, 10, 2, 30, tzinfo=UTC)
     assert next_after(Schedule(cron="0 3 * * *"), aware) == datetime(2026, 1, 2, 3, 0, tzinfo=celery_tz)
     assert next_after(Schedule(every=timedelta(hours=1)), aware) == datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
+
+
+def test_durable_services_command__fires_due_ticks(declare, durable):
+    import io
+
+    from django.core.management import call_command
+
+    task = declare("command", Schedule(cron="* * * * *"))
+    call_command("durable_services", "--once", stdout=io.StringIO())
+    durable.clock.advance(60)
+    out = io.StringIO()
+    call_command("durable_services", "--once", stdout=out)
+    assert "scheduled=1" in out.getvalue()
+    assert [r.id for r in runs_of(task)] == [tick_run_id(task.name, START + timedelta(minutes=1))]
