@@ -388,3 +388,24 @@ def test_durable_services_command__fires_due_ticks(declare, durable):
     call_command("durable_services", "--once", stdout=out)
     assert "scheduled=1" in out.getvalue()
     assert [r.id for r in runs_of(task)] == [tick_run_id(task.name, START + timedelta(minutes=1))]
+
+
+@pytest.mark.parametrize(
+    ("overlap", "expected"),
+    [
+        ("skip", ["queued", "skipped", "skipped", "skipped"]),
+        ("buffer_one", ["queued", "skipped", "skipped"]),  # the second tick waits in the row
+        ("cancel_other", ["skipped", "skipped", "skipped", "queued"]),
+        ("allow", ["queued", "queued", "queued", "queued"]),
+    ],
+)
+def test_catchup__applies_the_overlap_policy_to_the_missed_ticks(declare, durable, overlap, expected):
+    task = declare(
+        f"missed_{overlap}", Schedule(every=timedelta(minutes=1), overlap=overlap, catchup=timedelta(hours=1))
+    )
+    services()
+    durable.clock.advance(timedelta(minutes=4))
+    services()
+    assert [r.status for r in sorted(runs_of(task), key=lambda r: r.id)] == expected
+    buffered = ScheduleState.objects.get(task_name=task.name).buffered_tick_at
+    assert buffered == (START + timedelta(minutes=2) if overlap == "buffer_one" else None)
