@@ -270,6 +270,7 @@ class ScheduleState(models.Model):
     paused = models.BooleanField(default=False)
 
     class Meta:
+        verbose_name = "schedule"
         permissions = [("manage_schedule", "Can pause, resume, trigger and backfill schedules")]
 
     def __str__(self) -> str:

@@ -21,7 +21,7 @@ from django.utils.html import format_html
 
 from ..exceptions import DurableError
 from ..integration import actions
-from ..integration.registry import CeleryRegistry
+from ..integration.timetable import CeleryTimetable
 from ..models import ScheduleState
 
 
@@ -74,12 +74,12 @@ class ScheduleStateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description="overlap")
     def overlap(self, row: ScheduleState) -> str:
-        spec = CeleryRegistry().spec(row.task_name)
+        spec = CeleryTimetable().spec(row.task_name)
         return spec.schedule.overlap if spec is not None and spec.schedule is not None else "—"
 
     @admin.display(description="declared", boolean=True)
     def declared(self, row: ScheduleState) -> bool:
-        spec = CeleryRegistry().spec(row.task_name)
+        spec = CeleryTimetable().spec(row.task_name)
         return spec is not None and spec.schedule is not None and spec.schedule.definition == row.definition
 
     @admin.display(description="last run")

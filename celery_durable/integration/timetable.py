@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery, current_app
 from celery.schedules import crontab
+from django.utils import timezone
 
 from .. import serialization
 from ..engine.spec import TaskSpec
@@ -63,14 +64,14 @@ def next_after(schedule: Schedule, after: datetime, app: Celery | None = None) -
     if schedule.every is not None:
         return schedule.next_every(after)
     assert schedule.cron is not None
-    naive = after.tzinfo is None
-    moment = after.replace(tzinfo=UTC) if naive else after
+    naive = after.tzinfo is None  # USE_TZ=False: the clock gives naive local times
+    moment = timezone.make_aware(after) if naive else after
     if moment.second or moment.microsecond:  # crontab steps from whole minutes
         moment = moment.replace(second=0, microsecond=0)
     cron = parse_cron(schedule.cron, app or current_app)
     last, delta, _ = cron.remaining_delta(moment)
     tick: datetime = (last + delta).astimezone(UTC)
-    return tick.replace(tzinfo=None) if naive else tick
+    return timezone.make_naive(tick) if naive else tick
 
 
 class CeleryTimetable:
@@ -85,8 +86,8 @@ class CeleryTimetable:
         return [spec for spec in self.registry.specs() if spec.schedule is not None]
 
     def spec(self, name: str) -> TaskSpec | None:
-        """The durable task ``name``, or ``None``."""
-        return self.registry.spec(name)
+        """The durable task ``name`` (the project's task modules imported first), or ``None``."""
+        return next((spec for spec in self.registry.specs() if spec.name == name), None)
 
     def next_after(self, schedule: Schedule, after: datetime) -> datetime:
         """The first tick strictly after ``after``."""

@@ -1,6 +1,6 @@
 """Schedules without beat: ticks fired by the services' tick, exactly once, on a fake clock."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from celery import current_app
@@ -358,3 +358,54 @@ def test_three_services_ticking_at_the_same_moment__fire_each_tick_once():
             assert len(fired) == 90
     finally:
         current_app.tasks.pop(name, None)
+
+
+def test_next_after__cron_in_the_celery_timezone_and_naive_times_as_local(settings):
+    from zoneinfo import ZoneInfo
+
+    from celery_durable.integration.timetable import next_after
+
+    settings.TIME_ZONE = "Europe/Paris"  # USE_TZ=False: the clock gives naive Paris times
+    assert next_after(Schedule(cron="*/5 * * * *"), datetime(2026, 1, 1, 10, 2, 30)) == datetime(2026, 1, 1, 10, 5)
+    # "0 3 * * *" is 03:00 in the Celery app's timezone, given back as a naive Paris time.
+    celery_tz = current_app.timezone
+    expected = datetime(2026, 1, 1, 3, 0, tzinfo=celery_tz).astimezone(ZoneInfo("Europe/Paris")).replace(tzinfo=None)
+    assert next_after(Schedule(cron="0 3 * * *"), datetime(2026, 1, 1, 0, 0)) == expected
+    aware = datetime(2026, 1, 1, 10, 2, 30, tzinfo=UTC)
+    assert next_after(Schedule(cron="0 3 * * *"), aware) == datetime(2026, 1, 2, 3, 0, tzinfo=celery_tz)
+    assert next_after(Schedule(every=timedelta(hours=1)), aware) == datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
+
+
+def test_durable_services_command__fires_due_ticks(declare, durable):
+    import io
+
+    from django.core.management import call_command
+
+    task = declare("command", Schedule(cron="* * * * *"))
+    call_command("durable_services", "--once", stdout=io.StringIO())
+    durable.clock.advance(60)
+    out = io.StringIO()
+    call_command("durable_services", "--once", stdout=out)
+    assert "scheduled=1" in out.getvalue()
+    assert [r.id for r in runs_of(task)] == [tick_run_id(task.name, START + timedelta(minutes=1))]
+
+
+@pytest.mark.parametrize(
+    ("overlap", "expected"),
+    [
+        ("skip", ["queued", "skipped", "skipped", "skipped"]),
+        ("buffer_one", ["queued", "skipped", "skipped"]),  # the second tick waits in the row
+        ("cancel_other", ["skipped", "skipped", "skipped", "queued"]),
+        ("allow", ["queued", "queued", "queued", "queued"]),
+    ],
+)
+def test_catchup__applies_the_overlap_policy_to_the_missed_ticks(declare, durable, overlap, expected):
+    task = declare(
+        f"missed_{overlap}", Schedule(every=timedelta(minutes=1), overlap=overlap, catchup=timedelta(hours=1))
+    )
+    services()
+    durable.clock.advance(timedelta(minutes=4))
+    services()
+    assert [r.status for r in sorted(runs_of(task), key=lambda r: r.id)] == expected
+    buffered = ScheduleState.objects.get(task_name=task.name).buffered_tick_at
+    assert buffered == (START + timedelta(minutes=2) if overlap == "buffer_one" else None)
