@@ -247,3 +247,5 @@ def test_keyed_pause__matches_the_key_byte_for_byte(durable):
     pause("f.per_user", 'f.per_user:user_id:Alice')
     drain(durable)
     assert durable.result(alice.id) == "alice"  # "Alice" is another key (MySQL too)
+    assert resume("f.per_user", "f.per_user:user_id:alice") == []
+    assert Pause.objects.filter(key="f.per_user:user_id:Alice").exists()  # not lifted by another key
