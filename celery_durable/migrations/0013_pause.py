@@ -4,7 +4,21 @@ import celery_durable.states
 from django.db import migrations, models
 
 
+def binary_key(apps, schema_editor):
+    """MySQL/MariaDB: a pause's key compares byte for byte with the runs' slot keys (as in 0008)."""
+    connection = schema_editor.connection
+    if connection.vendor != "mysql":
+        return
+    collation = "utf8mb4_nopad_bin" if connection.mysql_is_mariadb else "utf8mb4_0900_bin"
+    quote = schema_editor.quote_name
+    schema_editor.execute(
+        f"ALTER TABLE {quote('celery_durable_pause')} MODIFY {quote('key')} varchar(255) "
+        f"CHARACTER SET utf8mb4 COLLATE {collation} NULL"
+    )
+
+
 class Migration(migrations.Migration):
+    atomic = False  # DDL on MySQL cannot run inside a transaction
 
     dependencies = [
         ('celery_durable', '0012_schedules'),
@@ -30,4 +44,5 @@ class Migration(migrations.Migration):
                 'indexes': [models.Index(fields=['task_name', 'key'], name='durable_pause_task')],
             },
         ),
+        migrations.RunPython(binary_key, migrations.RunPython.noop, atomic=False, elidable=False),
     ]

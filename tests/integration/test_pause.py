@@ -240,3 +240,12 @@ def test_hold_at_a_boundary__a_pause_lifted_meanwhile_queues_the_run_again(durab
     assert (row.status, row.lease_owner) == ("queued", None)
     durable.run_until_idle()
     assert durable.result(run.id) == 1
+
+
+def test_keyed_pause__matches_the_key_byte_for_byte(durable):
+    alice = flows.per_user.delay("alice")
+    pause("f.per_user", 'f.per_user:user_id:Alice')
+    drain(durable)
+    assert durable.result(alice.id) == "alice"  # "Alice" is another key (MySQL too)
+    assert resume("f.per_user", "f.per_user:user_id:alice") == []
+    assert Pause.objects.filter(key="f.per_user:user_id:Alice").exists()  # not lifted by another key
