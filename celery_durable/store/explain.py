@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from .. import clock, serialization
-from ..models import FlowState, Run, Slot, Step
+from ..models import BatchItem, FlowState, Run, Slot, Step
 from ..runtime.events import ANY_OF, wait_names
 from ..states import FINISHED, HOLDING_SLOTS, RunStatus, StepStatus
+from .batches import get_item, waiting
 from .pausing import pause_of
 from .runs import get
 
@@ -28,6 +29,7 @@ GATES = (
     "sleep",  # step.sleep
     "event",  # step.wait_for_event
     "children",  # child runs
+    "batch",  # a batched call whose batch is still forming (explained by the call's id)
 )
 
 
@@ -84,6 +86,9 @@ def explain(run_id: str, using: str = "default", run: Run | None = None) -> Expl
     ``run``: the run's row when the caller loaded it already (the admin's run page).
     """
     if run is None:
+        forming = _forming_call(run_id, using)
+        if forming is not None:
+            return forming
         run = get(run_id, using)
     status = RunStatus(run.status)
 
@@ -262,3 +267,33 @@ def _skipped(run: Run, gate: Gate, using: str) -> Explanation:
         holders = [holder] if holder else []
         return gate("singleton", f"never ran: {reason}", since=run.created_at, holders=holders)
     return gate("finished", f"never ran: skipped by flow control ({reason})", since=run.created_at)
+
+
+def _forming_call(call_id: str, using: str) -> Explanation | None:
+    """A batched call's id: the explanation of its batch run, or of the batch that forms."""
+    item = get_item(call_id, using)
+    if item is None:
+        return None
+    if item.run_id is not None:
+        return explain(item.run_id, using)
+    calls = waiting(item.batch_key, using)
+    oldest = (
+        BatchItem.objects.using(using)
+        .filter(run__isnull=True, batch_key=item.batch_key)
+        .order_by("due_at")
+        .values_list("due_at", flat=True)
+        .first()
+    )
+    detail = (
+        f"a forming batch of {item.task_name}: {calls} of {item.max_size} calls wait; the batch runs when "
+        f"{item.max_size} have arrived or at {_at(oldest)}, whichever comes first"
+    )
+    return Explanation(
+        call_id,
+        "forming",
+        "batch",
+        detail,
+        since=item.created_at,
+        estimated_start=oldest,
+        data={"batch_key": item.batch_key, "waiting": calls, "max_size": item.max_size},
+    )

@@ -285,3 +285,21 @@ def test_keys__compare_byte_for_byte(durable):
         make_call(durable, account=account, n=3)
     runs = Run.objects.filter(task_name="b.collect")
     assert sorted(run.kwargs_value["items"][0]["account"] for run in runs) == ["Alice", "Alice ", "alice"]
+
+
+def test_explain__a_forming_call_names_its_batch_then_the_formed_run(durable):
+    from celery_durable import explain
+
+    first = make_call(durable, account="acme", n=1)
+    durable.clock.advance(timedelta(seconds=5))
+    second = make_call(durable, account="acme", n=2)
+    why = explain(second.id)
+    assert (why.gate, why.status, why.data["waiting"], why.data["max_size"]) == ("batch", "forming", 2, 3)
+    # The batch forms when the first call is 60 s old (Batch(wait=60)), or when a third call arrives.
+    assert why.estimated_start == BatchItem.objects.get(id=first.id).due_at
+    assert "2 of 3 calls wait" in str(why)
+    make_call(durable, account="acme", n=3)
+    formed = explain(second.id)
+    assert formed.run_id == batch_run(second.id).id and formed.gate != "batch"
+    with pytest.raises(RunNotFound):
+        explain("no-such-call")
