@@ -33,7 +33,7 @@ from .task import DurableTask
 logger = logging.getLogger("celery_durable")
 
 LOWEST, HIGHEST = -600, 600
-# A resumed run (its sleep, wait, children, retry or slot came due) goes ahead of first
+# A resumed run (its sleep, wait, children or retry came due) goes ahead of first
 # executions of the same priority: the top of the scale for a run of priority 0.
 RESUME_HEAD_START = HIGHEST
 REDIS_LEVELS = 9

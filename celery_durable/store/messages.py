@@ -25,6 +25,6 @@ class RunMessage:
     # made): a batch of due runs takes a while to publish, and its late messages would
     # otherwise be late by that much.
     due_at: datetime | None = None
-    # The run executed before (a sleep, wait, child or retry came due): it goes to the
+    # The run executed before (a sleep, wait, children or retry came due): it goes to the
     # broker's resume lane, ahead of first executions (see integration.routing).
     resume: bool = False

@@ -9,7 +9,6 @@ polling loop waits for slots. A slot held by a run that is neither queued nor ru
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -152,7 +151,7 @@ def _hand_over(key: str) -> RunMessage | None:
     taken = Run.objects.filter(
         id=head, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
     ).update(status=RunStatus.QUEUED, published_at=clock.now(), holds_slots=True)
-    return replace(message_for(head), resume=True) if taken else None  # a slot came due
+    return message_for(head) if taken else None
 
 
 def promote(keys: list[str]) -> list[RunMessage]:
@@ -184,7 +183,7 @@ def _promote_one(key: str) -> list[RunMessage]:
             continue
         keys_of = Run.objects.filter(id=run_id).values_list("slot_key1", "slot_key2").get()
         if acquire(run_id, {k: None for k in keys_of if k}):
-            return [replace(message_for(run_id), resume=True)]  # a slot came due
+            return [message_for(run_id)]
         Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING)
     return []
 

@@ -358,3 +358,40 @@ def test_services_thread__keeps_its_connection_and_recovers_when_the_database_dr
         thread.stop()
         publish_module.dispatch_override = None
     assert not thread.is_alive()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_services_thread__closes_its_connection_before_the_process_forks(settings):
+    """A prefork child must not inherit the services thread's live database session."""
+    import os
+
+    from celery_durable.integration import publish as publish_module
+    from celery_durable.integration.services import ServiceThread
+    from tests.e2e.conftest import wait_for
+
+    settings.CELERY_DURABLE = {"WAKER_INTERVAL": 0.05, "HEARTBEAT_SECONDS": 10}
+    published = []
+    publish_module.dispatch_override = published.append
+    thread = ServiceThread(app())
+    thread.start()
+    try:
+        wait_for(lambda: thread.connection.wrapper is not None and thread.ticks >= 1, 30, "a first tick")
+        with thread.connection.lock:  # between ticks: the connection is open
+            kept = thread.connection.wrapper.connection
+            assert kept is not None
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)  # the child does nothing: a prefork child at birth
+        os.waitpid(pid, 0)
+        ticks = thread.ticks
+        past = durable_now() - timedelta(seconds=5)
+        Run.objects.create(
+            id="due-after-fork", task_name="t.add", status=RunStatus.SLEEPING, created_at=past, wake_at=past
+        )
+        wait_for(lambda: [m.run_id for m in published] == ["due-after-fork"], 30, "the due run to be woken")
+        assert thread.ticks > ticks
+        # Closed before the fork (by the forking thread), connected again by the next tick.
+        assert thread.connection.wrapper.connection is not kept
+    finally:
+        thread.stop()
+        publish_module.dispatch_override = None

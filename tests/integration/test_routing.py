@@ -107,7 +107,7 @@ def test_checks__priority_needs_max_priority_prefetch_one_and_the_router(broker_
 
 
 def test_resumed_runs__go_ahead_of_first_executions_of_their_priority(broker_url):
-    """Issue 14: a run that executed before (its sleep, wait, child or slot came due) is fetched first."""
+    """Issue 14: a run that executed before (its sleep, wait, children or retry came due) is fetched first."""
     resumed = {"headers": {"durable_resume": True}}
     broker_url(REDIS)
     assert route(tasks.add, (1, 2))["priority"] == 5
