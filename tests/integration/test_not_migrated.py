@@ -27,9 +27,9 @@ def unmigrated(transactional_db):
     from django.db.migrations.recorder import MigrationRecorder
 
     models = list(apps.get_app_config("celery_durable").get_models())
-    step_first = sorted(models, key=lambda model: model._meta.model_name != "step")
+    run_last = sorted(models, key=lambda model: model._meta.model_name == "run")  # the others refer to it
     with connection.schema_editor() as editor:
-        for model in step_first:
+        for model in run_last:
             editor.delete_model(model)
     MigrationRecorder(connection).migration_qs.filter(app="celery_durable").delete()
     assert "celery_durable_run" not in connection.introspection.table_names()
