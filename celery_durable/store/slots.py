@@ -214,7 +214,7 @@ def _promote_fair(slot: Slot, now: Any) -> list[RunMessage] | None:
     if not Run.objects.filter(pk=run_id, status=RunStatus.PENDING, holds_slots=False).update(
         status=RunStatus.QUEUED, published_at=now
     ):
-        return []
+        return None  # taken meanwhile: the plain candidates are tried, as without fairness
     if not acquire(run_id, {slot.key: None}):
         Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING)
         return []
