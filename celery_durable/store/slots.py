@@ -158,7 +158,11 @@ def promote(keys: list[str]) -> list[RunMessage]:
 
 def _promote_one(key: str) -> list[RunMessage]:
     now = clock.now()
-    fair = Slot.objects.select_for_update().filter(key=key, fair_cursor__isnull=False).first()
+    # A fair key's slot row is locked (its cursor moves); a plain key's is not even read for
+    # update (InnoDB would keep the row locked though the condition excludes it).
+    fair = None
+    if Slot.objects.filter(key=key, fair_cursor__isnull=False).exists():
+        fair = Slot.objects.select_for_update().filter(key=key).first()
     if fair is not None:
         promoted = _promote_fair(fair, now)
         if promoted is not None:
