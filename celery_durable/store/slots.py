@@ -126,12 +126,11 @@ def _hand_over(key: str) -> RunMessage | None:
     is taking; a concurrent promoter that took the head first makes the UPDATE change
     nothing, and the caller gives the slot back instead.
     """
-    slot = Slot.objects.filter(key=key, in_use__lte=EFFECTIVE_LIMIT).values_list("pk", "fair_cursor", "fair_served")
-    row = slot.first()
-    if row is None:
+    slot = Slot.objects.filter(key=key, in_use__lte=EFFECTIVE_LIMIT).values_list("fair_cursor").first()
+    if slot is None:
         return None
-    if row[1] is not None:  # a fair key: its next run in round robin, not the backlog's head
-        return _hand_over_fair(Slot(pk=row[0], key=key, fair_cursor=row[1], fair_served=row[2]))
+    if slot[0] is not None:  # a fair key: its next run in round robin, not the backlog's head
+        return _hand_over_fair(key)
     heads: list[tuple[Any, str, str | None]] = []
     for field in ("slot_key1", "slot_key2"):
         # By backlog_at alone, the backlog index's order: with ", id" PostgreSQL sorted the
@@ -165,7 +164,11 @@ def promote(keys: list[str]) -> list[RunMessage]:
 
 def _promote_one(key: str) -> list[RunMessage]:
     now = clock.now()
-    fair = Slot.objects.select_for_update().filter(key=key, fair_cursor__isnull=False).first()
+    # A fair key's slot row is locked (its cursor moves); a plain key's is not even read for
+    # update (InnoDB would keep the row locked though the condition excludes it).
+    fair = None
+    if Slot.objects.filter(key=key, fair_cursor__isnull=False).exists():
+        fair = Slot.objects.select_for_update().filter(key=key).first()
     if fair is not None:
         promoted = _promote_fair(fair, now)
         if promoted is not None:
@@ -221,7 +224,7 @@ def _promote_fair(slot: Slot, now: Any) -> list[RunMessage] | None:
     if not Run.objects.filter(pk=run_id, status=RunStatus.PENDING, holds_slots=False).update(
         status=RunStatus.QUEUED, published_at=now
     ):
-        return []
+        return None  # taken meanwhile: the plain candidates are tried, as without fairness
     if not acquire(run_id, {slot.key: None}):
         Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING)
         return []
@@ -229,21 +232,20 @@ def _promote_fair(slot: Slot, now: Any) -> list[RunMessage] | None:
     return [message_for(run_id)]
 
 
-def _hand_over_fair(slot: Slot) -> RunMessage | None:
+def _hand_over_fair(key: str) -> RunMessage | None:
     """A fair key's released slot goes straight to its next run in round robin (one transaction).
 
-    The slot's ``in_use`` is untouched, and its row is read without a lock (two releases hand
-    over in parallel, as for a plain key): two releases that read the same cursor pick the
-    same run, the second one's UPDATE then changes nothing (after the first commits), and it
-    gives its slot back and promotes from the moved cursor instead. ``None`` then, and when
-    nothing fair waits or the pick needs another key.
+    The slot row is locked (as giving the slot back would), its ``in_use`` untouched. ``None``
+    when the key is over its limit, nothing fair waits, or the pick needs another key: the
+    caller gives the slot back and promotes then.
     """
-    pick = _fair_pick(slot)
-    if pick is None:
+    slot = Slot.objects.select_for_update().filter(key=key, in_use__lte=EFFECTIVE_LIMIT).first()
+    pick = None if slot is None else _fair_pick(slot)
+    if slot is None or pick is None:
         return None
     value, run_id, served = pick
     taken = Run.objects.filter(
-        pk=run_id, status=RunStatus.PENDING, holds_slots=False, slot_key1=slot.key, slot_key2__isnull=True
+        pk=run_id, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
     ).update(status=RunStatus.QUEUED, published_at=clock.now(), holds_slots=True)
     if not taken:
         return None
