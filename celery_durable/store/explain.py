@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.db.models import Count, Min
+
 from .. import clock, serialization
 from ..models import BatchItem, FlowState, Run, Slot, Step
 from ..runtime.events import ANY_OF, wait_names
 from ..states import FINISHED, HOLDING_SLOTS, RunStatus, StepStatus
-from .batches import get_item, waiting
+from .batches import get_item
 from .pausing import pause_of
 from .runs import get
 
@@ -276,14 +278,9 @@ def _forming_call(call_id: str, using: str) -> Explanation | None:
         return None
     if item.run_id is not None:
         return explain(item.run_id, using)
-    calls = waiting(item.batch_key, using)
-    oldest = (
-        BatchItem.objects.using(using)
-        .filter(run__isnull=True, batch_key=item.batch_key)
-        .order_by("due_at")
-        .values_list("due_at", flat=True)
-        .first()
-    )
+    forming = BatchItem.objects.using(using).filter(run__isnull=True, batch_key=item.batch_key)
+    summary = forming.aggregate(calls=Count("id"), oldest=Min("due_at"))
+    calls, oldest = summary["calls"], summary["oldest"]
     detail = (
         f"a forming batch of {item.task_name}: {calls} of {item.max_size} calls wait; the batch runs when "
         f"{item.max_size} have arrived or at {_at(oldest)}, whichever comes first"
