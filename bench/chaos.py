@@ -174,6 +174,8 @@ def main() -> int:
     )
     for line in report.violations[:50]:
         print(f"    {line}")
+    if session.diagnosis:
+        print(session.diagnosis)
     return 1 if report.violations or session.unfinished else 0
 
 

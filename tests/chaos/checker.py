@@ -54,11 +54,13 @@ class Report:
     def fail(self, message: str) -> None:
         self.violations.append(message)
 
-    def assert_ok(self) -> None:
+    def assert_ok(self, context: str = "") -> None:
+        """Raise with the violations (and ``context``, e.g. why unfinished runs are stuck)."""
         if self.violations:
             shown = "\n  ".join(self.violations[:50])
             more = f"\n  ... and {len(self.violations) - 50} more" if len(self.violations) > 50 else ""
-            raise AssertionError(f"chaos checker: {len(self.violations)} violation(s):\n  {shown}{more}")
+            tail = f"\n{context}" if context else ""
+            raise AssertionError(f"chaos checker: {len(self.violations)} violation(s):\n  {shown}{more}{tail}")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from celery_durable.models import BatchItem, Run
 from celery_durable.states import FINISHED as FINISHED_STATUSES
 from tests.testapp.models import ChaosClaim, ChaosFault
 
-from . import procs
+from . import diagnosis, procs
 from .checker import TASKS
 from .config import HEARTBEAT, LEASE, REPUBLISH, WAKER
 from .faults import Injector
@@ -134,6 +134,7 @@ class Session:
     seconds: float
     drained: bool = False
     unfinished: list[str] = field(default_factory=list)
+    diagnosis: str = ""  # why the unfinished runs are stuck (diagnosis.stuck)
 
 
 def run(fleet: Fleet, seed: int, seconds: float, plan: list[str] | None, *, rate: float = 2.0,
@@ -173,11 +174,15 @@ def run(fleet: Fleet, seed: int, seconds: float, plan: list[str] | None, *, rate
     deadline = time.monotonic() + drain_timeout
     while time.monotonic() < deadline:
         workload.step(spawn=False)
+        # Still the supervisor: a worker that exits now (Celery gives up after the broker
+        # restart that a short form injects last) is restarted, or nothing drains the runs.
+        injector.tick()
         if not workload.outstanding and not unfinished():
             session.drained = True
             break
         time.sleep(0.25)
     session.unfinished = unfinished()
+    session.diagnosis = diagnosis.stuck(session.unfinished, fleet.tag, fleet.started)
     return session
 
 

@@ -32,7 +32,7 @@ def test_chaos__guarantees_hold_under_every_fault(chaos_seed, fleet):
     report = checker.check(session.workload.called, harness.LEASE, batched=session.workload.batched)
     summary = f"seed {chaos_seed}, faults {session.injector.counts}, report {report}"
     print(summary)
-    report.assert_ok()
+    report.assert_ok(session.diagnosis)
     assert not session.unfinished, summary
     # A restart is skipped only while someone else's tests or benchmarks use the services,
     # and never under CELERY_DURABLE_REQUIRE_SERVICES=1 (the injector fails the run there).
