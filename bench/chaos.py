@@ -120,7 +120,8 @@ def main() -> int:
             fault_every=args.fault_every, drain_timeout=300, progress=progress,
         )  # fmt: skip
         drain = time.monotonic() - began - args.minutes * 60
-        report = checker.check(session.workload.called, harness.LEASE, batched=session.workload.batched)
+        workload = session.workload
+        report = checker.check(workload.called, harness.LEASE, overrides=workload.overrides, batched=workload.batched)
         recoveries = harness.recoveries()
     finally:
         fleet.close()

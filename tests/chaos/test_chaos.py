@@ -29,8 +29,9 @@ def test_chaos__guarantees_hold_under_every_fault(chaos_seed, fleet):
     session = harness.run(
         fleet, chaos_seed, SECONDS, plan, fault_every=SECONDS / (len(plan) + 1), allow_restarts=RESTARTS
     )
-    report = checker.check(session.workload.called, harness.LEASE, batched=session.workload.batched)
-    summary = f"seed {chaos_seed}, faults {session.injector.counts}, report {report}"
+    workload = session.workload
+    report = checker.check(workload.called, harness.LEASE, overrides=workload.overrides, batched=workload.batched)
+    summary = f"seed {chaos_seed}, faults {session.injector.counts}, overrides {workload.overrides}, report {report}"
     print(summary)
     report.assert_ok(session.diagnosis)
     assert not session.unfinished, summary
@@ -39,4 +40,5 @@ def test_chaos__guarantees_hold_under_every_fault(chaos_seed, fleet):
     missing = harness.not_landed(plan, session.injector.counts, require=faults.required())
     assert not missing, f"{missing} never landed: {summary}"
     assert report.completed and report.cancelled, summary
-    assert report.peak and max(report.peak.values()) == checker.LIMIT, summary  # the limit was reached
+    # The declared limit was reached (k0 keeps it; set_limit may lower or raise k1's).
+    assert report.peak and max(report.peak.values()) >= checker.LIMIT, summary

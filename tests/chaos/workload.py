@@ -21,6 +21,8 @@ from tests.testapp import chaos_tasks as tasks
 
 logger = logging.getLogger("tests.chaos")
 KEYS = ["k0", "k1"]  # few keys: backlogs form behind chaos.limited's limit
+# set_limit overrides, on k1 only (k0 keeps the declared limit, which the suite must see reached).
+OVERRIDE_KEY, OVERRIDES, OVERRIDE_CHANCE = "k1", [1, 3, None], 0.5
 WEIGHTS = {"pipeline": 3, "waiter": 2, "parent": 1, "limited": 4, "cancellable": 2, "batched": 2}
 
 
@@ -34,6 +36,7 @@ class Workload:
     cancels: list[tuple[float, str]] = field(default_factory=list)  # (due, run id) not yet cancelled
     sent: dict[int, str] = field(default_factory=dict)
     cancelled: list[str] = field(default_factory=list)
+    overrides: dict[str, list[int]] = field(default_factory=dict)  # limits set on chaos.limited keys
     n: int = 0
 
     def _call(self, task, *args) -> str:
@@ -63,6 +66,8 @@ class Workload:
             key = self.rng.choice(KEYS)
             for extra in range(3):  # a burst on one key: a backlog behind its limit
                 self._call(tasks.limited, key, n * 10 + extra)
+            if key == OVERRIDE_KEY and self.rng.random() < OVERRIDE_CHANCE:
+                self._override(self.rng.choice(OVERRIDES))
         elif kind == "batched":
             key = self.rng.choice(KEYS)
             for extra in range(self.rng.randint(1, 4)):  # batches of three form by size or after 0.5 s
@@ -74,6 +79,13 @@ class Workload:
             run_id = self._call(tasks.cancellable, n, 3600 if target else 0.3)
             if target:
                 self.cancels.append((soon + self.rng.choice([0.1, 0.5, 1.0, 2.0, 5.0]), run_id))
+
+    def _override(self, limit: int | None) -> None:
+        """Lower, raise or remove k1's limit while its runs wait and run (recorded first: a
+        database error after the commit must not leave the checker a bound that is too low)."""
+        if limit is not None:
+            self.overrides.setdefault(OVERRIDE_KEY, []).append(limit)
+        celery_durable.set_limit(tasks.limited, OVERRIDE_KEY, limit)
 
     def step(self, spawn: bool = True) -> None:
         """One round: maybe call a run, send the due events, cancel the due runs."""
