@@ -98,16 +98,17 @@ def release(run_id: str) -> list[RunMessage]:
         row = (
             Run.objects.filter(id=run_id, holds_slots=True)
             .exclude(status__in=HOLDING_SLOTS)
-            .values_list("slot_key1", "slot_key2")
+            .values_list("slot_key1", "slot_key2", "fair_slot")
             .first()
         )
         if row is None:
             return []
         if Run.objects.filter(id=run_id, holds_slots=True).update(holds_slots=False) != 1:
             return []
-        keys = sorted(key for key in row if key)
+        keys = sorted(key for key in row[:2] if key)
         if len(keys) == 1:
-            handed = _hand_over(keys[0])
+            # A run of a fair key knows it (``fair_slot``): straight to the round robin.
+            handed = _hand_over_fair(keys[0]) if row[2] == keys[0] else _hand_over(keys[0])
             if handed is not None:
                 return [handed]
         for key in keys:
