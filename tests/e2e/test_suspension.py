@@ -57,7 +57,9 @@ def test_gather__survives_a_worker_killed_mid_child(e2e_env, workers):
     assert parent.get(timeout=90) == [0, 10, 20]  # in order
     children = Run.objects.filter(parent_id=parent.id)
     assert sorted(c.status for c in children) == ["completed"] * 3
-    assert all(c.recoveries >= 1 for c in children)
+    # Each child was claimed again after the kill: by the reaper's requeue (recoveries 1) or,
+    # once its lease expired, by the broker's redelivery of its unacked message (recoveries 0).
+    assert all(c.executions >= 2 for c in children), [(c.executions, c.recoveries) for c in children]
 
 
 def test_event__resumes_a_waiting_run_on_a_worker(e2e_env, workers):
