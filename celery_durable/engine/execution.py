@@ -32,7 +32,7 @@ from ..runtime.errors import error_record
 from ..runtime.events import consumption_key, wait_names
 from ..runtime.steps import BODY_STEP, StepContext
 from ..states import FINISHED, RunStatus
-from ..store import cancellation, events, pausing, runs, slots, suspension
+from ..store import cancellation, claims, events, pausing, runs, slots, suspension
 from ..store.cancellation import Cancellation
 from ..store.messages import RunMessage
 from . import cancel
@@ -95,12 +95,12 @@ def execute(
     settings = get_settings()
     owner = lease_owner()
     try:
-        claim = runs.claim(run_id, owner, settings.LEASE_SECONDS, using)
+        claim = claims.claim(run_id, owner, settings.LEASE_SECONDS, using)
     except DatabaseError:
         # Most often a connection the server dropped while the worker idled: reconnect once.
         connections[using].close()
         try:
-            claim = runs.claim(run_id, owner, settings.LEASE_SECONDS, using)
+            claim = claims.claim(run_id, owner, settings.LEASE_SECONDS, using)
         except DatabaseError as exc:
             return _abandon(run_id, "claim", exc, using)
     if claim is None:

@@ -25,7 +25,7 @@ from ..conf import get_settings
 from ..engine import services
 from ..engine.active import active, lease_owner
 from ..engine.services import TickReport
-from ..store import runs
+from ..store import claims
 from .registry import CeleryPublisher
 from .timetable import CeleryTimetable
 
@@ -190,7 +190,7 @@ class Heartbeat(threading.Thread):
                 extended.setdefault(run_id, previous)
             try:
                 with self.connection.use():
-                    cancelled = runs.extend_leases(self.owner, ids, get_settings().LEASE_SECONDS, self.using)
+                    cancelled = claims.extend_leases(self.owner, ids, get_settings().LEASE_SECONDS, self.using)
                 active.cancelled.update(cancelled)
             except DatabaseError as exc:
                 logger.warning("durable heartbeat: database error: %s", exc)

@@ -1,41 +1,27 @@
-"""Transitions of one run's life: record, claim, complete, fail, retry a step.
+"""Transitions of one run's life: record, complete, fail, retry a step.
 
 Each is one conditional UPDATE (or INSERT), fenced by the generation the execution claimed.
 Transitions that make a run runnable return its message; callers publish after commit.
-The waker, sweeper and reaper are in :mod:`.recovery`, replay in :mod:`.replay`.
+The claim and the heartbeat are in :mod:`.claims`, the waker, sweeper and reaper in
+:mod:`.recovery`, replay in :mod:`.replay`.
 """
 
 from __future__ import annotations
 
 import uuid
 from contextlib import nullcontext
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from sqlite3 import sqlite_version_info
 from typing import Any
 
 from django.db import IntegrityError, connections, transaction
-from django.db.models import Exists, F, Q, QuerySet
-from django.db.models.functions import Coalesce
-from django.utils.dateparse import parse_datetime
+from django.db.models import QuerySet
 
 from .. import clock, serialization, validation
 from ..exceptions import RunNotFound, TaskNotRegistered
 from ..models import Run, Step
-from ..runtime.records import StoredStep
 from ..states import FINISHED, RunStatus, StepStatus
 from .messages import RunMessage
-from .pausing import covering_pauses, not_paused_sql
 from .suspension import child_finished
-
-
-@dataclass
-class Claim:
-    """What an execution holds after claiming a run."""
-
-    run: Run
-    generation: int
-    checkpoints: dict[str, StoredStep]
 
 
 def create(
@@ -142,137 +128,6 @@ def create_skipped(message: RunMessage, reason: str) -> None:
         created_at=now,
         finished_at=now,
     )
-
-
-def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default") -> Claim | None:
-    """Take the run's lease with one compare-and-set; ``None`` if it is not ours to run.
-
-    Runnable means: queued and due, or running with an expired lease (its worker died), and
-    not covered by a pause of its task or key (:mod:`.pausing`). Zero rows changed means a
-    duplicate or stale message (or a paused run): the caller drops it.
-    """
-    now = clock.now()
-    if _can_update_returning(using):
-        run = _claim_returning(run_id, owner, now, now + timedelta(seconds=lease_seconds), using)
-        if run is None:
-            return None
-        loaded = load_checkpoints(run_id, using) if _has_checkpoints(run) else {}
-        return Claim(run=run, generation=run.generation, checkpoints=loaded)
-    runs = Run.objects.using(using)
-    claimed = runs.filter(
-        Q(id=run_id)
-        & (
-            (Q(status=RunStatus.QUEUED) & (Q(wake_at__isnull=True) | Q(wake_at__lte=now)))
-            | Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
-        )
-        & ~Exists(covering_pauses())
-    ).update(
-        status=RunStatus.RUNNING,
-        generation=F("generation") + 1,
-        executions=F("executions") + 1,
-        lease_owner=owner,
-        lease_expires_at=now + timedelta(seconds=lease_seconds),
-        wake_at=None,
-        started_at=Coalesce(F("started_at"), now),
-    )
-    if claimed != 1:
-        return None
-    run = runs.get(id=run_id)
-    checkpoints: dict[str, StoredStep] = {}
-    if _has_checkpoints(run):
-        checkpoints = load_checkpoints(run_id, using)
-    return Claim(run=run, generation=run.generation, checkpoints=checkpoints)
-
-
-def _has_checkpoints(run: Run) -> bool:
-    """Whether the run may have checkpoints: executed before, or a fork (it starts with copies)."""
-    return run.executions > 1 or run.forked_from_id is not None
-
-
-def _can_update_returning(using: str) -> bool:
-    connection = connections[using]
-    if connection.vendor == "postgresql":
-        return True
-    if connection.vendor == "sqlite":
-        return sqlite_version_info >= (3, 35)
-    return False  # MySQL/MariaDB: UPDATE ... RETURNING is not available
-
-
-_RETURNED = (
-    "task_name",
-    "args",
-    "kwargs",
-    "generation",
-    "executions",
-    "parent_id",
-    "holds_slots",
-    "started_at",
-    "metadata",
-    "forked_from_id",
-)
-
-
-def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: datetime, using: str) -> Run | None:
-    """The claim as one ``UPDATE ... RETURNING`` (PostgreSQL, SQLite): no read after it.
-
-    The same compare-and-set as the ORM path in :func:`claim`, which MySQL uses.
-    """
-    connection = connections[using]
-    q = connection.ops.quote_name
-    table = q(Run._meta.db_table)
-    value = connection.ops.adapt_datetimefield_value
-    sql = (
-        f"UPDATE {table} SET {q('status')} = %s, {q('generation')} = {q('generation')} + 1, "
-        f"{q('executions')} = {q('executions')} + 1, {q('lease_owner')} = %s, {q('lease_expires_at')} = %s, "
-        f"{q('wake_at')} = NULL, {q('started_at')} = COALESCE({q('started_at')}, %s) "
-        f"WHERE {q('id')} = %s AND (({q('status')} = %s AND ({q('wake_at')} IS NULL OR {q('wake_at')} <= %s)) "
-        f"OR ({q('status')} = %s AND {q('lease_expires_at')} < %s)) "
-        f"AND {not_paused_sql(table, using)} "
-        f"RETURNING {', '.join(q(c) for c in _RETURNED)}"
-    )
-    params = [
-        RunStatus.RUNNING,
-        owner,
-        value(lease_until),
-        value(now),
-        run_id,
-        RunStatus.QUEUED,
-        value(now),
-        RunStatus.RUNNING,
-        value(now),
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    task_name, args, kwargs, generation, executions, parent_id, holds_slots, started_at, metadata, forked_from = row
-    if isinstance(started_at, str):  # SQLite may return text
-        started_at = parse_datetime(started_at)
-    if isinstance(started_at, datetime) and started_at.tzinfo is None and now.tzinfo is not None:
-        started_at = started_at.replace(tzinfo=now.tzinfo)  # SQLite stores UTC without an offset
-    return Run(
-        started_at=started_at,
-        holds_slots=bool(holds_slots),
-        id=run_id,
-        task_name=task_name,
-        args=args,
-        kwargs=kwargs,
-        generation=generation,
-        executions=executions,
-        parent_id=parent_id,
-        status=RunStatus.RUNNING,
-        metadata=metadata,
-        forked_from_id=forked_from,
-    )
-
-
-def load_checkpoints(run_id: str, using: str = "default") -> dict[str, StoredStep]:
-    """All checkpoints of a run, in one query."""
-    rows = (
-        Step.objects.using(using).filter(run_id=run_id).values_list("step_id", "kind", "status", "output", "attempts")
-    )
-    return {row[0]: StoredStep(*row) for row in rows}
 
 
 MISSING = "missing"
@@ -466,18 +321,6 @@ def _with_earlier(error_json: str, previous_json: str | None, previous_attempt: 
     earlier = [*previous.get("earlier", []), summary][-EARLIER_ATTEMPTS_KEPT:]
     record = serialization.loads(error_json)
     return serialization.dumps({**record, "earlier": earlier}, "error record")
-
-
-def extend_leases(owner: str, run_ids: list[str], lease_seconds: float, using: str = "default") -> set[str]:
-    """Heartbeat: push the lease of runs this worker executes further out.
-
-    Returns the ids among them whose cancellation was requested.
-    """
-    if not run_ids:
-        return set()
-    held = Run.objects.using(using).filter(id__in=run_ids, lease_owner=owner, status=RunStatus.RUNNING)
-    held.update(lease_expires_at=clock.now() + timedelta(seconds=lease_seconds))
-    return set(held.filter(cancel_requested_at__isnull=False).values_list("id", flat=True))
 
 
 def fail_unregistered(run_id: str, task_name: str, using: str = "default") -> bool:

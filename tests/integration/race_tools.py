@@ -20,7 +20,7 @@ from typing import Any
 from django.db import connection, connections
 
 from celery_durable.models import FlowState, Run, Slot, Step
-from celery_durable.store import runs
+from celery_durable.store import claims
 
 
 def snapshot() -> dict[str, list[dict[str, Any]]]:
@@ -94,7 +94,7 @@ def table(model: Any) -> str:
 
 def take_over(run_id: str, owner: str = "worker-b") -> int:
     """Another worker claims ``run_id`` (its lease has expired); returns the new generation."""
-    claim = runs.claim(run_id, owner, 30)
+    claim = claims.claim(run_id, owner, 30)
     assert claim is not None, f"run {run_id} could not be claimed"
     return claim.generation
 

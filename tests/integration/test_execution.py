@@ -81,10 +81,10 @@ def durable_steps(run_id):
 
 
 def test_duplicate_delivery__of_a_running_run_is_dropped(db, deliver):
-    from celery_durable.store import runs
+    from celery_durable.store import claims
 
     run = tasks.add.delay(1, 2)
-    assert runs.claim(run.id, "another-worker", 30) is not None
+    assert claims.claim(run.id, "another-worker", 30) is not None
     assert isinstance(deliver(run.id), Ignore)
 
 

@@ -22,7 +22,7 @@ from celery_durable import serialization
 from celery_durable.exceptions import _Cancelled, _LeaseLost
 from celery_durable.models import Run, Step
 from celery_durable.states import RunStatus
-from celery_durable.store import recovery, runs, slots
+from celery_durable.store import claims, recovery, runs, slots
 from celery_durable.store import suspension as suspend
 from celery_durable.store.cancellation import cancel, stop_at_boundary
 from celery_durable.store.checkpoints import CheckpointStore
@@ -55,7 +55,7 @@ def held(durable):
     )
     run = tasks.three_steps.delay(1)
     Run.objects.filter(id=run.id).update(parent_id=parent.id, parent_step="fan", child_index=0)
-    claim = runs.claim(run.id, "worker-a", 30)
+    claim = claims.claim(run.id, "worker-a", 30)
     CheckpointStore(run.id, claim.generation).save_output("one", "run", "2", 1, now, exists=False)
     Run.objects.create(
         id="grandchild-1",
@@ -207,7 +207,7 @@ def resumed_on_a_full_key(durable):
     assert Run.objects.get(id=holder.id).holds_slots
     durable.clock.advance(60)
     assert durable.wake_due() == 1
-    claim = runs.claim(sleeper.id, "worker-a", 30)
+    claim = claims.claim(sleeper.id, "worker-a", 30)
     return sleeper.id, claim.generation, {"f.per_user_sleeps:user_id:7": 1}, durable
 
 
@@ -283,7 +283,7 @@ def test_events_for_many_waits__a_wait_that_timed_out_is_not_given_the_event(dur
 def test_heartbeat__does_not_extend_the_lease_of_a_run_another_worker_took_over(held):
     taken_over(held)
     before = snapshot()
-    assert runs.extend_leases("worker-a", [held.run_id], 300) == set()
+    assert claims.extend_leases("worker-a", [held.run_id], 300) == set()
     assert snapshot() == before
 
 
@@ -292,7 +292,7 @@ def test_reclaim__with_a_free_slot_by_an_execution_that_lost_its_run__takes_noth
     durable.run_next()  # sleeps: its slot is free again
     durable.clock.advance(60)
     assert durable.wake_due() == 1
-    claim = runs.claim(sleeper.id, "worker-a", 30)
+    claim = claims.claim(sleeper.id, "worker-a", 30)
     durable.clock.advance(31)
     take_over(sleeper.id)
     before = snapshot()
@@ -311,12 +311,12 @@ def test_reclaim__a_wait_on_the_slot_row_longer_than_the_lease_does_not_hand_the
     durable.run_next()  # sleeps: its slot is free again
     durable.clock.advance(60)
     assert durable.wake_due() == 1
-    claim = runs.claim(sleeper.id, "worker-a", 30)
+    claim = claims.claim(sleeper.id, "worker-a", 30)
     slot_taken = r"UPDATE\W+celery_durable_slot\W+SET\W+in_use"
     with before_statement(slot_taken, lambda: durable.clock.advance(31)) as fired:
         assert slots.reclaim(sleeper.id, claim.generation, {"f.per_user_sleeps:user_id:9": 1}, 30) is True
     assert fired, "the slot was not taken by an UPDATE the hook saw"
-    assert runs.claim(sleeper.id, "worker-b", 30) is None
+    assert claims.claim(sleeper.id, "worker-b", 30) is None
     row = Run.objects.get(id=sleeper.id)
     assert (row.lease_owner, row.generation, row.holds_slots) == ("worker-a", claim.generation, True)
     assert row.lease_expires_at == durable.clock.now() + timedelta(seconds=30)

@@ -122,10 +122,10 @@ def test_metadata_and_progress__of_an_execution_that_lost_its_run_write_nothing(
     from django.db.models import F
 
     from celery_durable.exceptions import _LeaseLost
-    from celery_durable.store import metadata, runs
+    from celery_durable.store import claims, metadata
 
     run = tasks.tagged.delay(1)
-    claim = runs.claim(run.id, "worker-a", 30)
+    claim = claims.claim(run.id, "worker-a", 30)
     assert claim is not None
     if lost == "taken_over":  # another execution claimed it since
         Run.objects.filter(id=run.id).update(generation=F("generation") + 1)

@@ -14,7 +14,7 @@ from celery_durable.exceptions import RunStateError
 from celery_durable.models import Event as EventRow
 from celery_durable.models import Run, Slot, Step
 from celery_durable.states import RunStatus
-from celery_durable.store import recovery, runs
+from celery_durable.store import claims, recovery, runs
 from tests.testapp import flows, observe_tasks, tasks
 
 
@@ -82,13 +82,13 @@ def test_reclaim__a_run_sent_back_to_the_backlog_holds_no_lease(durable):
 def test_extend_leases__pushes_out_the_owners_leases_and_returns_the_runs_asked_to_cancel(durable):
     for run_id in ("mine", "mine-cancelled", "theirs"):
         assert runs.create(run_id=run_id, task_name="t.add", args="[1, 2]", kwargs="{}", options="{}")
-    assert runs.claim("mine", "w1", 30) is not None
-    assert runs.claim("mine-cancelled", "w1", 30) is not None
-    assert runs.claim("theirs", "w2", 30) is not None
+    assert claims.claim("mine", "w1", 30) is not None
+    assert claims.claim("mine-cancelled", "w1", 30) is not None
+    assert claims.claim("theirs", "w2", 30) is not None
     Run.objects.filter(id="mine-cancelled").update(cancel_requested_at=durable.clock.now())
     before = dict(Run.objects.values_list("id", "lease_expires_at"))
     durable.clock.advance(10)
-    asked = runs.extend_leases("w1", ["mine", "mine-cancelled", "theirs"], 60)
+    asked = claims.extend_leases("w1", ["mine", "mine-cancelled", "theirs"], 60)
     assert asked == {"mine-cancelled"}
     after = dict(Run.objects.values_list("id", "lease_expires_at"))
     expected = durable.clock.now() + timedelta(seconds=60)

@@ -12,7 +12,7 @@ from django.db import connection
 
 from celery_durable.models import Run, Slot, Step
 from celery_durable.states import RunStatus
-from celery_durable.store import recovery, runs, slots
+from celery_durable.store import claims, recovery, runs, slots
 from celery_durable.store import replay as replay_store
 from celery_durable.store.cancellation import cancel, stop_at_boundary
 from tests.integration.race_tools import before_statement, concurrently, take_over, update_of
@@ -90,7 +90,7 @@ def test_stop_at_boundary__a_takeover_between_its_read_and_its_write__leaves_the
     durable, deliver
 ):
     run = tasks.three_steps.delay(1)
-    claim = runs.claim(run.id, "worker-a", 30)
+    claim = claims.claim(run.id, "worker-a", 30)
     cancel(run.id, "stop")
     with before_statement(update_of(Run, "status", "error"), take_over_later(durable, run.id)) as fired:
         stop_at_boundary(run.id, claim.generation)
@@ -108,7 +108,7 @@ def test_stop_at_boundary__a_takeover_between_its_read_and_its_write__reports_no
 ):
     now = durable.clock.now()
     run = tasks.three_steps.delay(1)
-    claim = runs.claim(run.id, "worker-a", 30)
+    claim = claims.claim(run.id, "worker-a", 30)
     Run.objects.create(
         id="grandchild-2", task_name="t.add", status="queued", parent_id=run.id, parent_step="s", created_at=now
     )
@@ -172,7 +172,7 @@ def test_cancel__of_a_run_that_completes_meanwhile__is_an_error_and_changes_noth
     from celery_durable.exceptions import RunStateError
 
     run = tasks.add.delay(1, 2)
-    claim = runs.claim(run.id, "worker-a", 30)
+    claim = claims.claim(run.id, "worker-a", 30)
     completes = lambda: concurrently(lambda: runs.complete(run.id, claim.generation, "3"))  # noqa: E731
     hook = before_statement(update_of(Run, "cancel_requested_at", "cancel_reason"), completes)
     with hook as fired, pytest.raises(RunStateError):

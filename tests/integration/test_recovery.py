@@ -10,7 +10,7 @@ from celery_durable.exceptions import RunStateError, StepNotFound, _LeaseLost
 from celery_durable.integration.services import tick
 from celery_durable.models import Run, Step
 from celery_durable.states import RunStatus
-from celery_durable.store import recovery, runs
+from celery_durable.store import claims, recovery
 from celery_durable.store.checkpoints import CheckpointStore
 from tests.testapp import tasks
 from tests.testapp.models import BodyRun, Ledger
@@ -30,7 +30,7 @@ def app():
 
 def test_stale_checkpoint_write__is_refused(db):
     run = tasks.add.delay(1, 2)
-    first = runs.claim(run.id, "worker-a", 30)
+    first = claims.claim(run.id, "worker-a", 30)
     assert first is not None
     stale = CheckpointStore(run.id, first.generation)
     # The lease is taken over (as after an expiry): generation moves on.
@@ -42,13 +42,13 @@ def test_stale_checkpoint_write__is_refused(db):
 
 def test_claim__is_a_compare_and_set(db):
     run = tasks.add.delay(1, 2)
-    assert runs.claim(run.id, "a", 30) is not None
-    assert runs.claim(run.id, "b", 30) is None  # live lease: the second delivery drops itself
+    assert claims.claim(run.id, "a", 30) is not None
+    assert claims.claim(run.id, "b", 30) is None  # live lease: the second delivery drops itself
 
 
 def test_expired_lease__is_reaped_and_resumed_without_rerunning_steps(durable):
     run = tasks.three_steps.delay(1)
-    claim = runs.claim(run.id, "dead-worker", 30)
+    claim = claims.claim(run.id, "dead-worker", 30)
     writer = CheckpointStore(run.id, claim.generation)
     writer.save_output("one", "run", "2", 1, durable_now(), exists=False)  # step one done, then crash
     durable.published.clear()
@@ -68,7 +68,7 @@ def test_worker_lost_too_often__fails_the_run(durable, settings):
     settings.CELERY_DURABLE = {"MAX_RECOVERIES": 1}
     run = tasks.add.delay(1, 2)
     for _ in range(2):
-        assert runs.claim(run.id, "dies", 30) is not None
+        assert claims.claim(run.id, "dies", 30) is not None
         durable.clock.advance(31)
         tick(app())
     record = get_run(run.id)
@@ -228,7 +228,7 @@ def test_atomic_step__rolls_back_with_its_checkpoint(deliver):
 @pytest.mark.django_db(transaction=True)
 def test_atomic_step__of_a_stale_execution_writes_nothing(deliver):
     run = tasks.atomic_task.delay(10, False)
-    claim = runs.claim(run.id, "a", 30)
+    claim = claims.claim(run.id, "a", 30)
     writer = CheckpointStore(run.id, claim.generation)
     Run.objects.filter(id=run.id).update(generation=claim.generation + 1)  # taken over
     with pytest.raises(_LeaseLost), writer.atomic():

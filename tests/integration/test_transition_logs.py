@@ -8,7 +8,7 @@ from celery import current_app
 from celery_durable import durable_task, step
 from celery_durable.integration.services import tick
 from celery_durable.models import Step
-from celery_durable.store import runs
+from celery_durable.store import claims
 from celery_durable.store.checkpoints import CheckpointStore
 from tests.integration.test_handoff import deliver
 from tests.testapp import flows, tasks
@@ -65,7 +65,7 @@ def test_inline_hand_off__is_logged(durable, logged, settings):
 
 def test_reaped_run__logs_resume_after_a_lost_worker(durable, logged):
     run = tasks.three_steps.delay(1)
-    claim = runs.claim(run.id, "dead-worker", 30)
+    claim = claims.claim(run.id, "dead-worker", 30)
     CheckpointStore(run.id, claim.generation).save_output("one", "run", "2", 1, durable.clock.now(), False)
     durable.clock.advance(31)
     assert tick(current_app).recovered == 1

@@ -9,7 +9,7 @@ from celery_durable.integration import publish as publish_module
 from celery_durable.integration.services import tick
 from celery_durable.models import Run, Step
 from celery_durable.states import RunStatus
-from celery_durable.store import runs
+from celery_durable.store import claims
 from celery_durable.store.checkpoints import CheckpointStore
 from celery_durable.store.suspension import child_id
 from tests.integration.race_tools import before_statement, snapshot
@@ -136,7 +136,7 @@ def test_revoke__cancels_a_queued_run_which_never_runs(durable):
 
 def test_revoke__of_an_executing_run_stops_it_at_its_next_step_boundary(durable):
     result = tasks.three_steps.delay(1)
-    claim = runs.claim(result.id, "worker-a", 30)
+    claim = claims.claim(result.id, "worker-a", 30)
     result.revoke()
     assert get_run(result.id).cancel_requested_at is not None
     from celery_durable.exceptions import _Cancelled
@@ -187,7 +187,7 @@ def test_timeouts_finish__a_run_executing_at_its_deadline_stops_at_the_next_boun
 
 def test_reaper__cancels_a_run_whose_cancel_was_requested_before_its_worker_died(durable):
     run = tasks.three_steps.delay(1)
-    claim = runs.claim(run.id, "worker-a", 30)
+    claim = claims.claim(run.id, "worker-a", 30)
     CheckpointStore(run.id, claim.generation).save_output("one", "run", "2", 1, durable.clock.now(), False)
     assert cancel(run.id, "stop please").status == RunStatus.RUNNING  # requested; then the worker dies
     durable.published.clear()
