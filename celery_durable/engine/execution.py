@@ -7,7 +7,6 @@ suspended or dropped execution.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,12 +14,10 @@ from typing import Any
 
 from django.db import DatabaseError, connections
 
-from .. import clock, serialization, signals
-from ..conf import error_text_limit, get_settings
+from .. import clock, signals
+from ..conf import get_settings
 from ..exceptions import (
     RetryAfter,
-    SerializationError,
-    TaskNotRegistered,
     _Cancelled,
     _LeaseLost,
     _StepFailed,
@@ -28,52 +25,21 @@ from ..exceptions import (
 )
 from ..options import RetryPolicy
 from ..runtime import context
-from ..runtime.errors import error_record
-from ..runtime.events import consumption_key, wait_names
 from ..runtime.steps import BODY_STEP, StepContext
 from ..states import FINISHED, RunStatus
-from ..store import cancellation, claims, events, pausing, runs, slots, suspension
+from ..store import claims, pausing, runs, slots
 from ..store.cancellation import Cancellation
 from ..store.messages import RunMessage
 from . import cancel
 from .active import active, lease_owner
 from .events import send_event as dispatch_event
 from .intake import encode_arguments
-from .ports import ChildMessage, Publisher, TaskRegistry
+from .outcomes import Outcome, RunInHand, abandon, commit_suspension, fail, finish, hold, step_failed, stop
+from .ports import Publisher, TaskRegistry
 from .spec import TaskSpec
 from .writer import RunWriter
 
 logger = logging.getLogger("celery_durable")
-
-
-@dataclass
-class Outcome:
-    """How an execution ended."""
-
-    kind: str  # "completed" | "failed" | "suspended" | "cancelled" | "dropped" | "abandoned"
-    value: Any = None
-    error: BaseException | None = None
-    messages: list[RunMessage] = field(default_factory=list)
-    children: list[ChildMessage] = field(default_factory=list)
-    cancelled: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Run:
-    run_id: str
-    task_name: str
-    generation: int
-    parent_id: str | None
-    using: str
-    registry: TaskRegistry
-    started_at: Any = None
-
-    def duration(self) -> float | None:
-        """Seconds since the run first started (``None`` if unknown)."""
-        try:
-            return None if self.started_at is None else (clock.now() - self.started_at).total_seconds()
-        except TypeError:  # naive and aware datetimes mixed by a backend: no duration, no failure
-            return None
 
 
 def execute(
@@ -102,15 +68,15 @@ def execute(
         try:
             claim = claims.claim(run_id, owner, settings.LEASE_SECONDS, using)
         except DatabaseError as exc:
-            return _abandon(run_id, "claim", exc, using)
+            return abandon(run_id, "claim", exc, using)
     if claim is None:
         return Outcome("dropped")
-    run = _Run(run_id, task_name, claim.generation, claim.run.parent_id, using, registry, claim.run.started_at)
+    run = RunInHand(run_id, task_name, claim.generation, claim.run.parent_id, using, registry, claim.run.started_at)
     if spec.concurrency and not claim.run.holds_slots:
         try:
             limits = spec.slot_limits(claim.run.args_value, claim.run.kwargs_value)
         except Exception as exc:  # a key function that raises: the run cannot take its slots, it fails
-            return _fail(run, exc, None)
+            return fail(run, exc, None)
         if not slots.reclaim(run_id, claim.generation, limits, settings.LEASE_SECONDS):
             return Outcome("dropped")
     if claim.run.executions == 1:
@@ -135,28 +101,28 @@ def execute(
             value = body(*claim.run.args_value, **claim.run.kwargs_value)
         finally:
             context.deactivate(token)
-        return _finish(run, value)
+        return finish(run, value)
     except _Suspend as suspend:
-        return signals.suspended(task_name, run_id, suspend, _commit_suspension(run, suspend))
+        return signals.suspended(task_name, run_id, suspend, commit_suspension(run, suspend))
     except _StepFailed as failed:
-        return _step_failed(run, failed, settings.WAKER_INTERVAL)
+        return step_failed(run, failed, settings.WAKER_INTERVAL)
     except _Cancelled:
         if writer.pause_pending and run_id not in active.cancelled:
-            return _hold(run)
-        return _stop(run)
+            return hold(run)
+        return stop(run)
     except _LeaseLost as lost:
         logger.warning("durable run %s: %s; this execution stops", run_id, lost)
         return Outcome("dropped")
     except DatabaseError as exc:
-        return _abandon(run_id, "execution", exc, using)
+        return abandon(run_id, "execution", exc, using)
     except Exception as exc:
         # An error raised by the task body outside any step fails the run: such code is
         # re-executed on every replay, so retrying it would not be a step retry. A task that
         # declares Celery's ``autoretry_for`` asked for exactly that: the whole body retries.
         body_retry = _body_retry(policy, claim.checkpoints, exc)
         if body_retry is not None:
-            return _step_failed(run, body_retry, settings.WAKER_INTERVAL)
-        return _fail(run, exc, None)
+            return step_failed(run, body_retry, settings.WAKER_INTERVAL)
+        return fail(run, exc, None)
     finally:
         active.ids.discard(run_id)
         active.cancelled.discard(run_id)
@@ -176,205 +142,6 @@ def _body_retry(policy: RetryPolicy, checkpoints: dict[str, Any], exc: Exception
     if not policy.should_retry(attempts):
         return None
     return _StepFailed(BODY_STEP, exc, attempts, exc.delay if isinstance(exc, RetryAfter) else policy.delay(attempts))
-
-
-def _not_held(run: _Run) -> Outcome:
-    """A transition found the run not ours any more: cancelled meanwhile, or taken over."""
-    if runs.stopped_by_cancel(run.run_id, run.generation, run.using):
-        return _stop(run)
-    return Outcome("dropped")
-
-
-def _finish(run: _Run, value: Any) -> Outcome:
-    try:
-        result = serialization.dumps(value, f"result of {run.task_name}")
-    except SerializationError as exc:
-        return _fail(run, exc, None)
-    try:
-        done = runs.complete(run.run_id, run.generation, result, run.parent_id, run.using)
-    except DatabaseError as exc:
-        return _abandon(run.run_id, "completion", exc, run.using)
-    if done is False:
-        return _not_held(run)
-    value = serialization.loads(result)
-    signals.send(signals.run_completed, run.task_name, run.run_id, result=value, duration=run.duration())
-    return Outcome("completed", value=value, messages=[done] if isinstance(done, RunMessage) else [])
-
-
-def _fail(run: _Run, exc: BaseException, step: tuple[str, int] | None) -> Outcome:
-    record = error_record(exc, error_text_limit())
-    try:
-        done = runs.fail(run.run_id, run.generation, record, step, run.parent_id, run.using)
-    except DatabaseError as db_exc:
-        return _abandon(run.run_id, "failure record", db_exc, run.using)
-    if done is False:
-        return _not_held(run)
-    if step is not None:
-        signals.send(
-            signals.step_failed,
-            run.task_name,
-            run.run_id,
-            step_id=step[0],
-            attempt=step[1],
-            error=record,
-            retry_in=None,
-        )
-    signals.send(signals.run_failed, run.task_name, run.run_id, error=record, step_id=step[0] if step else None)
-    return Outcome("failed", error=exc, messages=[done] if isinstance(done, RunMessage) else [])
-
-
-def _step_failed(run: _Run, failed: _StepFailed, publish_within: float) -> Outcome:
-    if failed.retry_in is None:
-        return _fail(run, failed.error, (failed.step_id, failed.attempts))
-    record = error_record(failed.error, error_text_limit())
-    try:
-        queued = runs.retry_step(
-            run.run_id,
-            run.generation,
-            failed.step_id,
-            failed.attempts,
-            record,
-            failed.retry_in,
-            publish_within,
-            run.using,
-        )
-    except DatabaseError as exc:
-        return _abandon(run.run_id, "retry record", exc, run.using)
-    if queued is False:
-        return _not_held(run)
-    signals.send(
-        signals.step_failed,
-        run.task_name,
-        run.run_id,
-        step_id=failed.step_id,
-        attempt=failed.attempts,
-        error=record,
-        retry_in=failed.retry_in,
-    )
-    logger.info(
-        "durable run %s: step %r failed (attempt %d), retrying in %.1fs: %r",
-        run.run_id,
-        failed.step_id,
-        failed.attempts,
-        failed.retry_in,
-        failed.error,
-    )
-    return Outcome("suspended", messages=[queued] if isinstance(queued, RunMessage) else [])
-
-
-def _commit_suspension(run: _Run, suspend: _Suspend) -> Outcome:
-    """Commit a sleep, a wait or child runs; the Celery task then ends."""
-    details = suspend.details
-    try:
-        if suspend.reason == "sleep":
-            held = suspension.sleep(
-                run.run_id,
-                run.generation,
-                details["step_id"],
-                details["output"],
-                details["wake_at"],
-                details["exists"],
-                run.using,
-            )
-            return Outcome("suspended") if held else _not_held(run)
-        if suspend.reason == "wait":
-            held = suspension.wait(
-                run.run_id,
-                run.generation,
-                details["step_id"],
-                details["output"],
-                details["event"],
-                details["wake_at"],
-                details["exists"],
-                run.using,
-            )
-            if not held:
-                return _not_held(run)
-            return Outcome("suspended", messages=_event_arrived_meanwhile(run, details["step_id"]))
-        if suspend.reason == "children":
-            return _children(run, details)
-        if suspend.reason == "children-pending":
-            held = suspension.wait_again(run.run_id, run.generation, details["wake_at"], run.using)
-            return Outcome("suspended") if held else _not_held(run)
-    except DatabaseError as exc:
-        return _abandon(run.run_id, f"suspension ({suspend.reason})", exc, run.using)
-    raise AssertionError(f"unknown suspension {suspend.reason!r}")
-
-
-def _event_arrived_meanwhile(run: _Run, step_id: str) -> list[RunMessage]:
-    """After committing a wait, look once more: an event sent while we committed is not lost.
-
-    ``send_event`` commits the event, then looks for waiting runs; the run commits its wait,
-    then looks for events. Whichever comes second sees the other; the compare-and-set in
-    ``resolve_wait`` lets only one of them resume the run.
-    """
-    state = events.wait_state(run.run_id, step_id, run.using)
-    if state is None:
-        return []
-    used = {consumption_key(event) for event in events.consumed_events(run.run_id, run.using)}
-    found = events.find_event(run.run_id, wait_names(state), state.get("match"), used, run.using)
-    if found is None:
-        return []
-    message = suspension.resolve_wait(run.run_id, step_id, found, run.using)
-    return [message] if message is not None else []
-
-
-def _children(run: _Run, details: dict[str, Any]) -> Outcome:
-    specs = details["specs"]
-    durable = []
-    for spec in specs:
-        kind = run.registry.is_durable(spec["task"])
-        if kind is None:
-            return _fail(run, TaskNotRegistered(spec["task"]), (details["step_id"], 1))
-        durable.append(kind)
-    recorded = suspension.children(
-        run.run_id,
-        run.generation,
-        details["step_id"],
-        details["kind"],
-        specs,
-        durable,
-        details["output"],
-        details["wake_at"],
-        run.using,
-    )
-    if recorded is None:
-        return _not_held(run)
-    resume = [recorded.resume] if recorded.resume is not None else []
-    return Outcome("suspended", children=recorded.created, messages=resume)
-
-
-def _stop(run: _Run) -> Outcome:
-    """The run was cancelled while executing: it stops at this step boundary."""
-    try:
-        outcome = cancellation.stop_at_boundary(run.run_id, run.generation, run.using)
-    except DatabaseError as exc:
-        return _abandon(run.run_id, "cancellation", exc, run.using)
-    if outcome is None:
-        return Outcome("dropped")
-    return Outcome("cancelled", messages=outcome.messages, cancelled=outcome.cancelled)
-
-
-def _hold(run: _Run) -> Outcome:
-    """The run's task (or key) was paused while it executed: it stops at this step boundary."""
-    try:
-        held = pausing.hold_running(run.run_id, run.generation, run.using)
-    except DatabaseError as exc:
-        return _abandon(run.run_id, "pause", exc, run.using)
-    if held is False:
-        return _not_held(run)
-    # Resumed meanwhile: the run is queued again at once.
-    return Outcome("suspended", messages=[held] if isinstance(held, RunMessage) else [])
-
-
-def _abandon(run_id: str, what: str, exc: BaseException, using: str) -> Outcome:
-    """The database failed under us: leave the run to its lease and the reaper."""
-    logger.warning(
-        "durable run %s: database error during %s (%s); it resumes after its lease expires", run_id, what, exc
-    )
-    with contextlib.suppress(DatabaseError):
-        connections[using].close()
-    return Outcome("abandoned", error=exc)
 
 
 @dataclass
