@@ -9,23 +9,24 @@ from django.db import connections
 from ..models import Run
 from .messages import RunMessage
 
-_FIELDS = ("id", "task_name", "args", "kwargs", "options", "started_at")
+#: The columns a run's message is made of (``message_from``): select them with the row.
+MESSAGE_FIELDS = ("id", "task_name", "args", "kwargs", "options", "started_at")
 
 
-def _message(row: tuple[Any, ...]) -> RunMessage:
-    """A message from a row of ``_FIELDS``: a run that started before is a resume."""
+def message_from(row: tuple[Any, ...]) -> RunMessage:
+    """A message from a row of ``MESSAGE_FIELDS``: a run that started before is a resume."""
     run_id, task_name, args, kwargs, options, started_at = row
     return RunMessage(run_id, task_name, args, kwargs, options, resume=started_at is not None)
 
 
 def message_for(run_id: str, using: str = "default") -> RunMessage:
     """The message that publishes ``run_id`` (one query)."""
-    return _message(Run.objects.using(using).values_list(*_FIELDS).get(id=run_id))
+    return message_from(Run.objects.using(using).values_list(*MESSAGE_FIELDS).get(id=run_id))
 
 
 def messages_for(ids: list[str], using: str = "default") -> list[RunMessage]:
     """The messages of several runs (one query)."""
-    return [_message(row) for row in Run.objects.using(using).filter(id__in=ids).values_list(*_FIELDS)]
+    return [message_from(row) for row in Run.objects.using(using).filter(id__in=ids).values_list(*MESSAGE_FIELDS)]
 
 
 def locked_ids(queryset: Any, limit: int, using: str) -> list[str]:
@@ -38,8 +39,8 @@ def locked_messages(queryset: Any, limit: int, using: str) -> list[tuple[RunMess
 
     Rows that another services tick holds are skipped (where the database can).
     """
-    rows = skip_locked(queryset, using).values_list(*_FIELDS, "wake_at")[:limit]
-    return [(_message(row[:-1]), row[-1]) for row in rows]
+    rows = skip_locked(queryset, using).values_list(*MESSAGE_FIELDS, "wake_at")[:limit]
+    return [(message_from(row[:-1]), row[-1]) for row in rows]
 
 
 def skip_locked(queryset: Any, using: str) -> Any:

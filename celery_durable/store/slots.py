@@ -18,9 +18,10 @@ from django.db.models.functions import Coalesce
 
 from .. import clock
 from ..models import Run, Slot
+from ..options import MAX_FAIR_WEIGHT
 from ..states import HOLDING_SLOTS, RunStatus
 from .messages import RunMessage
-from .rows import message_for
+from .rows import MESSAGE_FIELDS, message_for, message_from
 
 PROMOTION_CANDIDATES = 10
 #: A key's limit in force: its override (``set_limit``) if set, else the declared limit.
@@ -132,7 +133,7 @@ def _hand_over(key: str) -> RunMessage | None:
         return None
     if slot[0] is not None:  # a fair key: its next run in round robin, not the backlog's head
         return _hand_over_fair(key)
-    heads: list[tuple[Any, str, str | None]] = []
+    heads: list[tuple[Any, ...]] = []  # (backlog_at, slot_key2, *MESSAGE_FIELDS)
     for field in ("slot_key1", "slot_key2"):
         # By backlog_at alone, the backlog index's order: with ", id" PostgreSQL sorted the
         # whole backlog on every hand-over whenever its statistics lagged a growing backlog
@@ -142,16 +143,17 @@ def _hand_over(key: str) -> RunMessage | None:
         if field == "slot_key1" and connection.features.has_select_for_update_skip_locked:
             # Two releases at once hand over to two runs instead of queueing on one row.
             pending = pending.select_for_update(skip_locked=True)
-        heads += list(pending.values_list("backlog_at", "id", "slot_key2")[:1])
-    if not heads or any(at is None for at, _id, _key in heads):
+        heads += list(pending.values_list("backlog_at", "slot_key2", *MESSAGE_FIELDS)[:1])
+    if not heads or any(row[0] is None for row in heads):
         return None  # no backlog, or one promote() orders
-    _at, head, second_key = min(heads)
-    if second_key is not None:
+    head = min(heads, key=lambda row: (row[0], row[2]))  # by backlog_at, then id
+    if head[1] is not None:
         return None  # it needs another key's slot too: promote() takes both or none
+    message = message_from(head[2:])  # read with the head: no query after the UPDATE
     taken = Run.objects.filter(
-        id=head, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
+        id=message.run_id, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
     ).update(status=RunStatus.QUEUED, published_at=clock.now(), holds_slots=True)
-    return message_for(head) if taken else None
+    return message if taken else None
 
 
 def promote(keys: list[str]) -> list[RunMessage]:
@@ -192,28 +194,39 @@ def _promote_one(key: str) -> list[RunMessage]:
     return []
 
 
-def _fair_pick(slot: Slot) -> tuple[str, str, int] | None:
+#: ``Slot.fair_served`` once the cursor's value has had all its turns in a row (its weight):
+#: the next pick goes straight to the following value, without probing the cursor's value.
+TURNS_USED_UP = MAX_FAIR_WEIGHT
+
+
+def _fair_pick(slot: Slot) -> tuple[str, RunMessage, int] | None:
     """Round robin over a fair key's values: the next value after the cursor, wrapping around.
 
-    ``(value, run id, turns of the value after this one)``, or ``None`` when no run of the
+    ``(value, the run's message, the slot's new fair_served)``, or ``None`` when no run of the
     key has a fair value. Call with the slot row locked: one promoter at a time moves the
-    cursor. Two indexed probes of ``(status, fair_slot, fair_value, backlog_at)``, whatever
-    the backlog's depth: the cursor value's head while it has turns left (its weight), else
-    the head of the next value.
+    cursor. One or two indexed probes of ``(status, fair_slot, fair_value, backlog_at)``,
+    whatever the backlog's depth: the cursor value's head while it has turns left (its
+    weight), else the head of the next value. The probes read the run's message too.
     """
     pending = Run.objects.filter(status=RunStatus.PENDING, fair_slot=slot.key, fair_value__isnull=False)
     cursor = slot.fair_cursor or ""
-    if slot.fair_served > 0:
-        same = pending.filter(fair_value=cursor).order_by("backlog_at").values_list("id", "fair_weight").first()
-        if same is not None and slot.fair_served < same[1]:
-            return cursor, same[0], slot.fair_served + 1
-    following = (
-        pending.filter(fair_value__gt=cursor) if slot.fair_served > 0 else pending.filter(fair_value__gte=cursor)
-    )
-    row = following.order_by("fair_value", "backlog_at").values_list("fair_value", "id").first()
+    served = slot.fair_served
+    if 0 < served < TURNS_USED_UP:
+        same = pending.filter(fair_value=cursor).order_by("backlog_at").values_list("fair_weight", *MESSAGE_FIELDS)
+        row = same.first()
+        if row is not None and served < row[0]:
+            return cursor, message_from(row[1:]), _served_after(served, row[0])
+    following = pending.filter(fair_value__gt=cursor) if served > 0 else pending.filter(fair_value__gte=cursor)
+    columns = ("fair_value", "fair_weight", *MESSAGE_FIELDS)
+    row = following.order_by("fair_value", "backlog_at").values_list(*columns).first()
     if row is None:  # wrap around
-        row = pending.order_by("fair_value", "backlog_at").values_list("fair_value", "id").first()
-    return None if row is None else (str(row[0]), row[1], 1)
+        row = pending.order_by("fair_value", "backlog_at").values_list(*columns).first()
+    return None if row is None else (str(row[0]), message_from(row[2:]), _served_after(0, row[1]))
+
+
+def _served_after(served: int, weight: int) -> int:
+    """``fair_served`` once a run of weight ``weight`` took the cursor value's next turn."""
+    return served + 1 if served + 1 < weight else TURNS_USED_UP
 
 
 def _promote_fair(slot: Slot, now: Any) -> list[RunMessage] | None:
@@ -221,16 +234,16 @@ def _promote_fair(slot: Slot, now: Any) -> list[RunMessage] | None:
     pick = _fair_pick(slot)
     if pick is None:
         return None
-    value, run_id, served = pick
-    if not Run.objects.filter(pk=run_id, status=RunStatus.PENDING, holds_slots=False).update(
+    value, message, served = pick
+    if not Run.objects.filter(pk=message.run_id, status=RunStatus.PENDING, holds_slots=False).update(
         status=RunStatus.QUEUED, published_at=now
     ):
         return None  # taken meanwhile: the plain candidates are tried, as without fairness
-    if not acquire(run_id, {slot.key: None}):
-        Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING)
+    if not acquire(message.run_id, {slot.key: None}):
+        Run.objects.filter(id=message.run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING)
         return []
     Slot.objects.filter(pk=slot.pk).update(fair_cursor=value, fair_served=served)
-    return [message_for(run_id)]
+    return [message]
 
 
 def _hand_over_fair(key: str) -> RunMessage | None:
@@ -244,14 +257,14 @@ def _hand_over_fair(key: str) -> RunMessage | None:
     pick = None if slot is None else _fair_pick(slot)
     if slot is None or pick is None:
         return None
-    value, run_id, served = pick
+    value, message, served = pick
     taken = Run.objects.filter(
-        pk=run_id, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
+        pk=message.run_id, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
     ).update(status=RunStatus.QUEUED, published_at=clock.now(), holds_slots=True)
     if not taken:
         return None
     Slot.objects.filter(pk=slot.pk).update(fair_cursor=value, fair_served=served)
-    return message_for(run_id)
+    return message
 
 
 def reclaim(run_id: str, generation: int, limits: dict[str, int], lease_seconds: float) -> bool:

@@ -77,6 +77,36 @@ def test_fair_promotion__costs_the_same_queries_whatever_the_backlog(durable):
     assert promotion_queries(5) == promotion_queries(60)
 
 
+def test_fair_weight__a_weight_lowered_by_a_deploy_ends_the_turn_at_the_next_run(durable):
+    flows.fair_weighted.delay("big", 0)  # takes the only slot
+    first = flows.fair_weighted.delay("big", 1)  # weight 3, called before the deploy
+    later = [flows.fair_weighted.delay("big", n) for n in (2, 3)]
+    small = [flows.fair_weighted.delay("small", n) for n in (1, 2)]
+    # A deploy lowered "big"'s weight to 1: the runs called after it carry the new weight.
+    Run.objects.filter(id__in=[r.id for r in later]).update(fair_weight=1)
+    order = executed_order(durable)
+    assert order[1:] == [first.id, small[0].id, later[0].id, small[1].id, later[1].id]
+
+
+def test_fair_hand_over__costs_no_more_queries_than_a_plain_one(durable):
+    from celery_durable.store import slots
+
+    def hand_over_queries(task, calls):
+        held = task.delay(*calls[0])
+        for args in calls[1:]:
+            task.delay(*args)
+        ran = held.id
+        for _ in range(2):  # the second hand-over is the steady state (the cursor is set)
+            Run.objects.filter(id=ran).update(status=RunStatus.COMPLETED)
+            with CaptureQueriesContext(connection) as queries:
+                (promoted,) = slots.release(ran)
+            ran = promoted.run_id
+        return len(queries)
+
+    tenants = [(tenant, n) for n in range(3) for tenant in ("a", "b", "c")]
+    assert hand_over_queries(flows.fair, tenants) <= hand_over_queries(flows.no_steps_limited, [(1,)] * 9)
+
+
 def test_limit_callable__each_key_gets_the_limit_its_call_computed(durable):
     eu = [flows.dyn_limit.delay("eu", n) for n in range(3)]
     us = [flows.dyn_limit.delay("us", n) for n in range(2)]
