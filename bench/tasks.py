@@ -65,3 +65,9 @@ def single(n):
 def batch100(items):
     """bench/batching.py: 100 calls, one run (no step)."""
     return len(items)
+
+
+@durable_task(name="bench.waits_for_go")
+def waits_for_go(n):
+    """bench/event_fanin.py: a run waiting for ``bench.go``."""
+    return [n, step.wait_for_event("go", "bench.go", timeout=3600).data["round"]]

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import Case, F, TextField, Value, When
+from django.db.models.functions import Concat, Left, Length
 
 from .. import clock, serialization
 from ..models import Run, Step
@@ -132,16 +133,40 @@ def resolve_waits(waits: list[tuple[int, str, str, dict[str, Any]]], event: dict
             status=RunStatus.QUEUED, waiting_for=None, wake_at=None, published_at=now
         )
         chosen = set(resumed)
-        outputs = {
-            pk: serialization.dumps({**state, "event": event}, f"wait {step_id!r}")
-            for pk, run_id, step_id, state in waits
-            if run_id in chosen
-        }
-        output = Case(*(When(pk=pk, then=Value(text)) for pk, text in outputs.items()), output_field=TextField())
-        Step.objects.filter(pk__in=list(outputs), status=StepStatus.PENDING).update(
-            status=StepStatus.COMPLETED, output=output, finished_at=now
-        )
+        steps = [(pk, step_id, state) for pk, run_id, step_id, state in waits if run_id in chosen]
+        _complete_waits(steps, event, now)
         return messages_for(resumed)
+
+
+#: How a waiting step's output ends (``{**state, "event": None}`` as JSON, the event last).
+WAITING_OUTPUT_END = '"event": null}'
+
+
+def _complete_waits(steps: list[tuple[int, str, dict[str, Any]]], event: dict[str, Any], now: Any) -> None:
+    """Complete the wait steps with ``{**state, "event": event}`` as their output.
+
+    In one UPDATE whatever their number: the waiting output's trailing ``null}`` is replaced
+    by the event's JSON in SQL (building one CASE branch per step cost Django ~0.3 s per
+    1,000 steps). A step whose output ends otherwise is written from its state in Python.
+    """
+    event_text = serialization.dumps(event, f"event {event.get('name')!r}")
+    spliced = Concat(Left("output", Length("output") - len("null}")), Value(event_text + "}"), output_field=TextField())
+    pks = [pk for pk, _, _ in steps]
+    pending = Step.objects.filter(pk__in=pks, status=StepStatus.PENDING)
+    written = pending.filter(output__endswith=WAITING_OUTPUT_END).update(
+        status=StepStatus.COMPLETED, output=spliced, finished_at=now
+    )
+    if written == len(steps):
+        return
+    left = set(pending.values_list("pk", flat=True))
+    outputs = {
+        pk: serialization.dumps({**state, "event": event}, f"wait {step_id!r}")
+        for pk, step_id, state in steps
+        if pk in left
+    }
+    if outputs:
+        output = Case(*(When(pk=pk, then=Value(text)) for pk, text in outputs.items()), output_field=TextField())
+        pending.filter(pk__in=list(outputs)).update(status=StepStatus.COMPLETED, output=output, finished_at=now)
 
 
 def child_id(run_id: str, step_id: str, index: int) -> str:

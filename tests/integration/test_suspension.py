@@ -458,3 +458,58 @@ def test_send_event__resumes_any_number_of_waiting_runs_in_the_same_number_of_qu
         return len(captured)
 
     assert resume(10, "a") == resume(100, "b")
+
+
+@durable_task(name="t.waits_for_any")
+def waits_for_any(n):
+    found = step.wait_for_event("go", ["bulk.go", "bulk.stop"], match={"team": "a"}, timeout=3600)
+    return [n, found.name, found.data["wave"]]
+
+
+def _waiting_state(run_id):
+    from celery_durable import serialization
+
+    state = serialization.loads(Step.objects.get(run_id=run_id, step_id="go").output)
+    assert state.pop("event") is None
+    return state
+
+
+def test_send_event__each_resumed_wait_stores_its_own_state_with_the_event(durable):
+    """The wait outputs written in one UPDATE are those written one by one: each its own state."""
+    from celery_durable import serialization
+
+    runs = []
+    for n in range(3):
+        durable.clock.advance(7)  # a different timeout_at in each run's state
+        runs.append(waits_for_any.delay(n).id)
+        durable.run_until_idle(advance_clock=False)
+    states = {run_id: _waiting_state(run_id) for run_id in runs}
+    assert len({state["timeout_at"] for state in states.values()}) == 3
+    event = send_event("bulk.stop", {"team": "a", "wave": "w", "text": 'ends with "event": null}'})
+    for run_id in runs:
+        step_row = Step.objects.get(run_id=run_id, step_id="go")
+        assert step_row.status == StepStatus.COMPLETED
+        stored = serialization.loads(step_row.output)
+        assert stored == {**serialization.loads(serialization.dumps(states[run_id], "s")), "event": stored["event"]}
+        assert stored["event"]["id"] == event.id and stored["event"]["data"]["text"] == 'ends with "event": null}'
+    durable.run_until_idle(advance_clock=False)
+    assert [durable.result(run_id) for run_id in runs] == [[n, "bulk.stop", "w"] for n in range(3)]
+
+
+def test_send_event__a_wait_output_in_another_layout_is_written_from_its_state(durable):
+    """A waiting output that does not end with the event (an older layout) is not spliced."""
+    from celery_durable import serialization
+
+    plain, other = waits_for_any.delay(1).id, waits_for_any.delay(2).id
+    durable.run_until_idle(advance_clock=False)
+    state = _waiting_state(other)
+    reordered = serialization.dumps({"event": None, **state}, "s")  # the event first
+    Step.objects.filter(run_id=other, step_id="go").update(output=reordered)
+    send_event("bulk.go", {"team": "a", "wave": 9})
+    stored = serialization.loads(Step.objects.get(run_id=other, step_id="go").output)
+    assert stored["event"]["data"] == {"team": "a", "wave": 9}
+    assert {key: value for key, value in stored.items() if key != "event"} == serialization.loads(
+        serialization.dumps(state, "s")
+    )
+    durable.run_until_idle(advance_clock=False)
+    assert [durable.result(plain), durable.result(other)] == [[1, "bulk.go", 9], [2, "bulk.go", 9]]
