@@ -121,8 +121,8 @@ def generate(runs: int) -> None:
     with connection.cursor() as cursor:
         cursor.execute("SET synchronous_commit = off")
         cursor.execute("SET maintenance_work_mem = '512MB'")
-        print(f"TRUNCATE {run_table}, {step_table}", flush=True)
-        cursor.execute(f"TRUNCATE {run_table}, {step_table}")
+        print(f"TRUNCATE {run_table}, {step_table} CASCADE", flush=True)
+        cursor.execute(f"TRUNCATE {run_table}, {step_table} CASCADE")
         started = time.monotonic()
         cursor.execute(
             f"INSERT INTO {run_table} ({', '.join(columns)}) "

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     harness.ensure_database()
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE celery_durable_batchitem, celery_durable_step, celery_durable_run")
+        cursor.execute("TRUNCATE celery_durable_batchitem, celery_durable_step, celery_durable_run CASCADE")
     with DurableTestRunner():
         out = {"calls": args.calls, "single": measure(args.calls, False), "batched": measure(args.calls, True)}
     out["check"] = {"batching costs fewer commits per call": out["batched"]["commits"] < out["single"]["commits"]}

@@ -159,7 +159,7 @@ def generate(runs: int, flow_rows: int) -> dict:
         cursor.execute("SET maintenance_work_mem = '256MB'")
         cursor.execute(
             "TRUNCATE celery_durable_step, celery_durable_run, celery_durable_flowstate, celery_durable_slot, "
-            "celery_durable_event, bench_scale_meta"
+            "celery_durable_event, bench_scale_meta CASCADE"
         )
         started = time.monotonic()
         cursor.execute(*_run_sql(runs, t0, hot, user_prefix, None))

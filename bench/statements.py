@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     harness.ensure_database()
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE celery_durable_step, celery_durable_run")
+        cursor.execute("TRUNCATE celery_durable_step, celery_durable_run CASCADE")
     probe = tasks.probe3
     out: dict = {}
     with DurableTestRunner() as runner:
