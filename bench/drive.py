@@ -77,7 +77,9 @@ class Bench:
         raise ValueError(w)
 
     def reset(self) -> None:
-        self.monitor.execute("TRUNCATE celery_durable_step, celery_durable_run, django_celery_results_taskresult CASCADE")
+        self.monitor.execute(
+            "TRUNCATE celery_durable_step, celery_durable_run, django_celery_results_taskresult CASCADE"
+        )
         self.result_store.flushdb()
         pipe = self.broker.pipeline()
         for key in [*QUEUE_KEYS, IDLE_QUEUE]:
