@@ -72,6 +72,8 @@ def execute(
     if claim is None:
         return Outcome("dropped")
     run = RunInHand(run_id, task_name, claim.generation, claim.run.parent_id, using, registry, claim.run.started_at)
+    if spec.concurrency and claim.run.holds_slots:
+        run.slot_keys = (claim.run.slot_key1, claim.run.slot_key2, claim.run.fair_slot)
     if spec.concurrency and not claim.run.holds_slots:
         try:
             limits = spec.slot_limits(claim.run.args_value, claim.run.kwargs_value)
@@ -189,7 +191,10 @@ def deliver(
             outcome = execute(run_id=run_id, spec=spec, registry=registry, send_event=send_event)
     publisher.publish(outcome.messages)
     publisher.publish_children(run_id, outcome.children)
-    promoted = _release_slots(run_id) if spec.concurrency and outcome.kind != "dropped" else []
+    if outcome.promoted is not None:  # released by the outcome's own transaction
+        promoted = outcome.promoted
+    else:
+        promoted = _release_slots(run_id) if spec.concurrency and outcome.kind != "dropped" else []
     if outcome.kind == "cancelled":
         cancel.finish(Cancellation(cancelled=outcome.cancelled), publisher)
     return Delivery(outcome, promoted=promoted)

@@ -25,7 +25,7 @@ from ..exceptions import (
 )
 from ..runtime.errors import error_record
 from ..runtime.events import consumption_key, wait_names
-from ..store import cancellation, events, pausing, runs, suspension
+from ..store import cancellation, events, finishing, pausing, runs, suspension
 from ..store.messages import RunMessage
 from .ports import ChildMessage, TaskRegistry
 
@@ -42,6 +42,9 @@ class Outcome:
     messages: list[RunMessage] = field(default_factory=list)
     children: list[ChildMessage] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    #: The runs its freed slots promoted, when the outcome's own transaction released them
+    #: (``None``: the slots, if any, are released after it, by ``slots.release``).
+    promoted: list[RunMessage] | None = None
 
 
 @dataclass
@@ -55,6 +58,9 @@ class RunInHand:
     using: str
     registry: TaskRegistry
     started_at: Any = None
+    #: ``(slot_key1, slot_key2, fair_slot)`` of a run that held its slots when claimed: its
+    #: completion hands them on in the same transaction.
+    slot_keys: tuple[str | None, str | None, str | None] | None = None
 
     def duration(self) -> float | None:
         """Seconds since the run first started (``None`` if unknown)."""
@@ -77,15 +83,37 @@ def finish(run: RunInHand, value: Any) -> Outcome:
         result = serialization.dumps(value, f"result of {run.task_name}")
     except SerializationError as exc:
         return fail(run, exc, None)
+    promoted = _complete_releasing(run, result)
+    done = None
     try:
-        done = runs.complete(run.run_id, run.generation, result, run.parent_id, run.using)
+        if promoted is None:  # no slots to hand on, or not written there: the plain completion decides
+            done = runs.complete(run.run_id, run.generation, result, run.parent_id, run.using)
     except DatabaseError as exc:
         return abandon(run.run_id, "completion", exc, run.using)
     if done is False:
         return not_held(run)
     value = serialization.loads(result)
     signals.send(signals.run_completed, run.task_name, run.run_id, result=value, duration=run.duration())
-    return Outcome("completed", value=value, messages=[done] if isinstance(done, RunMessage) else [])
+    messages = [done] if isinstance(done, RunMessage) else []
+    return Outcome("completed", value=value, messages=messages, promoted=promoted)
+
+
+def _complete_releasing(run: RunInHand, result: str) -> list[RunMessage] | None:
+    """A run that holds its slots completes and hands them on in one transaction.
+
+    ``None`` when that does not apply or wrote nothing; also when it failed (a deadlock on
+    a slot row, the database gone): everything rolled back, and the plain completion then
+    decides, its slots released after it as before (or by the services' backstop).
+    """
+    if run.slot_keys is None or run.parent_id is not None or run.using != "default":
+        return None
+    try:
+        return finishing.complete_releasing(run.run_id, run.generation, result, run.slot_keys)
+    except DatabaseError:
+        logger.warning(
+            "durable run %s: completing with its slots' hand-over failed; completing alone", run.run_id, exc_info=True
+        )
+        return None
 
 
 def fail(run: RunInHand, exc: BaseException, step: tuple[str, int] | None) -> Outcome:

@@ -179,29 +179,38 @@ def complete(
         "lease_expires_at": None,
     }
     if parent_id is None:
-        return None if _complete_sql(run_id, generation, result, using) == 1 else False
+        return None if complete_sql(run_id, generation, result, using) == 1 else False
     with transaction.atomic(using=using):
         if _held(run_id, generation, using).update(**fields) != 1:
             return False
         return child_finished(parent_id, using)
 
 
-def _complete_sql(run_id: str, generation: int, result: str, using: str) -> int:
-    """The completion as one UPDATE statement: the hot path of every run, so no ORM layers."""
+def complete_sql(run_id: str, generation: int, result: str, using: str, releasing: bool = False) -> int:
+    """The completion as one UPDATE statement: the hot path of every run, so no ORM layers.
+
+    ``releasing``: the run gives its concurrency slots back in the same statement (it must
+    hold them: ``holds_slots`` is part of the condition); the caller hands them on in the
+    same transaction (``store.finishing``).
+    """
     connection = connections[using]
     q = connection.ops.quote_name
+    release = f", {q('holds_slots')} = %s" if releasing else ""
+    held = f" AND {q('holds_slots')} = %s" if releasing else ""
     sql = (
         f"UPDATE {q(Run._meta.db_table)} SET {q('status')} = %s, {q('result')} = %s, {q('finished_at')} = %s, "
-        f"{q('lease_owner')} = NULL, {q('lease_expires_at')} = NULL "
-        f"WHERE {q('id')} = %s AND {q('generation')} = %s AND {q('status')} = %s"
+        f"{q('lease_owner')} = NULL, {q('lease_expires_at')} = NULL{release} "
+        f"WHERE {q('id')} = %s AND {q('generation')} = %s AND {q('status')} = %s{held}"
     )
     params = [
         RunStatus.COMPLETED,
         result,
         connection.ops.adapt_datetimefield_value(clock.now()),
+        *([False] if releasing else []),
         run_id,
         generation,
         RunStatus.RUNNING,
+        *([True] if releasing else []),
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

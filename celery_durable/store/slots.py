@@ -107,16 +107,28 @@ def release(run_id: str) -> list[RunMessage]:
         if Run.objects.filter(id=run_id, holds_slots=True).update(holds_slots=False) != 1:
             return []
         keys = sorted(key for key in row[:2] if key)
-        if len(keys) == 1:
-            # A run of a fair key knows it (``fair_slot``): straight to the round robin.
-            handed = _hand_over_fair(keys[0]) if row[2] == keys[0] else _hand_over(keys[0])
-            if handed is not None:
-                return [handed]
-        for key in keys:
-            _give(key)
+        handed = pass_on(keys, row[2])
+        if handed is not None:
+            return handed
     # Promotions run in their own transactions: holding a released slot row while taking
     # another key's row could deadlock with a concurrent release.
     return promote(keys)
+
+
+def pass_on(keys: list[str], fair_slot: str | None) -> list[RunMessage] | None:
+    """Hand freed slots on, in the transaction that cleared the run's ``holds_slots``.
+
+    One key: straight to its next run (a fair key's in round robin: the run knows its key is
+    fair from ``fair_slot``). Otherwise, or with nobody to take it, every slot goes back and
+    ``None`` asks the caller to :func:`promote` the keys once its transaction committed.
+    """
+    if len(keys) == 1:
+        handed = _hand_over_fair(keys[0]) if fair_slot == keys[0] else _hand_over(keys[0])
+        if handed is not None:
+            return [handed]
+    for key in keys:
+        _give(key)
+    return None
 
 
 def _hand_over(key: str) -> RunMessage | None:

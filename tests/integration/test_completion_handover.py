@@ -1,0 +1,60 @@
+"""Issue 14: a limited run completes and hands its slot on in one transaction."""
+
+from django.db import connection
+from django.db.models import F
+from django.test.utils import CaptureQueriesContext
+
+from celery_durable import Concurrency, durable_task
+from celery_durable.models import Run, Slot
+from celery_durable.states import RunStatus
+
+KEY = "t.handover_one:account:7"
+
+
+@durable_task(name="t.handover_one", concurrency=Concurrency(limit=1, key="account"))
+def handover_one(account, n):
+    return n
+
+
+@durable_task(name="t.handover_two", concurrency=Concurrency(limit=2, key="account"))
+def handover_two(account, n, simulate_backstop=False):
+    if simulate_backstop:
+        # As if the services' backstop had given this run's slot back meanwhile.
+        Run.objects.filter(task_name="t.handover_two", status=RunStatus.RUNNING).update(holds_slots=False)
+        Slot.objects.filter(key="t.handover_two:account:7").update(in_use=F("in_use") - 1)
+    return n
+
+
+def statements(durable):
+    with CaptureQueriesContext(connection) as captured:
+        durable.run_next()
+    return [query["sql"] for query in captured.captured_queries]
+
+
+def test_completion__clears_holds_slots_and_hands_the_slot_on_in_its_own_transaction(durable):
+    first, second = handover_one.delay(7, 1), handover_one.delay(7, 2)
+    assert Run.objects.get(id=second.id).status == RunStatus.PENDING
+    sql = statements(durable)
+    completions = [n for n, s in enumerate(sql) if s.startswith("UPDATE") and "'completed'" in s]
+    assert len(completions) == 1 and '"holds_slots" = ' in sql[completions[0]].replace("`", '"')
+    # No statement after the completion reads or writes the finished run again to release
+    # its slot (a second transaction did: SELECT its keys, UPDATE holds_slots).
+    assert not [s for s in sql[completions[0] + 1 :] if first.id in s]
+    assert Run.objects.get(id=first.id).holds_slots is False
+    handed = Run.objects.get(id=second.id)
+    assert (handed.status, handed.holds_slots) == (RunStatus.QUEUED, True)
+    assert Slot.objects.get(key=KEY).in_use == 1
+    assert durable.run_next() == second.id
+    assert Slot.objects.get(key=KEY).in_use == 0
+
+
+def test_completion__of_a_run_whose_slot_was_given_back_meanwhile__gives_nothing_back_twice(durable):
+    anomalous = handover_two.delay(7, 1, simulate_backstop=True)
+    durable.clock.advance(1)  # run_next takes the oldest queued run: the anomalous one
+    other = handover_two.delay(7, 2)  # queued: it holds the key's other slot
+    assert Slot.objects.get(key="t.handover_two:account:7").in_use == 2
+    assert durable.run_next() == anomalous.id
+    assert Run.objects.get(id=anomalous.id).status == RunStatus.COMPLETED
+    # The other run's slot is still counted: the completion did not give a second one back.
+    assert Slot.objects.get(key="t.handover_two:account:7").in_use == 1
+    assert Run.objects.get(id=other.id).holds_slots is True
