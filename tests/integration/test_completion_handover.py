@@ -58,3 +58,30 @@ def test_completion__of_a_run_whose_slot_was_given_back_meanwhile__gives_nothing
     # The other run's slot is still counted: the completion did not give a second one back.
     assert Slot.objects.get(key="t.handover_two:account:7").in_use == 1
     assert Run.objects.get(id=other.id).holds_slots is True
+
+
+def test_completion__whose_hand_over_fails__rolls_back_and_completes_the_plain_way(durable, monkeypatch):
+    from django.db import OperationalError
+
+    from celery_durable.store import slots
+
+    real_pass_on = slots.pass_on
+    calls = []
+
+    def fails_once(keys, fair_slot):
+        calls.append(keys)
+        if len(calls) == 1:
+            raise OperationalError("deadlock detected")  # as a slot row's lock could
+        return real_pass_on(keys, fair_slot)
+
+    monkeypatch.setattr(slots, "pass_on", fails_once)
+    first, second = handover_one.delay(7, 1), handover_one.delay(7, 2)
+    assert durable.run_next() == first.id
+    finished = Run.objects.get(id=first.id)
+    assert (finished.status, finished.holds_slots) == (RunStatus.COMPLETED, False)
+    # The separate release after the completion handed the slot on: nothing leaked.
+    assert len(calls) == 2
+    assert Run.objects.get(id=second.id).status == RunStatus.QUEUED
+    assert Slot.objects.get(key=KEY).in_use == 1
+    assert durable.run_next() == second.id
+    assert Slot.objects.get(key=KEY).in_use == 0
