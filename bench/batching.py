@@ -106,14 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     import django
 
     django.setup()
-    from django.db import connection
-
     from bench import harness
     from celery_durable.testing import DurableTestRunner
 
-    harness.ensure_database()
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE celery_durable_batchitem, celery_durable_step, celery_durable_run CASCADE")
+    harness.fresh_tables("celery_durable_batchitem", "celery_durable_step", "celery_durable_run")
     with DurableTestRunner():
         out = {"calls": args.calls, "single": measure(args.calls, False), "batched": measure(args.calls, True)}
     out["check"] = {"batching costs fewer commits per call": out["batched"]["commits"] < out["single"]["commits"]}

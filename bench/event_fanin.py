@@ -61,15 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     import django
 
     django.setup()
-    from django.db import connection
-
     from bench import harness
     from celery_durable import send_event
     from celery_durable.testing import DurableTestRunner
 
-    harness.ensure_database()
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE celery_durable_step, celery_durable_run, celery_durable_event CASCADE")
+    harness.fresh_tables("celery_durable_step", "celery_durable_run", "celery_durable_event")
     with DurableTestRunner() as runner:
         send_event("bench.warm_up", {})  # the task modules are imported on the first call
         results = [one_round(runner, args.waiting, n) for n in range(args.rounds)]

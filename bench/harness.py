@@ -336,3 +336,12 @@ def ensure_database() -> None:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
             conn.execute(f'CREATE DATABASE "{name}"')
     call_command("migrate", verbosity=0, interactive=False)
+
+
+def fresh_tables(*tables: str) -> None:
+    """The bench database migrated (``ensure_database``) and ``tables`` emptied (in-process benches)."""
+    from django.db import connection
+
+    ensure_database()
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {', '.join(tables)} CASCADE")

@@ -25,7 +25,7 @@ from ..exceptions import (
 )
 from ..runtime.errors import error_record
 from ..runtime.events import consumption_key, wait_names
-from ..store import cancellation, events, finishing, pausing, runs, suspension
+from ..store import cancellation, events, pausing, runs, suspension
 from ..store.messages import RunMessage
 from .ports import ChildMessage, TaskRegistry
 
@@ -108,7 +108,7 @@ def _complete_releasing(run: RunInHand, result: str) -> list[RunMessage] | None:
     if run.slot_keys is None or run.parent_id is not None or run.using != "default":
         return None
     try:
-        return finishing.complete_releasing(run.run_id, run.generation, result, run.slot_keys)
+        return runs.complete_releasing(run.run_id, run.generation, result, run.slot_keys)
     except DatabaseError:
         logger.warning(
             "durable run %s: completing with its slots' hand-over failed; completing alone", run.run_id, exc_info=True

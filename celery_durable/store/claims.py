@@ -137,10 +137,21 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
         row = cursor.fetchone()
     if row is None:
         return None
-    task_name, args, kwargs, generation, executions, parent_id, holds_slots, started_at, metadata, forked_from = row[
-        :10
-    ]
-    slot_key1, slot_key2, fair_slot = row[10:]
+    (
+        task_name,
+        args,
+        kwargs,
+        generation,
+        executions,
+        parent_id,
+        holds_slots,
+        started_at,
+        metadata,
+        forked_from,
+        slot_key1,
+        slot_key2,
+        fair_slot,
+    ) = row
     if isinstance(started_at, str):  # SQLite may return text
         started_at = parse_datetime(started_at)
     if isinstance(started_at, datetime) and started_at.tzinfo is None and now.tzinfo is not None:

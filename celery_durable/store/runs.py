@@ -20,7 +20,9 @@ from .. import clock, serialization, validation
 from ..exceptions import RunNotFound, TaskNotRegistered
 from ..models import Run, Step
 from ..states import FINISHED, RunStatus, StepStatus
+from . import slots
 from .messages import RunMessage
+from .slots import SlotKeys
 from .suspension import child_finished
 
 
@@ -186,12 +188,23 @@ def complete(
         return child_finished(parent_id, using)
 
 
+def complete_releasing(run_id: str, generation: int, result: str, slot_keys: SlotKeys) -> list[RunMessage] | None:
+    """Complete a top-level run that holds its slots and hand them on, in one transaction.
+
+    The completion's own UPDATE clears ``holds_slots``; a second transaction that reads the
+    run again is not needed. Returns the runs promoted into the freed slots, or ``None`` when
+    nothing was written (the execution no longer holds the run, or the run holds no slots):
+    the caller then completes it the plain way (:func:`complete`), which tells the two apart.
+    """
+    return slots.hand_on(lambda: slot_keys if complete_sql(run_id, generation, result, "default", True) == 1 else None)
+
+
 def complete_sql(run_id: str, generation: int, result: str, using: str, releasing: bool = False) -> int:
     """The completion as one UPDATE statement: the hot path of every run, so no ORM layers.
 
     ``releasing``: the run gives its concurrency slots back in the same statement (it must
     hold them: ``holds_slots`` is part of the condition); the caller hands them on in the
-    same transaction (``store.finishing``).
+    same transaction (:func:`complete_releasing`).
     """
     connection = connections[using]
     q = connection.ops.quote_name

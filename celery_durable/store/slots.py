@@ -9,6 +9,7 @@ polling loop waits for slots. A slot held by a run that is neither queued nor ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -90,45 +91,46 @@ def acquire(run_id: str, limits: dict[str, int | None], fair: bool = False, leas
 
 
 def release(run_id: str) -> list[RunMessage]:
-    """Give back a finished or suspended run's slots and promote the next pending runs.
+    """Give back a finished or suspended run's slots and promote the next pending runs (``hand_on``)."""
 
-    A run with one key hands its slot straight to the head of that key's backlog when the
-    head needs no other slot: one transaction, and the slot row is not touched.
-    """
-    with transaction.atomic():
+    def clear() -> SlotKeys | None:
         row = (
             Run.objects.filter(id=run_id, holds_slots=True)
             .exclude(status__in=HOLDING_SLOTS)
             .values_list("slot_key1", "slot_key2", "fair_slot")
             .first()
         )
-        if row is None:
-            return []
-        if Run.objects.filter(id=run_id, holds_slots=True).update(holds_slots=False) != 1:
-            return []
-        keys = sorted(key for key in row[:2] if key)
-        handed = pass_on(keys, row[2])
-        if handed is not None:
-            return handed
-    # Promotions run in their own transactions: holding a released slot row while taking
-    # another key's row could deadlock with a concurrent release.
-    return promote(keys)
+        if row is None or Run.objects.filter(id=run_id, holds_slots=True).update(holds_slots=False) != 1:
+            return None
+        return row
+
+    return hand_on(clear) or []
 
 
-def pass_on(keys: list[str], fair_slot: str | None) -> list[RunMessage] | None:
-    """Hand freed slots on, in the transaction that cleared the run's ``holds_slots``.
+#: A run's ``(slot_key1, slot_key2, fair_slot)``.
+SlotKeys = tuple[str | None, str | None, str | None]
 
-    One key: straight to its next run (a fair key's in round robin: the run knows its key is
-    fair from ``fair_slot``). Otherwise, or with nobody to take it, every slot goes back and
-    ``None`` asks the caller to :func:`promote` the keys once its transaction committed.
+
+def hand_on(clear: Callable[[], SlotKeys | None]) -> list[RunMessage] | None:
+    """Hand a run's freed slots on, in the transaction where ``clear`` cleared its ``holds_slots``.
+
+    ``clear`` returns the run's slot keys, or ``None`` (it held none: ``None`` is returned).
+    One key goes straight to its next run (round robin if ``fair_slot`` names it). Otherwise
+    every slot goes back and the keys are promoted after the commit: holding a released slot
+    row while taking another key's row could deadlock with a concurrent release.
     """
-    if len(keys) == 1:
-        handed = _hand_over_fair(keys[0]) if fair_slot == keys[0] else _hand_over(keys[0])
-        if handed is not None:
-            return [handed]
-    for key in keys:
-        _give(key)
-    return None
+    with transaction.atomic():
+        slot_keys = clear()
+        if slot_keys is None:
+            return None
+        keys = sorted(key for key in slot_keys[:2] if key)
+        if len(keys) == 1:
+            handed = _hand_over_fair(keys[0]) if slot_keys[2] == keys[0] else _hand_over(keys[0])
+            if handed is not None:
+                return [handed]
+        for key in keys:
+            _give(key)
+    return promote(keys)
 
 
 def _hand_over(key: str) -> RunMessage | None:

@@ -65,16 +65,16 @@ def test_completion__whose_hand_over_fails__rolls_back_and_completes_the_plain_w
 
     from celery_durable.store import slots
 
-    real_pass_on = slots.pass_on
+    real_hand_over = slots._hand_over
     calls = []
 
-    def fails_once(keys, fair_slot):
-        calls.append(keys)
+    def fails_once(key):
+        calls.append(key)
         if len(calls) == 1:
             raise OperationalError("deadlock detected")  # as a slot row's lock could
-        return real_pass_on(keys, fair_slot)
+        return real_hand_over(key)
 
-    monkeypatch.setattr(slots, "pass_on", fails_once)
+    monkeypatch.setattr(slots, "_hand_over", fails_once)
     first, second = handover_one.delay(7, 1), handover_one.delay(7, 2)
     assert durable.run_next() == first.id
     finished = Run.objects.get(id=first.id)
