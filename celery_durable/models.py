@@ -80,10 +80,12 @@ class Run(models.Model):
     metadata = models.TextField(null=True, blank=True, help_text="JSON object of metadata fields")
     progress = models.TextField(null=True, blank=True, help_text="JSON progress of the running step")
     # Fairness (``Concurrency(fair_key=...)``): the fair run's slot key (its own column, so the
-    # fair index serves only fair backlogs), its fair value and its turns in a row.
+    # fair indexes serve only fair backlogs), its fair value, its weight (turns per round) and
+    # its round (store/fair.py: the backlog is served by round, then value, then backlog_at).
     fair_slot = models.CharField(max_length=255, null=True, blank=True)
     fair_value = models.CharField(max_length=255, null=True, blank=True)
     fair_weight = models.PositiveSmallIntegerField(default=1, db_default=1)
+    fair_round = models.PositiveIntegerField(default=0, db_default=0)
 
     class Meta:
         indexes = [
@@ -99,6 +101,9 @@ class Run(models.Model):
             models.Index(fields=["status", "slot_key2", "backlog_at"], name="durable_run_backlog2"),
             models.Index(fields=["holds_slots", "status"], name="durable_run_holds"),
             models.Index(fields=["status", "fair_slot", "fair_value", "backlog_at"], name="durable_run_fair"),
+            models.Index(
+                fields=["status", "fair_slot", "fair_round", "fair_value", "backlog_at"], name="durable_run_fair_turn"
+            ),
             models.Index(fields=["parent", "parent_step"], name="durable_run_parent"),
         ]
         permissions = [
@@ -235,9 +240,8 @@ class Slot(models.Model):
     limit = models.PositiveIntegerField(help_text="The limit the code declares (or a limit callable computed)")
     in_use = models.PositiveIntegerField(default=0)
     override = models.PositiveIntegerField(null=True, blank=True, help_text="Set with set_limit; wins over limit")
-    # Fairness: the fair value served last and how many turns in a row it has had.
-    fair_cursor = models.CharField(max_length=255, null=True, blank=True)
-    fair_served = models.PositiveIntegerField(default=0, db_default=0)
+    # A fair key (``Concurrency(fair_key=...)``): its backlog is served in round robin order.
+    fair = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         verbose_name = "limit"

@@ -73,7 +73,7 @@ def execute(
         return Outcome("dropped")
     run = RunInHand(run_id, task_name, claim.generation, claim.run.parent_id, using, registry, claim.run.started_at)
     if spec.concurrency and claim.run.holds_slots:
-        run.slot_keys = (claim.run.slot_key1, claim.run.slot_key2, claim.run.fair_slot)
+        run.slot_keys = (claim.run.slot_key1, claim.run.slot_key2)
     elif spec.concurrency:
         try:
             limits = spec.slot_limits(claim.run.args_value, claim.run.kwargs_value)

@@ -12,7 +12,7 @@ from .. import clock, serialization
 from ..conf import get_settings
 from ..exceptions import DurableError
 from ..states import RunStatus
-from ..store import cancellation, runs, slots
+from ..store import cancellation, fair, runs, slots
 from ..store.messages import RunMessage
 from . import admission, cancel
 from .ports import Publisher
@@ -74,17 +74,18 @@ def _admit(
         fairness = spec.fairness(args, kwargs)
         keys = sorted(limits)
         backlogged = bool(limits) and decision.wake_at is None
+        backlog_at = slots.backlog_time(priority)
         created = runs.record(
             message,
             wake_at=decision.wake_at,
             deadlines=spec.deadlines(clock.now()),
             extra={
                 "priority": priority,
-                "backlog_at": slots.backlog_time(priority),
+                "backlog_at": backlog_at,
                 "slot_key1": keys[0] if keys else None,
                 "slot_key2": keys[1] if len(keys) > 1 else None,
                 "status": RunStatus.PENDING if backlogged else RunStatus.QUEUED,
-                **({"fair_slot": keys[0], "fair_value": fairness[0], "fair_weight": fairness[1]} if fairness else {}),
+                **(_fair_columns(keys[0], *fairness, backlog_at) if fairness else {}),
             },
         )
         if created and (backlogged or decision.wake_at is None):
@@ -100,6 +101,12 @@ def _admit(
     if evicted is not None:
         cancel.finish(evicted, publisher)
     return skipped or Intake(message.run_id)
+
+
+def _fair_columns(key: str, value: str, weight: int, backlog_at: datetime) -> dict[str, Any]:
+    """A fair run's columns: its key, value, weight and round (its turn, fixed now)."""
+    turn = fair.round_for(key, value, weight, backlog_at)
+    return {"fair_slot": key, "fair_value": value, "fair_weight": weight, "fair_round": turn}
 
 
 @dataclass(frozen=True)

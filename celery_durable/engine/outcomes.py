@@ -58,9 +58,9 @@ class RunInHand:
     using: str
     registry: TaskRegistry
     started_at: Any = None
-    #: ``(slot_key1, slot_key2, fair_slot)`` of a run that held its slots when claimed: its
-    #: completion hands them on in the same transaction.
-    slot_keys: tuple[str | None, str | None, str | None] | None = None
+    #: ``(slot_key1, slot_key2)`` of a run that held its slots when claimed: its completion
+    #: hands them on in the same transaction.
+    slot_keys: tuple[str | None, str | None] | None = None
 
     def duration(self) -> float | None:
         """Seconds since the run first started (``None`` if unknown)."""

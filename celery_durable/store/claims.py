@@ -99,7 +99,6 @@ _RETURNED = (
     "forked_from_id",
     "slot_key1",
     "slot_key2",
-    "fair_slot",
 )
 
 
@@ -150,7 +149,6 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
         forked_from,
         slot_key1,
         slot_key2,
-        fair_slot,
     ) = row
     if isinstance(started_at, str):  # SQLite may return text
         started_at = parse_datetime(started_at)
@@ -171,7 +169,6 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
         forked_from_id=forked_from,
         slot_key1=slot_key1,
         slot_key2=slot_key2,
-        fair_slot=fair_slot,
     )
 
 

@@ -13,6 +13,7 @@ from .. import clock, serialization
 from ..models import BatchItem, FlowState, Run, Slot, Step
 from ..runtime.events import ANY_OF, wait_names
 from ..states import FINISHED, HOLDING_SLOTS, RunStatus, StepStatus
+from . import fair
 from .batches import get_item
 from .pausing import pause_of
 from .runs import get
@@ -168,10 +169,13 @@ def _backlog(run: Run, gate: Gate, using: str) -> Explanation:
             .union(runs.filter(holds_slots=True, status__in=HOLDING_SLOTS, slot_key2=key))
             .values_list("id", flat=True)
         )
-        ahead = sum(
-            runs.filter(status=RunStatus.PENDING, backlog_at__lt=run.backlog_at, **{field: key}).count()
-            for field in ("slot_key1", "slot_key2")
-        )
+        if key == run.fair_slot:  # a fair key: the runs before this one in turn
+            ahead = runs.filter(fair.ahead_of(run), status=RunStatus.PENDING).count()
+        else:
+            ahead = sum(
+                runs.filter(status=RunStatus.PENDING, backlog_at__lt=run.backlog_at, **{field: key}).count()
+                for field in ("slot_key1", "slot_key2")
+            )
         holders += [h for h in held if h not in holders]
         words.append(f"key {key} is full ({in_use}/{limit} slots, held by {', '.join(held) or 'none'}), {ahead} ahead")
         data["keys"].append({"key": key, "limit": limit, "in_use": in_use, "holders": held, "ahead": ahead})

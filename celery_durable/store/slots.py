@@ -2,9 +2,10 @@
 
 A run takes its slots when it is admitted (``pending`` -> ``queued``) or, after a suspension,
 when it is claimed again; it gives them back when it finishes or suspends, and that same
-transaction promotes the next pending run of the key in (``backlog_at``, id) order, so no
-polling loop waits for slots. A slot held by a run that is neither queued nor running
-(a crash between its transition and the release) is given back by the services' backstop.
+transaction promotes the next pending run of the key in (``backlog_at``, id) order, or a fair
+key's next run in turn (store/fair.py), so no polling loop waits for slots. A slot held by a
+run that is neither queued nor running (a crash between its transition and the release) is
+given back by the services' backstop.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Coalesce
 
 from .. import clock
 from ..models import Run, Slot
-from ..options import MAX_FAIR_WEIGHT
 from ..states import HOLDING_SLOTS, RunStatus
+from .fair import in_turn
 from .messages import RunMessage
 from .rows import MESSAGE_FIELDS, message_for, message_from
 
@@ -48,16 +49,16 @@ def backlog_time(priority: int) -> Any:
 def _ensure(key: str, limit: int, fair: bool = False) -> None:
     """The slot row exists with the limit the code declares now (a deploy may change it).
 
-    A fair key (``Concurrency(fair_key=...)``) has a non-NULL ``fair_cursor``.
+    A fair key (``Concurrency(fair_key=...)``) is marked ``fair``.
     """
     try:
         with transaction.atomic():
-            Slot.objects.get_or_create(key=key, defaults={"limit": limit, "fair_cursor": "" if fair else None})
+            Slot.objects.get_or_create(key=key, defaults={"limit": limit, "fair": fair})
     except IntegrityError:
         pass  # created concurrently
     Slot.objects.filter(key=key).exclude(limit=limit).update(limit=limit)
     if fair:
-        Slot.objects.filter(key=key, fair_cursor__isnull=True).update(fair_cursor="")
+        Slot.objects.filter(key=key, fair=False).update(fair=True)
 
 
 def _take(key: str) -> bool:
@@ -97,7 +98,7 @@ def release(run_id: str) -> list[RunMessage]:
         row = (
             Run.objects.filter(id=run_id, holds_slots=True)
             .exclude(status__in=HOLDING_SLOTS)
-            .values_list("slot_key1", "slot_key2", "fair_slot")
+            .values_list("slot_key1", "slot_key2")
             .first()
         )
         if row is None or Run.objects.filter(id=run_id, holds_slots=True).update(holds_slots=False) != 1:
@@ -107,15 +108,15 @@ def release(run_id: str) -> list[RunMessage]:
     return hand_on(clear) or []
 
 
-#: A run's ``(slot_key1, slot_key2, fair_slot)``.
-SlotKeys = tuple[str | None, str | None, str | None]
+#: A run's ``(slot_key1, slot_key2)``.
+SlotKeys = tuple[str | None, str | None]
 
 
 def hand_on(clear: Callable[[], SlotKeys | None]) -> list[RunMessage] | None:
     """Hand a run's freed slots on, in the transaction where ``clear`` cleared its ``holds_slots``.
 
     ``clear`` returns the run's slot keys, or ``None`` (it held none: ``None`` is returned).
-    One key goes straight to its next run (round robin if ``fair_slot`` names it). Otherwise
+    One key goes straight to its next run (``_hand_over``). Otherwise
     every slot goes back and the keys are promoted after the commit: holding a released slot
     row while taking another key's row could deadlock with a concurrent release.
     """
@@ -123,9 +124,9 @@ def hand_on(clear: Callable[[], SlotKeys | None]) -> list[RunMessage] | None:
         slot_keys = clear()
         if slot_keys is None:
             return None
-        keys = sorted(key for key in slot_keys[:2] if key)
+        keys = sorted(key for key in slot_keys if key)
         if len(keys) == 1:
-            handed = _hand_over_fair(keys[0]) if slot_keys[2] == keys[0] else _hand_over(keys[0])
+            handed = _hand_over(keys[0])
             if handed is not None:
                 return [handed]
         for key in keys:
@@ -134,19 +135,41 @@ def hand_on(clear: Callable[[], SlotKeys | None]) -> list[RunMessage] | None:
 
 
 def _hand_over(key: str) -> RunMessage | None:
-    """Pass a released slot of ``key`` to the head of its backlog if that run needs only this key.
+    """Pass a released slot of ``key`` to the next run of its backlog if that run needs only this key.
 
-    Not when a lowered limit left the key over it (the slot must go back then); a fair key's
-    slot goes to its next run in round robin (``_hand_over_fair``). Locks the
-    head's row only (after the releasing run's own), skipping a head that another release
-    is taking; a concurrent promoter that took the head first makes the UPDATE change
-    nothing, and the caller gives the slot back instead.
+    Not when a lowered limit left the key over it (the slot must go back then). The next run
+    is the backlog's head, or a fair key's next run in turn (``fair.in_turn``). Locks that
+    run's row only (after the releasing run's own), skipping a run that another release is
+    taking; a concurrent promoter that took it first makes the UPDATE change nothing, and
+    the caller gives the slot back instead.
     """
-    slot = Slot.objects.filter(key=key, in_use__lte=EFFECTIVE_LIMIT).values_list("fair_cursor").first()
-    if slot is None:
+    is_fair = Slot.objects.filter(key=key, in_use__lte=EFFECTIVE_LIMIT).values_list("fair", flat=True).first()
+    if is_fair is None:
         return None
-    if slot[0] is not None:  # a fair key: its next run in round robin, not the backlog's head
-        return _hand_over_fair(key)
+    message = _next_in_turn(key) if is_fair else _backlog_head(key)
+    if message is None:
+        return None
+    taken = Run.objects.filter(
+        id=message.run_id, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
+    ).update(status=RunStatus.QUEUED, published_at=clock.now(), holds_slots=True)
+    return message if taken else None
+
+
+def _skip_locked(pending: QuerySet[Run]) -> QuerySet[Run]:
+    """Two releases at once hand over to two runs instead of queueing on one row."""
+    if connection.features.has_select_for_update_skip_locked:
+        return pending.select_for_update(skip_locked=True)
+    return pending
+
+
+def _next_in_turn(key: str) -> RunMessage | None:
+    """A fair key's next run in turn, read with its message; ``None`` when no fair run waits."""
+    row = _skip_locked(in_turn(key)).values_list(*MESSAGE_FIELDS).first()
+    return None if row is None else message_from(row)
+
+
+def _backlog_head(key: str) -> RunMessage | None:
+    """The head of ``key``'s backlog if it needs no other key (``promote()`` takes two)."""
     heads: list[tuple[Any, ...]] = []  # (backlog_at, slot_key2, *MESSAGE_FIELDS)
     for field in ("slot_key1", "slot_key2"):
         # By backlog_at alone, the backlog index's order: with ", id" PostgreSQL sorted the
@@ -154,20 +177,15 @@ def _hand_over(key: str) -> RunMessage | None:
         # (10,000 pending: ~2.5 ms each). Equal times come from different processes and
         # have no call order between them.
         pending = Run.objects.filter(status=RunStatus.PENDING, **{field: key}).order_by("backlog_at")
-        if field == "slot_key1" and connection.features.has_select_for_update_skip_locked:
-            # Two releases at once hand over to two runs instead of queueing on one row.
-            pending = pending.select_for_update(skip_locked=True)
+        if field == "slot_key1":
+            pending = _skip_locked(pending)
         heads += list(pending.values_list("backlog_at", "slot_key2", *MESSAGE_FIELDS)[:1])
     if not heads or any(row[0] is None for row in heads):
         return None  # no backlog, or one promote() orders
     head = min(heads, key=lambda row: (row[0], row[2]))  # by backlog_at, then id
     if head[1] is not None:
         return None  # it needs another key's slot too: promote() takes both or none
-    message = message_from(head[2:])  # read with the head: no query after the UPDATE
-    taken = Run.objects.filter(
-        id=message.run_id, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
-    ).update(status=RunStatus.QUEUED, published_at=clock.now(), holds_slots=True)
-    return message if taken else None
+    return message_from(head[2:])  # read with the head: no query after the UPDATE
 
 
 def promote(keys: list[str]) -> list[RunMessage]:
@@ -181,20 +199,15 @@ def promote(keys: list[str]) -> list[RunMessage]:
 
 def _promote_one(key: str) -> list[RunMessage]:
     now = clock.now()
-    # A fair key's slot row is locked (its cursor moves); a plain key's is not even read for
-    # update (InnoDB would keep the row locked though the condition excludes it).
-    fair = None
-    if Slot.objects.filter(key=key, fair_cursor__isnull=False).exists():
-        fair = Slot.objects.select_for_update().filter(key=key).first()
-    if fair is not None:
-        promoted = _promote_fair(fair, now)
-        if promoted is not None:
-            return promoted
-    candidates: list[tuple[Any, str]] = []
-    for field in ("slot_key1", "slot_key2"):
-        pending = Run.objects.filter(status=RunStatus.PENDING, **{field: key}).order_by("backlog_at", "id")
-        candidates += list(pending.values_list("backlog_at", "id")[:PROMOTION_CANDIDATES])
-    for _at, run_id in sorted(candidates):
+    # A fair key's runs in turn; the others (recorded without a fair value) when none waits.
+    candidates = list(in_turn(key).values_list("id", flat=True)[:PROMOTION_CANDIDATES])
+    if not candidates:
+        plain: list[tuple[Any, str]] = []
+        for field in ("slot_key1", "slot_key2"):
+            pending = Run.objects.filter(status=RunStatus.PENDING, **{field: key}).order_by("backlog_at", "id")
+            plain += list(pending.values_list("backlog_at", "id")[:PROMOTION_CANDIDATES])
+        candidates = [run_id for _at, run_id in sorted(plain)]
+    for run_id in candidates:
         # Take the candidate first (its row lock makes a concurrent promoter skip it), then its
         # slots; it goes back to the backlog if a slot is missing.
         if not Run.objects.filter(id=run_id, status=RunStatus.PENDING, holds_slots=False).update(
@@ -206,79 +219,6 @@ def _promote_one(key: str) -> list[RunMessage]:
             return [message_for(run_id)]
         Run.objects.filter(id=run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING)
     return []
-
-
-#: ``Slot.fair_served`` once the cursor's value has had all its turns in a row (its weight):
-#: the next pick goes straight to the following value, without probing the cursor's value.
-TURNS_USED_UP = MAX_FAIR_WEIGHT
-
-
-def _fair_pick(slot: Slot) -> tuple[str, RunMessage, int] | None:
-    """Round robin over a fair key's values: the next value after the cursor, wrapping around.
-
-    ``(value, the run's message, the slot's new fair_served)``, or ``None`` when no run of the
-    key has a fair value. Call with the slot row locked: one promoter at a time moves the
-    cursor. One or two indexed probes of ``(status, fair_slot, fair_value, backlog_at)``,
-    whatever the backlog's depth: the cursor value's head while it has turns left (its
-    weight), else the head of the next value. The probes read the run's message too.
-    """
-    pending = Run.objects.filter(status=RunStatus.PENDING, fair_slot=slot.key, fair_value__isnull=False)
-    cursor = slot.fair_cursor or ""
-    served = slot.fair_served
-    if 0 < served < TURNS_USED_UP:
-        same = pending.filter(fair_value=cursor).order_by("backlog_at").values_list("fair_weight", *MESSAGE_FIELDS)
-        row = same.first()
-        if row is not None and served < row[0]:
-            return cursor, message_from(row[1:]), _served_after(served, row[0])
-    following = pending.filter(fair_value__gt=cursor) if served > 0 else pending.filter(fair_value__gte=cursor)
-    columns = ("fair_value", "fair_weight", *MESSAGE_FIELDS)
-    row = following.order_by("fair_value", "backlog_at").values_list(*columns).first()
-    if row is None:  # wrap around
-        row = pending.order_by("fair_value", "backlog_at").values_list(*columns).first()
-    return None if row is None else (str(row[0]), message_from(row[2:]), _served_after(0, row[1]))
-
-
-def _served_after(served: int, weight: int) -> int:
-    """``fair_served`` once a run of weight ``weight`` took the cursor value's next turn."""
-    return served + 1 if served + 1 < weight else TURNS_USED_UP
-
-
-def _promote_fair(slot: Slot, now: Any) -> list[RunMessage] | None:
-    """Promote a fair key's next run (``_fair_pick``); ``None`` when no run has a fair value."""
-    pick = _fair_pick(slot)
-    if pick is None:
-        return None
-    value, message, served = pick
-    if not Run.objects.filter(pk=message.run_id, status=RunStatus.PENDING, holds_slots=False).update(
-        status=RunStatus.QUEUED, published_at=now
-    ):
-        return None  # taken meanwhile: the plain candidates are tried, as without fairness
-    if not acquire(message.run_id, {slot.key: None}):
-        Run.objects.filter(id=message.run_id, status=RunStatus.QUEUED).update(status=RunStatus.PENDING)
-        return []
-    Slot.objects.filter(pk=slot.pk).update(fair_cursor=value, fair_served=served)
-    return [message]
-
-
-def _hand_over_fair(key: str) -> RunMessage | None:
-    """A fair key's released slot goes straight to its next run in round robin (one transaction).
-
-    The slot row is locked (as giving the slot back would), its ``in_use`` untouched. ``None``
-    when the key is over its limit, nothing fair waits, or the pick needs another key: the
-    caller gives the slot back and promotes then.
-    """
-    slot = Slot.objects.select_for_update().filter(key=key, in_use__lte=EFFECTIVE_LIMIT).first()
-    pick = None if slot is None else _fair_pick(slot)
-    if slot is None or pick is None:
-        return None
-    value, message, served = pick
-    taken = Run.objects.filter(
-        pk=message.run_id, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
-    ).update(status=RunStatus.QUEUED, published_at=clock.now(), holds_slots=True)
-    if not taken:
-        return None
-    Slot.objects.filter(pk=slot.pk).update(fair_cursor=value, fair_served=served)
-    return message
 
 
 def reclaim(run_id: str, generation: int, limits: dict[str, int], lease_seconds: float) -> bool:

@@ -50,6 +50,14 @@ def test_full_key__backlog_with_the_runs_holding_its_slots(durable):
     assert "f.per_user:user_id:1 is full (1/1 slots" in str(why)
 
 
+def test_fair_key__counts_the_runs_ahead_in_turn(durable):
+    flows.fair.delay("a", -1)  # takes the only slot
+    a = [flows.fair.delay("a", n) for n in range(3)]
+    b = [flows.fair.delay("b", n) for n in range(2)]
+    # Served a0, b0, a1, b1, a2: b1 has three ahead of it, a2 four, though b1 was called last.
+    assert [explain(r.id).data["keys"][0]["ahead"] for r in (a[0], b[0], a[1], b[1], a[2])] == [0, 1, 2, 3, 4]
+
+
 def test_throttle__the_time_of_the_next_slot(durable):
     flows.throttled.delay("t", 0)
     second = flows.throttled.delay("t", 1)

@@ -77,15 +77,59 @@ def test_fair_promotion__costs_the_same_queries_whatever_the_backlog(durable):
     assert promotion_queries(5) == promotion_queries(60)
 
 
-def test_fair_weight__a_weight_lowered_by_a_deploy_ends_the_turn_at_the_next_run(durable):
+def test_fair_weight__a_weight_lowered_by_a_deploy_applies_to_the_calls_after_it(durable):
     flows.fair_weighted.delay("big", 0)  # takes the only slot
     first = flows.fair_weighted.delay("big", 1)  # weight 3, called before the deploy
-    later = [flows.fair_weighted.delay("big", n) for n in (2, 3)]
-    small = [flows.fair_weighted.delay("small", n) for n in (1, 2)]
-    # A deploy lowered "big"'s weight to 1: the runs called after it carry the new weight.
-    Run.objects.filter(id__in=[r.id for r in later]).update(fair_weight=1)
+    spec = flows.fair_weighted.durable_spec
+    declared = spec.concurrency
+    lowered = Concurrency(limit=1, fair_key="tenant", fair_weight={"big": 1})
+    object.__setattr__(spec, "concurrency", (lowered,))  # the deploy
+    try:
+        later = [flows.fair_weighted.delay("big", n) for n in (2, 3)]
+        small = [flows.fair_weighted.delay("small", n) for n in (1, 2)]
+    finally:
+        object.__setattr__(spec, "concurrency", declared)
     order = executed_order(durable)
     assert order[1:] == [first.id, small[0].id, later[0].id, small[1].id, later[1].id]
+
+
+def test_fair_key__a_tenant_arriving_late_takes_turns_with_the_one_waiting(durable):
+    flows.fair.delay("a", -1)  # takes the only slot
+    early = [flows.fair.delay("a", n) for n in range(10)]
+    for _ in range(5):  # a's first five turns are served
+        durable.run_next()
+    late = [flows.fair.delay("b", n) for n in range(3)]
+    order = executed_order(durable)
+    # b's runs take one turn each from the round being served, not three turns at once (as if
+    # b had waited since the backlog began).
+    a, b = [r.id for r in early], [r.id for r in late]
+    assert order == [a[4], a[5], b[0], a[6], b[1], a[7], b[2], a[8], a[9]]
+
+
+def test_fair_key__priority_orders_runs_within_one_tenant(durable):
+    flows.fair.delay("a", -1)  # takes the only slot
+    normal = [flows.fair.delay("a", n) for n in range(3)]
+    others = [flows.fair.delay("b", n) for n in range(3)]
+    urgent = flows.fair.delay("a", 9, urgent=True)
+    order = executed_order(durable)[1:]
+    # The urgent run goes first among a's, in the round being served (a turn more for a there).
+    expected = [urgent, normal[0], others[0], normal[1], others[1], normal[2], others[2]]
+    assert order == [r.id for r in expected]
+
+
+def test_fair_hand_over__locks_no_slot_row(durable):
+    from celery_durable.store import slots
+
+    held = flows.fair.delay("a", 0)
+    for tenant in ("a", "b", "c"):
+        flows.fair.delay(tenant, 1)
+    Run.objects.filter(id=held.id).update(status=RunStatus.COMPLETED)
+    with CaptureQueriesContext(connection) as queries:
+        (promoted,) = slots.release(held.id)
+    assert tenant_of(promoted.run_id) == "a"
+    # Concurrent hand-overs of one fair key do not queue on its slot row: only run rows are locked.
+    locking = [q["sql"] for q in queries if "FOR UPDATE" in q["sql"]]
+    assert all("celery_durable_slot" not in sql for sql in locking), locking
 
 
 def test_fair_hand_over__costs_no_more_queries_than_a_plain_one(durable):

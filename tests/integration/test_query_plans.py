@@ -258,5 +258,13 @@ def test_fair_promotion__probes_the_fair_index(durable):
     for n in range(40):
         flows.fair.delay("a" if n % 3 else "b", n)
     Run.objects.filter(id=held.id).update(status=RunStatus.COMPLETED)
-    assert_indexed(lambda: slots.release(held.id), "durable_run_fair")
+    assert_indexed(lambda: slots.release(held.id), "durable_run_fair_turn")
     assert Run.objects.filter(task_name="f.fair", status=RunStatus.QUEUED).count() == 1
+
+
+def test_fair_call__places_its_run_with_two_index_probes(durable):
+    flows.fair.delay("a", 0)
+    for n in range(40):
+        flows.fair.delay("a" if n % 3 else "b", n)
+    # The head's round (the turn index), the tenant's last runs (the value index).
+    assert_indexed(lambda: flows.fair.delay("b", 99), "durable_run_fair_turn", "durable_run_fair")

@@ -340,8 +340,12 @@ def pause_hold(n):
 
 
 # Issue 15: fairness, limits that change, when_full, shared throttles and rate limits.
-@durable_task(name="f.fair", concurrency=Concurrency(limit=1, fair_key="tenant"))
-def fair(tenant, n):
+@durable_task(
+    name="f.fair",
+    concurrency=Concurrency(limit=1, fair_key="tenant"),
+    priority=lambda tenant, n, urgent=False: 600 if urgent else 0,
+)
+def fair(tenant, n, urgent=False):
     return n
 
 
