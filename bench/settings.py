@@ -56,7 +56,11 @@ CELERY_TASK_DEFAULT_QUEUE = "bench"
 CELERY_TASK_DEFAULT_PRIORITY = None
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-# Everything else (prefetch multiplier 4, acks_late per task, serializer json) is Celery's default.
+# BENCH_PREFETCH=1: the worker setting the quickstart and docs/howto/deploy.md recommend for
+# durable workers; by default the prefetch multiplier is Celery's 4.
+if os.environ.get("BENCH_PREFETCH"):
+    CELERY_WORKER_PREFETCH_MULTIPLIER = int(os.environ["BENCH_PREFETCH"])
+# Everything else (acks_late per task, serializer json) is Celery's default.
 
 CELERY_DURABLE: dict[str, object] = {}
 if os.environ.get("BENCH_OBSERVE") == "1":  # bench/observe.py: plain tasks recorded as runs

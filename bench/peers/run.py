@@ -314,7 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=WORKLOADS, help="run only these workloads (repeatable)")
     parser.add_argument("--no-wait", action="store_true", help="do not wait while another bench/ script runs")
     parser.add_argument("--snapshot", metavar="REV", help="benchmark celery_durable/ as of this git revision")
+    parser.add_argument(
+        "--prefetch", type=int, help="worker_prefetch_multiplier of every Celery worker (ours and the baselines')"
+    )
     args = parser.parse_args(argv)
+    if args.prefetch is not None:
+        os.environ["BENCH_PREFETCH"] = str(args.prefetch)  # inherited by every subprocess (common.env)
     if args.snapshot:
         return common.run_snapshot(args.snapshot, argv if argv is not None else sys.argv[1:])
     from bench.peers.report import report
