@@ -43,5 +43,6 @@ def test_waiting_fair_runs_get_rounds_in_their_value_order(at_0015):
         )
     migrate(AFTER)
     assert dict(Slot.objects.values_list("key", "fair")) == {"fair-key": True, "plain-key": False}
-    rounds = {run_id: (value, turn) for run_id, value, turn in Run.objects.values_list("id", "fair_value", "fair_round")}
+    rows = Run.objects.values_list("id", "fair_value", "fair_round")
+    rounds = {run_id: (value, turn) for run_id, value, turn in rows}
     assert rounds == {f"run-{n}": (tenant, turn) for n, (tenant, turn) in enumerate(calls)}
