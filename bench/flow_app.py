@@ -59,6 +59,13 @@ def paced(key: str, i: int, seconds: float) -> int:
     return i + 1
 
 
+@durable_task(name="bench.fc.paced_free")
+def paced_free(key: str, i: int, seconds: float) -> int:
+    """``paced`` without the limit: what the same body and pool reach unlimited (bench/peers)."""
+    time.sleep(seconds)
+    return i + 1
+
+
 @durable_task(name="bench.fc.fifo10", concurrency=Concurrency(limit=LIMIT, key="key"))
 def fifo10(key: str, i: int, tenant: str) -> int:
     """bench/flow_fair.py: the FIFO backlog of 10 tenants (no fair_key)."""

@@ -288,18 +288,23 @@ def wait_completed_after(worker: Worker, task: str, n: int) -> float:
     return wait_completed(task, n, timeout=max(120.0, n / 5))
 
 
-def handoff(m: int) -> dict[str, Any]:
-    """M runs of a 10 ms body on the limited key, 6 pool processes: hand-off without saturation."""
+def handoff(m: int, limited: bool = True) -> dict[str, Any]:
+    """M runs of a 10 ms body on the limited key, 6 pool processes: hand-off without saturation.
+
+    ``limited=False``: the same body and pool without the limit (``paced_free``), the rate the
+    limited drain is compared with when the machine, not the limit, sets the pace.
+    """
     from bench import flow_app
 
-    log(f"handoff: enqueue {m}")
-    with running(IDLE_QUEUE, LIMIT + 1, "handoff") as worker:
-        enqueue(flow_app.paced, m, 0.01)
+    task = flow_app.paced if limited else flow_app.paced_free
+    log(f"handoff ({task.name}): enqueue {m}")
+    with running(IDLE_QUEUE, LIMIT + 1, "handoff" if limited else "handoff-free") as worker:
+        enqueue(task, m, 0.01)
         busy0 = harness.machine_jiffies()
-        wall = wait_completed_after(worker, flow_app.paced.name, m)
+        wall = wait_completed_after(worker, task.name, m)
         busy1 = harness.machine_jiffies()
-    starts, finishes = run_times(flow_app.paced.name)
-    figures = timing(starts, finishes) | hop_ms(flow_app.paced.name)
+    starts, finishes = run_times(task.name)
+    figures = timing(starts, finishes) | hop_ms(task.name)
     log(f"handoff: hop p50 {figures['hop_p50_ms']:.1f} ms, p99 {figures['hop_p99_ms']:.1f} ms")
     log(f"handoff: p50 {figures['handoff_p50_ms']:.1f} ms, p99 {figures['handoff_p99_ms']:.1f} ms")
     busy = 100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])

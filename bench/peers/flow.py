@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out["limited"] = phases.drain("limited", args.runs)
         out["handoff"] = phases.handoff(args.handoff_runs)
+        out["handoff_free"] = phases.handoff(args.handoff_runs, limited=False)
         out["dbos"] = phases.dbos(args.runs, args.dbos_seconds, args.dbos_fast_seconds)
     finally:
         out["leftover_processes"] = phases.leftovers()
