@@ -17,6 +17,7 @@ from . import fair
 from .batches import get_item
 from .pausing import pause_of
 from .runs import get
+from .slots import EFFECTIVE_LIMIT
 
 GATES = (
     "finished",  # nothing holds it: the run ended (or flow control skipped it)
@@ -161,7 +162,12 @@ def _backlog(run: Run, gate: Gate, using: str) -> Explanation:
     words: list[str] = []
     data: dict[str, Any] = {"keys": []}
     for key in keys:
-        slot = Slot.objects.using(using).filter(key=key).values_list("limit", "in_use").first()
+        slot = (
+            Slot.objects.using(using)
+            .filter(key=key)
+            .annotate(limit_now=EFFECTIVE_LIMIT)
+            .values_list("limit_now", "in_use")
+        ).first()
         limit, in_use = slot if slot is not None else (None, 0)
         held = list(
             runs.filter(holds_slots=True, status__in=HOLDING_SLOTS)

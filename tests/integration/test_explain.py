@@ -12,8 +12,8 @@ from django.core.management.base import CommandError
 from django.test import Client
 from django.urls import reverse
 
-from celery_durable import explain, pause, resume
-from celery_durable.models import Pause, Run
+from celery_durable import explain, pause, resume, set_limit
+from celery_durable.models import Pause, Run, Slot
 from tests.testapp import flows, tasks
 
 
@@ -48,6 +48,17 @@ def test_full_key__backlog_with_the_runs_holding_its_slots(durable):
     ]
     assert why.estimated_start is None
     assert "f.per_user:user_id:1 is full (1/1 slots" in str(why)
+
+
+def test_full_key__shows_the_limit_in_force_when_overridden(durable):
+    first = flows.per_user.delay(1)
+    second = flows.per_user.delay(1)
+    set_limit(flows.per_user, 1, 1)  # an override equal to the declared limit: still full
+    Slot.objects.filter(key="f.per_user:user_id:1").update(limit=5)  # a deploy raised the declared one
+    why = explain(second.id)
+    assert why.data["keys"][0]["limit"] == 1  # the override wins, as it does for admission
+    assert "is full (1/1 slots" in str(why)
+    assert first.id in why.holders
 
 
 def test_fair_key__counts_the_runs_ahead_in_turn(durable):
