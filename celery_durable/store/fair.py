@@ -52,6 +52,17 @@ def round_for(key: str, value: str, weight: int, backlog_at: datetime) -> int:
     return rounds[0] + 1 if turns >= weight else rounds[0]
 
 
+def not_behind_the_head(run_id: str, key: str) -> None:
+    """A fair run going back to the backlog (resumed, its key full) waits in the round being served.
+
+    Its round came from its call, maybe from a backlog that has drained since (a new one
+    starts again at round 0): without this it would wait behind every round up to its own.
+    """
+    head = in_turn(key).values_list("fair_round", flat=True).first()
+    if head is not None:
+        Run.objects.filter(id=run_id, fair_slot=key, fair_round__gt=head).update(fair_round=head)
+
+
 def ahead_of(run: Run) -> Q:
     """The fair runs served before ``run`` on its fair key (``explain``'s count)."""
     earlier_in_value = Q(fair_value=run.fair_value, backlog_at__lt=run.backlog_at)

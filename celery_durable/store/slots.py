@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from .. import clock
 from ..models import Run, Slot
 from ..states import HOLDING_SLOTS, RunStatus
-from .fair import in_turn
+from .fair import in_turn, not_behind_the_head
 from .messages import RunMessage
 from .rows import MESSAGE_FIELDS, message_for, message_from
 
@@ -242,6 +242,8 @@ def reclaim(run_id: str, generation: int, limits: dict[str, int], lease_seconds:
             held.filter(slot_key1__isnull=True).update(slot_key1=keys[0], slot_key2=keys[1] if len(keys) > 1 else None)
         if acquire(run_id, dict(limits), lease_seconds=lease_seconds):
             return True
+        if len(keys) == 1:  # a fair concurrency has one key
+            not_behind_the_head(run_id, keys[0])
         held.update(status=RunStatus.PENDING, lease_owner=None, lease_expires_at=None)
         return False
 

@@ -117,6 +117,21 @@ def test_fair_key__priority_orders_runs_within_one_tenant(durable):
     assert order == [r.id for r in expected]
 
 
+def test_fair_key__a_resumed_run_waits_in_the_round_being_served(durable):
+    from celery_durable.store import slots
+
+    flows.fair.delay("a", 0)  # takes the only slot
+    others = [flows.fair.delay("b", n) for n in range(3)]  # rounds 0, 1, 2
+    resumed = flows.fair.delay("c", 0)
+    # Called during an earlier, long backlog (round 57), it slept; now it resumes on a full key.
+    Run.objects.filter(id=resumed.id).update(status=RunStatus.RUNNING, generation=1, fair_round=57)
+    assert not slots.reclaim(resumed.id, 1, {"f.fair:#0:*": 1}, lease_seconds=30)
+    assert get_run(resumed.id).status == "pending"
+    order = executed_order(durable)[1:]
+    # Its turn in the round being served (after b's, by value), not after 57 rounds.
+    assert order == [others[0].id, resumed.id, others[1].id, others[2].id]
+
+
 def test_fair_hand_over__locks_no_slot_row(durable):
     from celery_durable.store import slots
 
