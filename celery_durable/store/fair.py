@@ -31,13 +31,11 @@ def in_turn(key: str) -> QuerySet[Run]:
 def round_for(key: str, value: str, weight: int, backlog_at: datetime) -> int:
     """The round of a new run of fair ``value`` on ``key``, placed at ``backlog_at`` in its value.
 
-    Two indexed probes whatever the backlog's depth: the head's round, and the last ``weight``
-    runs of the same value ahead of the new one. Calls of one value made at the same instant
-    from two processes may share a round (that value gets one turn more in it).
+    One indexed probe whatever the backlog's depth: the last ``weight`` runs of the same value
+    ahead of the new one; a second (the head's round) only for the value's first waiting run.
+    Calls of one value made at the same instant from two processes may share a round (that
+    value gets one turn more in it).
     """
-    current = in_turn(key).values_list("fair_round", flat=True).first()
-    if current is None:
-        return 0  # nothing waits: a new backlog starts
     ahead = (
         in_turn(key)
         .filter(fair_value=value, backlog_at__lt=backlog_at)
@@ -45,8 +43,9 @@ def round_for(key: str, value: str, weight: int, backlog_at: datetime) -> int:
         .values_list("fair_round", flat=True)[:weight]
     )
     rounds = list(ahead)
-    if not rounds:
-        return current  # the value's first waiting run: its turn in the round being served
+    if not rounds:  # the value's first waiting run: its turn in the round being served
+        current = in_turn(key).values_list("fair_round", flat=True).first()
+        return 0 if current is None else current  # (nothing waits: a new backlog starts)
     # The value's turns in the round of its last waiting run (never behind the head's round).
     turns = sum(1 for r in rounds if r == rounds[0])
     return rounds[0] + 1 if turns >= weight else rounds[0]

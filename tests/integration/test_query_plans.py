@@ -266,5 +266,5 @@ def test_fair_call__places_its_run_with_two_index_probes(durable):
     flows.fair.delay("a", 0)
     for n in range(40):
         flows.fair.delay("a" if n % 3 else "b", n)
-    # The head's round (the turn index), the tenant's last runs (the value index).
-    assert_indexed(lambda: flows.fair.delay("b", 99), "durable_run_fair_turn", "durable_run_fair")
+    # A tenant's first waiting run: its last runs (the value index: none), the head's round (the turn index).
+    assert_indexed(lambda: flows.fair.delay("c", 99), "durable_run_fair_turn", "durable_run_fair")
