@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "OBSERVE_PLAIN_TASKS": False,
     "INLINE_HANDOFF_RUNS": 10,
     "ADMIN_ARGUMENT_SEARCH": False,
+    "PLAIN_RESULT_BACKEND": None,
 }
 
 
@@ -56,6 +57,8 @@ class DurableSettings:
     INLINE_HANDOFF_RUNS: int
     # The admin's search also looks inside every run's arguments (a scan of the table).
     ADMIN_ARGUMENT_SEARCH: bool
+    # With ``celery_durable.results.DurableResultBackend``: the result backend URL of plain tasks.
+    PLAIN_RESULT_BACKEND: str | None
 
 
 def _validate(values: dict[str, Any]) -> None:
@@ -91,6 +94,11 @@ def _validate(values: dict[str, Any]) -> None:
         raise DurableConfigError(
             f"CELERY_DURABLE['OBSERVE_PLAIN_TASKS'] must be True, False or a list of task name "
             f"patterns, got {observe!r}"
+        )
+    plain_backend = values["PLAIN_RESULT_BACKEND"]
+    if plain_backend is not None and (not isinstance(plain_backend, str) or not plain_backend):
+        raise DurableConfigError(
+            f"CELERY_DURABLE['PLAIN_RESULT_BACKEND'] must be a result backend URL or None, got {plain_backend!r}"
         )
     if values["HEARTBEAT_SECONDS"] >= values["LEASE_SECONDS"]:
         raise DurableConfigError("CELERY_DURABLE['HEARTBEAT_SECONDS'] must be below LEASE_SECONDS")

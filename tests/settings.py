@@ -111,6 +111,8 @@ CELERY_DURABLE = {
     "WAKER_INTERVAL": float(os.environ.get("DURABLE_TEST_WAKER_INTERVAL", "1.0")),
     "REPUBLISH_AFTER_SECONDS": float(os.environ.get("DURABLE_TEST_REPUBLISH_AFTER", "120")),
     "OBSERVE_PLAIN_TASKS": [p for p in os.environ.get("DURABLE_TEST_OBSERVE", "").split(",") if p] or False,
+    # With DURABLE_TEST_RESULT_BACKEND=celery_durable.results.DurableResultBackend (tests/e2e/test_results_backend.py).
+    "PLAIN_RESULT_BACKEND": os.environ.get("DURABLE_TEST_PLAIN_RESULT_BACKEND") or None,
 }
 
 if django.VERSION >= (6, 0):  # django.tasks: Django's own task API on celery_durable.tasks.DurableBackend

@@ -24,6 +24,8 @@ logger = logging.getLogger("celery_durable")
 
 def store_for_calls(app: Celery, run_id: str, delivery: Delivery) -> None:
     """Store the ended batch run's result (or error) for each of its calls."""
+    if not _stores_results(app):
+        return
     if delivery.ended is not None:
         status, value = delivery.ended
         if status == RunStatus.COMPLETED:
@@ -52,8 +54,13 @@ def store_error(app: Celery, run_id: str, error: BaseException) -> None:
     _store(app, run_id, error, states.FAILURE)
 
 
+def _stores_results(app: Celery) -> bool:
+    """Whether the result backend needs the calls' results (``DurableResultBackend`` reads the run rows)."""
+    return not isinstance(app.backend, DisabledBackend) and not getattr(app.backend, "reads_run_rows", False)
+
+
 def _store(app: Celery, run_id: str, value: Any, state: str) -> None:
-    if isinstance(app.backend, DisabledBackend):
+    if not _stores_results(app):
         return
     from ..store import batches  # needs Django's app registry: not at import time
 
