@@ -97,6 +97,8 @@ class Bench:
         tasks = TASKS_PER_ITEM[self.workload] * n + 1  # + the wake-up message
         want = {"runs": n if self.workload.startswith("durable") else 0}
         want["dcr"] = tasks if self.results == "django-db" else 0
+        if self.results == "rows":  # DurableResultBackend: plain tasks (and the wake-up) in django-celery-results
+            want["dcr"] = 1 if self.workload.startswith("durable") else tasks
         want["redis"] = tasks if self.results == "redis" else 0
         return want
 
@@ -184,7 +186,7 @@ class Bench:
 
     def serial_rep(self, n: int, warmup: int) -> dict:
         self.reset()
-        interval = 0.002 if self.results == "django-db" else 0.05
+        interval = 0.002 if self.results in ("django-db", "rows") else 0.05
         load1 = os.getloadavg()[0]
         for i in range(warmup):
             self.submit(i).get(timeout=30, interval=interval)

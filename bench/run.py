@@ -66,6 +66,15 @@ def groups(size: str) -> list[dict]:
             ],
         },
         {
+            "name": "rows",
+            "title": "DurableResultBackend (plain tasks: django-celery-results), CELERY_DB_REUSE_MAX set",
+            "env": {"BENCH_RESULTS": "rows", "BENCH_DB_REUSE": "1"},
+            "pairs": [
+                (f"drain:plain1:{n1}", f"drain:durable1:{n1}"),
+                (f"drain:chain3:{n3}", f"drain:durable3:{n3}"),
+            ],
+        },
+        {
             "name": "dcr-default",
             "title": "django-celery-results, Celery's default connection handling",
             "env": {"BENCH_RESULTS": "django-db"},
@@ -316,6 +325,30 @@ def report(res: Results, statements: dict, meta: dict) -> str:
             res.ratio(("dcr", D, "durable1"), ("dcr", D, "plain1"), "drain_per_s", quiet=True),
         ),
         (
+            "1-step durable, DurableResultBackend / plain + DCR (reused), drain /s",
+            res.ratio(("rows", D, "durable1"), ("dcr", D, "plain1"), "drain_per_s"),
+            1.0,
+            True,
+            res.cost_ratio(("rows", D, "durable1"), ("dcr", D, "plain1")),
+            res.ratio(("rows", D, "durable1"), ("dcr", D, "plain1"), "drain_per_s", quiet=True),
+        ),
+        (
+            "1-step durable / plain, both with DurableResultBackend (plain in DCR), drain /s",
+            res.ratio(("rows", D, "durable1"), ("rows", D, "plain1"), "drain_per_s"),
+            None,
+            True,
+            res.cost_ratio(("rows", D, "durable1"), ("rows", D, "plain1")),
+            res.ratio(("rows", D, "durable1"), ("rows", D, "plain1"), "drain_per_s", quiet=True),
+        ),
+        (
+            "3-step durable, DurableResultBackend / chain of 3 + DCR (reused), drain /s",
+            res.ratio(("rows", D, "durable3"), ("dcr", D, "chain3"), "drain_per_s"),
+            None,
+            True,
+            res.cost_ratio(("rows", D, "durable3"), ("dcr", D, "chain3")),
+            res.ratio(("rows", D, "durable3"), ("dcr", D, "chain3"), "drain_per_s", quiet=True),
+        ),
+        (
             "1-step durable / plain, no result backend, drain /s",
             res.ratio(("none", D, "durable1"), ("none", D, "plain1"), "drain_per_s"),
             None,
@@ -463,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller N, one repetition (~2 min)")
     parser.add_argument("--reps", type=int, help="repetitions (default: 3, or 1 with --quick)")
     parser.add_argument(
-        "--only", action="append", help="run only these settings groups (none, dcr, dcr-default, redis)"
+        "--only", action="append", help="run only these settings groups (none, dcr, rows, dcr-default, redis)"
     )
     parser.add_argument(
         "--snapshot",
