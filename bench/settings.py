@@ -4,7 +4,7 @@ The benchmark driver and the worker read the same environment, so a baseline and
 candidate of one comparison always run with the same settings:
 
 * ``BENCH_RESULTS``: ``django-db`` (django-celery-results), ``redis``, ``rows`` (``DurableResultBackend``,
-  plain tasks in django-celery-results) or ``none``.
+  plain tasks in django-celery-results), ``rows-redis`` (the same, plain tasks in Redis) or ``none``.
 * ``BENCH_DB_REUSE``: ``1`` sets ``CELERY_DB_REUSE_MAX`` (Celery's Django fixup then keeps
   connections); anything else keeps Celery's default (close connections around every task).
 """
@@ -47,10 +47,10 @@ elif RESULTS == "redis":
     CELERY_RESULT_BACKEND = f"{REDIS_URL}/{RESULTS_DB}"
 elif RESULTS == "none":
     CELERY_RESULT_BACKEND = None
-elif RESULTS == "rows":  # durable runs' results read from their rows; plain tasks' in django-celery-results
+elif RESULTS in ("rows", "rows-redis"):  # durable runs' results read from their rows
     CELERY_RESULT_BACKEND = "celery_durable.results.DurableResultBackend"
 else:
-    raise ValueError(f"BENCH_RESULTS={RESULTS!r}: expected django-db, redis, rows or none")
+    raise ValueError(f"BENCH_RESULTS={RESULTS!r}: expected django-db, redis, rows, rows-redis or none")
 
 if os.environ.get("BENCH_DB_REUSE") == "1":
     CELERY_DB_REUSE_MAX = 1_000_000
@@ -66,8 +66,10 @@ if os.environ.get("BENCH_PREFETCH"):
 # Everything else (acks_late per task, serializer json) is Celery's default.
 
 CELERY_DURABLE: dict[str, object] = {}
-if RESULTS == "rows":
+if RESULTS == "rows":  # plain tasks' results in django-celery-results
     CELERY_DURABLE["PLAIN_RESULT_BACKEND"] = "django-db"
+elif RESULTS == "rows-redis":  # plain tasks' results in Redis
+    CELERY_DURABLE["PLAIN_RESULT_BACKEND"] = f"{REDIS_URL}/{RESULTS_DB}"
 if os.environ.get("BENCH_OBSERVE") == "1":  # bench/observe.py: plain tasks recorded as runs
     CELERY_DURABLE["OBSERVE_PLAIN_TASKS"] = ["bench.one"]
 

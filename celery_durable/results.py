@@ -85,14 +85,18 @@ class DurableResultBackend(BaseBackend):
             or BatchItem.objects.filter(pk=task_id, run__isnull=False).exists()
         )
         if found:
-            if len(self._run_ids) >= 10_000:
-                self._run_ids.clear()
-            self._run_ids.add(task_id)
+            self.remember_run(task_id)
         return found
 
     def _refuse_if_disabled(self) -> None:
         if isinstance(self.plain, DisabledBackend):  # Celery's own message: "No result backend is configured..."
             self.plain._is_disabled()  # type: ignore[attr-defined]
+
+    def remember_run(self, run_id: str) -> None:
+        """Note that ``run_id`` is a durable run (its message is being published): no query later."""
+        if len(self._run_ids) >= 10_000:
+            self._run_ids.clear()
+        self._run_ids.add(run_id)
 
     # --- storing: nothing for runs (the engine wrote the row), the rest to the plain backend
 

@@ -7,11 +7,18 @@ median [min-max] of per-repetition ratios, both sides measured in the same repet
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections.abc import Callable
 from typing import Any
 
 DASH = "\u2013"
+RESULTS_LABEL = {"rows-redis": "read from the run rows (DurableResultBackend)", "redis": "in Redis"}
+
+
+def results_mode() -> str:
+    """The workflow's result backends (``bench.peers --results``)."""
+    return os.environ.get("BENCH_PEERS_RESULTS", "rows-redis")
 X = "\u00d7"  # multiplication sign
 
 
@@ -103,7 +110,8 @@ def report(r: dict[str, Any]) -> str:
         )
         sql = f"{stmts[0]} ({stmts[2]} writes, {stmts[1]} round trips)" if stmts else DASH
         w(
-            f"| celery-durable | backlog drained by prefork -c 2 | {fmt(drain_ours)} "
+            f"| celery-durable | backlog drained by prefork -c 2, results {RESULTS_LABEL[results_mode()]} "
+            f"| {fmt(drain_ours)} "
             f"| {fmt(c('serial:durable3', 'p50_ms'), 1)} "
             f"| {fmt(c('serial:durable3', 'p99_ms'), 1)} | {fmt(c('drain:durable3', 'writes_ours'), 2)} "
             f"| {fmt(c('drain:durable3', 'commits'), 2)} | {sql} "

@@ -135,8 +135,9 @@ def celery_workflow(size: dict, rep: int) -> dict[str, Any]:
     for base, cand in pairs:
         for item in (base, cand) if rep % 2 == 0 else (cand, base):
             cmd += ["--item", item]
-    log(f"workflow: celery-durable and Celery chain (bench.drive, Redis results): {' '.join(cmd[6:])}")
-    result = call(cmd, 900, {"BENCH_RESULTS": "redis"})
+    results = os.environ.get("BENCH_PEERS_RESULTS", "rows-redis")
+    log(f"workflow: celery-durable and Celery chain (bench.drive, results {results}): {' '.join(cmd[6:])}")
+    result = call(cmd, 900, {"BENCH_RESULTS": results})
     items = {f"{i['mode']}:{i['workload']}": i for i in result["items"]}
     for key, item in items.items():
         figure = f"{item['drain_per_s']:.0f}/s" if key.startswith("drain") else f"p50 {item['p50_ms']:.1f} ms"
@@ -315,9 +316,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-wait", action="store_true", help="do not wait while another bench/ script runs")
     parser.add_argument("--snapshot", metavar="REV", help="benchmark celery_durable/ as of this git revision")
     parser.add_argument(
+        "--results",
+        choices=["rows-redis", "redis"],
+        default="rows-redis",
+        help="workflow result backends: durable runs read from their rows, the chain's in Redis (default); "
+        "or both in Redis",
+    )
+    parser.add_argument(
         "--prefetch", type=int, help="worker_prefetch_multiplier of every Celery worker (ours and the baselines')"
     )
     args = parser.parse_args(argv)
+    # The workflow's result backends: durable runs read from their rows and the chain in Redis
+    # (rows-redis, the default), or both in Redis (redis: the figures before DurableResultBackend).
+    os.environ["BENCH_PEERS_RESULTS"] = args.results
     if args.prefetch is not None:
         os.environ["BENCH_PREFETCH"] = str(args.prefetch)  # inherited by every subprocess (common.env)
     if args.snapshot:

@@ -43,6 +43,9 @@ def publish(app: Celery, message: RunMessage) -> bool:
     args = serialization.loads(message.args)
     kwargs = serialization.loads(message.kwargs)
     task = app.tasks.get(message.task_name)
+    remember_run = getattr(app.backend, "remember_run", None)
+    if remember_run is not None:  # DurableResultBackend: no query to learn this id is a run
+        remember_run(message.run_id)
     try:
         if task is not None:
             # Task.apply_async, not the DurableTask override: this run exists already.

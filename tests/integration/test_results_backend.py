@@ -19,6 +19,7 @@ from celery_durable.conf import get_settings
 from celery_durable.models import Run
 from celery_durable.results import DurableResultBackend
 from celery_durable.states import RunStatus
+from tests.conftest import service_unavailable
 from tests.testapp import batch_tasks, tasks
 
 pytestmark = pytest.mark.django_db
@@ -159,3 +160,22 @@ def test_get_with_a_timeout__raises_celerys_timeout_while_the_run_is_unfinished(
     durable.clock.advance(timedelta(seconds=1))
     with pytest.raises(CeleryTimeout):
         result_of(backend, run.id).get(timeout=0.05, interval=0.01)
+
+
+def test_publishing_a_run__with_an_asynchronous_plain_backend_asks_the_database_nothing(
+    settings, django_assert_num_queries
+):
+    """``publish()`` tells the backend the id is a run, so Celery's ``on_task_call`` costs no query."""
+    from tests.e2e.conftest import BROKERS, reachable
+
+    if not reachable(BROKERS["redis"]):
+        service_unavailable(f"Redis at {BROKERS['redis']} is unreachable")
+    settings.CELERY_DURABLE = {**settings.CELERY_DURABLE, "PLAIN_RESULT_BACKEND": BROKERS["redis"]}
+    backend = DurableResultBackend(app=current_app)
+    assert backend.plain.is_async
+    backend.remember_run("run-published")
+    with django_assert_num_queries(0):
+        backend.on_task_call(None, "run-published")
+    with django_assert_num_queries(2):  # an unknown id: is it a run or a batched call? (then Redis subscribes)
+        backend.on_task_call(None, "plain-published")
+    backend.plain.result_consumer.cancel_for("plain-published")
