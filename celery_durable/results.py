@@ -225,8 +225,9 @@ class DurableResultBackend(BaseBackend):
         return self.plain.remove_pending_result(result)
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
-        # Only an asynchronous plain backend (Redis, RPC) subscribes to a task's results here.
-        if self.plain.is_async and not self.is_run(task_id):
+        # An asynchronous plain backend (Redis, RPC) subscribes to a task's results here. No
+        # query: ``publish()`` remembers a run's id just before Celery sends its message.
+        if task_id not in self._run_ids:
             self.plain.on_task_call(producer, task_id)
 
     def forget(self, task_id: str) -> None:
