@@ -39,7 +39,11 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER_DB = int(os.environ.get("BENCH_BROKER_DB", "13"))
 RESULTS_DB = int(os.environ.get("BENCH_RESULTS_DB", "14"))
 
-CELERY_BROKER_URL = f"{REDIS_URL}/{BROKER_DB}"
+# BENCH_BROKER_URL (bench.peers --broker rabbitmq): another broker; Redis (db BROKER_DB) by default.
+CELERY_BROKER_URL = os.environ.get("BENCH_BROKER_URL") or f"{REDIS_URL}/{BROKER_DB}"
+if CELERY_BROKER_URL.startswith("amqp"):
+    # Queues declared with x-max-priority: a resumed run's priority orders RabbitMQ's queue too.
+    CELERY_TASK_QUEUE_MAX_PRIORITY = 10
 RESULTS = os.environ.get("BENCH_RESULTS", "django-db")
 if RESULTS == "django-db":
     CELERY_RESULT_BACKEND = "django-db"

@@ -59,6 +59,10 @@ class Phase:
         self.tasks = tasks
         self.redis = tasks.redis_client()
         self.redis.flushdb()  # before the worker starts: its kombu bindings live in this db
+        if app.conf.broker_url.startswith("amqp"):  # RabbitMQ keeps queues: start empty, with x-max-priority
+            with app.connection_for_write() as connection:
+                for queue in (QUEUE, IDLE_QUEUE):
+                    connection.default_channel.queue_delete(queue)
         self.worker = None
 
     def run(self) -> dict:

@@ -322,7 +322,8 @@ def report(r: dict[str, Any]) -> str:
     sl = lambda name, f: reps.get(lambda x: f(x["sleep"][name]))  # noqa: E731
     if sl("sleep-durable", lambda s: s["rate_per_s"]):
         n = r["size"]["sleepers"]
-        w(f"### 3. A 1-second durable sleep: {n} runs submitted at once")
+        broker = "RabbitMQ" if os.environ.get("BENCH_BROKER_URL", "").startswith("amqp") else "Redis"
+        w(f"### 3. A 1-second durable sleep: {n} runs submitted at once, {broker} broker")
         w("")
         w(
             "| system | runs/s (first submit → last done) | submit s | lateness p50 ms | p90 | p99 | max | early "

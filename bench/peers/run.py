@@ -112,6 +112,9 @@ def module(name: str, *args: Any) -> list[str]:
     return [PY, "-m", name, *map(str, args)]
 
 
+BROKERS = {"redis": "", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//"}
+
+
 # --- workload 1: a 3-step workflow -------------------------------------------------------
 
 
@@ -323,12 +326,22 @@ def main(argv: list[str] | None = None) -> int:
         "or both in Redis",
     )
     parser.add_argument(
+        "--broker",
+        choices=sorted(BROKERS),
+        default="redis",
+        help="the Celery broker of the sleep workload (the other workloads need Redis)",
+    )
+    parser.add_argument(
         "--prefetch", type=int, help="worker_prefetch_multiplier of every Celery worker (ours and the baselines')"
     )
     args = parser.parse_args(argv)
     # The workflow's result backends: durable runs read from their rows and the chain in Redis
     # (rows-redis, the default), or both in Redis (redis: the figures before DurableResultBackend).
     os.environ["BENCH_PEERS_RESULTS"] = args.results
+    if args.broker != "redis":
+        if set(args.only or WORKLOADS) != {"sleep"}:
+            parser.error("--broker rabbitmq measures the sleep workload only: add --only sleep")
+        os.environ["BENCH_BROKER_URL"] = BROKERS[args.broker]  # inherited by every subprocess
     if args.prefetch is not None:
         os.environ["BENCH_PREFETCH"] = str(args.prefetch)  # inherited by every subprocess (common.env)
     if args.snapshot:

@@ -24,7 +24,7 @@ from .. import signals
 from ..conf import get_settings
 from ..engine import services
 from ..engine.active import active, lease_owner
-from ..engine.services import TickReport
+from ..engine.services import TickReport, next_tick_in
 from ..store import claims
 from .registry import CeleryPublisher
 from .timetable import CeleryTimetable
@@ -127,22 +127,25 @@ class ServiceThread(threading.Thread):
 
         A tick that filled a whole batch is followed at once by the next one (a backlog of
         due runs drains at database speed, not one batch per interval). Ticks start every
-        ``WAKER_INTERVAL`` (the time a tick took is not added to it): a tick publishes the runs
-        due before the next tick starts, so a busy tick does not leave a gap of runs that are
-        published only after their wake time.
+        ``WAKER_INTERVAL`` (the time a tick took is not added to it), or sooner: just before
+        the next wake time a tick saw within the interval, and ``PUBLISH_LEAD`` after a tick
+        that woke runs (see :func:`celery_durable.engine.services.next_tick_in`).
         """
         try:
             while not self.stopping.is_set():
                 started = time.monotonic()
-                full = self.beat()
+                full, report = self.beat()
                 if not full:
-                    self.stopping.wait(max(0.0, get_settings().WAKER_INTERVAL - (time.monotonic() - started)))
+                    interval = get_settings().WAKER_INTERVAL
+                    wait = interval if report is None else next_tick_in(report, time.monotonic() - started, interval)
+                    self.stopping.wait(wait)
         finally:
             connections.close_all()
 
-    def beat(self) -> bool:
-        """One tick on the kept connection; ``True`` if it filled a whole batch."""
+    def beat(self) -> tuple[bool, TickReport | None]:
+        """One tick on the kept connection: whether it filled a whole batch, and its report."""
         full = False
+        report = None
         try:
             with self.connection.use():
                 report = tick(self.app, self.using, backstops=self.ticks % BACKSTOP_EVERY == 0)
@@ -155,7 +158,7 @@ class ServiceThread(threading.Thread):
         except Exception:
             logger.exception("durable services: tick failed")
         self.ticks += 1
-        return full
+        return full, report
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the loop to end and wait for it."""

@@ -45,11 +45,24 @@ def take_due(limit: int, horizon: float = 0.0, using: str = "default") -> list[R
         ]
 
 
-def work_pending(horizon: float, republish_after: float, using: str = "default") -> bool:
-    """Whether the waker, the timeouts, the sweeper, the reaper or batching has anything to do now.
+@dataclass(frozen=True)
+class Pending:
+    """What the services have to do: ``next_wake`` is the earliest wake time within the horizon."""
+
+    next_wake: datetime | None
+    other: bool  # lost messages, expired leases, deadlines or due batches
+
+    def due(self, lead: float, now: datetime) -> bool:
+        """Whether a run wakes within ``lead`` seconds of ``now``, or other work waits."""
+        return self.other or (self.next_wake is not None and self.next_wake <= now + timedelta(seconds=lead))
+
+
+def work_pending(horizon: float, republish_after: float, using: str = "default") -> Pending:
+    """What the waker, the timeouts, the sweeper, the reaper and batching have to do now.
 
     One round trip of index probes, so that an idle tick costs one query whatever the size
-    of the tables.
+    of the tables. The waker's probe returns the earliest wake time within ``horizon``
+    seconds, so that the services loop can sleep until just before it.
     """
     now = clock.now()
     runs = Run.objects.using(using)
@@ -57,8 +70,8 @@ def work_pending(horizon: float, republish_after: float, using: str = "default")
     # Each probe is a scalar subquery ordered like the query it stands for, so that it reads
     # the same index (PostgreSQL drops ORDER BY and LIMIT inside EXISTS, and then may scan
     # the table when it expects many matches).
+    wake = runs.filter(status__in=WAKEABLE, wake_at__lte=now + timedelta(seconds=horizon)).order_by("wake_at")
     probes = [
-        runs.filter(status__in=WAKEABLE, wake_at__lte=now + timedelta(seconds=horizon)).order_by("wake_at"),
         runs.filter(
             status=RunStatus.QUEUED, wake_at__isnull=True, published_at__lt=now - timedelta(seconds=republish_after)
         ).order_by("published_at"),
@@ -67,15 +80,16 @@ def work_pending(horizon: float, republish_after: float, using: str = "default")
         unfinished.filter(start_by__lt=now, started_at__isnull=True).order_by("start_by"),
         BatchItem.objects.using(using).filter(run__isnull=True, due_at__lte=now).order_by("due_at"),
     ]
-    parts, params = [], []
+    wake_sql, params = wake.values("wake_at")[:1].query.get_compiler(using).as_sql()
+    parts = []
     for probe in probes:
         sql, probe_params = probe.values("id")[:1].query.get_compiler(using).as_sql()
         parts.append(f"({sql}) IS NOT NULL")
-        params.extend(probe_params)
+        params = (*params, *probe_params)
     with connections[using].cursor() as cursor:
-        cursor.execute("SELECT " + " OR ".join(parts), params)
+        cursor.execute(f"SELECT ({wake_sql}), " + " OR ".join(parts), params)
         row = cursor.fetchone()
-    return bool(row and row[0])
+    return Pending(next_wake=None if row[0] is None else _aware(row[0]), other=bool(row[1]))
 
 
 def _countdown(wake_at: datetime, now: datetime) -> float | None:

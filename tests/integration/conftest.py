@@ -1,10 +1,11 @@
 import pytest
-from celery import current_app
+from celery import current_app, signals
 from celery.exceptions import Ignore
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from celery_durable import durable_task
+from celery_durable.integration import publish as publish_module
 from celery_durable.models import Run
 from tests.integration.scheduling import START
 
@@ -56,3 +57,31 @@ def declare(durable):
     yield declare_task
     for name in names:
         current_app.tasks.pop(name, None)
+
+
+class Published:
+    """Messages that reached the broker (``before_task_publish``): ``(task id, headers)``."""
+
+    def __init__(self):
+        self.messages = []
+
+    def __call__(self, sender=None, headers=None, **kwargs):
+        self.messages.append((headers["id"], headers))
+
+    def __enter__(self):
+        publish_module.dispatch_override = None  # publish for real, to the test app's broker
+        signals.before_task_publish.connect(self, weak=False)
+        return self
+
+    def __exit__(self, *exc):
+        signals.before_task_publish.disconnect(self)
+
+    def ids(self):
+        return [task_id for task_id, _headers in self.messages]
+
+
+@pytest.fixture
+def real_publish(durable):
+    with Published() as published:
+        yield published
+    publish_module.dispatch_override = durable.published.append

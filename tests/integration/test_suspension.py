@@ -309,11 +309,12 @@ def test_sleep_step__is_one_write_when_suspending(durable):
 
 
 def test_no_eta_beyond_the_wakers_horizon__ever_reaches_the_broker(durable, settings):
-    """Every message published for a multi-day flow carries at most a WAKER_INTERVAL countdown."""
+    """Every message published for a multi-day flow carries at most a PUBLISH_LEAD countdown."""
     from datetime import UTC, datetime
 
     from celery import current_app, signals
 
+    from celery_durable.engine.services import PUBLISH_LEAD
     from celery_durable.integration import publish as publish_module
     from celery_durable.integration.services import tick
 
@@ -335,7 +336,7 @@ def test_no_eta_beyond_the_wakers_horizon__ever_reaches_the_broker(durable, sett
             if get_run(run.id).status == RunStatus.COMPLETED:
                 break
             wake_at = get_run(run.id).wake_at
-            durable.clock.current = wake_at - timedelta(seconds=0.5)  # the waker ticks just before
+            durable.clock.current = wake_at - timedelta(seconds=0.05)  # the waker ticks just before
             tick(current_app)
             durable.clock.current = wake_at
     finally:
@@ -343,6 +344,7 @@ def test_no_eta_beyond_the_wakers_horizon__ever_reaches_the_broker(durable, sett
         publish_module.dispatch_override = durable.published.append
     assert durable.result(run.id) == "paid"
     assert len(etas) == 2  # the two wake-ups after two-day sleeps
+    assert all(0 < eta <= PUBLISH_LEAD for eta in etas), etas
     assert max(etas) <= 1.0, etas
 
 

@@ -1,7 +1,7 @@
 """Paths no other test reached: early deliveries, a broker that is down, revoke(), timeouts, recovery."""
 
 import pytest
-from celery import current_app, signals
+from celery import current_app
 from django.db import DatabaseError
 
 from celery_durable import cancel, get_run
@@ -12,6 +12,7 @@ from celery_durable.states import RunStatus
 from celery_durable.store import claims
 from celery_durable.store.checkpoints import CheckpointStore
 from celery_durable.store.suspension import child_id
+from tests.integration.conftest import Published
 from tests.integration.race_tools import before_statement, snapshot
 from tests.testapp import fence_tasks, flows, tasks
 from tests.testapp.models import BodyRun
@@ -21,34 +22,6 @@ def bodies(run_id, name):
     return BodyRun.objects.filter(run_id=run_id, step=name).count()
 
 
-class Published:
-    """Messages that reached the broker (``before_task_publish``): ``(task id, headers)``."""
-
-    def __init__(self):
-        self.messages = []
-
-    def __call__(self, sender=None, headers=None, **kwargs):
-        self.messages.append((headers["id"], headers))
-
-    def __enter__(self):
-        publish_module.dispatch_override = None  # publish for real, to the test app's broker
-        signals.before_task_publish.connect(self, weak=False)
-        return self
-
-    def __exit__(self, *exc):
-        signals.before_task_publish.disconnect(self)
-
-    def ids(self):
-        return [task_id for task_id, _headers in self.messages]
-
-
-@pytest.fixture
-def real_publish(durable):
-    with Published() as published:
-        yield published
-    publish_module.dispatch_override = durable.published.append
-
-
 # --- a sleep never ends early, even when its message is delivered early ---
 
 
@@ -56,7 +29,7 @@ def test_sleep__a_countdown_message_delivered_before_wake_at_suspends_the_run_ag
     run = flows.sleepy.delay(3600)
     deliver(run.id)
     wake_at = get_run(run.id).wake_at
-    durable.clock.advance(3600 - 0.5)  # within the waker's horizon (WAKER_INTERVAL = 1 s)
+    durable.clock.advance(3600 - 0.05)  # within the waker's lead (PUBLISH_LEAD, 0.1 s)
     assert tick(current_app).woken == 1
     ((task_id, headers),) = real_publish.messages
     assert task_id == run.id and headers["eta"] is not None  # published ahead, with a countdown

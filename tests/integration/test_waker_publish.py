@@ -40,3 +40,35 @@ def test_countdown__none_once_the_wake_time_has_passed(durable, monkeypatch):
     durable.clock.advance(timedelta(seconds=1))
     assert published_countdowns(monkeypatch, messages) == [None]
     assert get_run(run.id).status == RunStatus.QUEUED
+
+
+def test_tick__publishes_a_run_only_within_the_lead_and_sleeps_until_just_before_it(durable, real_publish):
+    """A run due in 0.5 s stays asleep (no 0.5 s ETA in a worker); the loop wakes 0.1 s before it."""
+    from celery_durable.engine.services import PUBLISH_LEAD, next_tick_in
+    from celery_durable.integration.services import tick
+
+    run = flows.sleepy.delay(10)
+    durable.run_until_idle(advance_clock=False)
+    wake_at = get_run(run.id).wake_at
+    durable.clock.advance(9.5)  # due in 0.5 s: within WAKER_INTERVAL (1 s), beyond the lead
+    report = tick(current_app)
+    assert (report.woken, report.next_wake) == (0, wake_at)
+    assert get_run(run.id).status == RunStatus.SLEEPING and real_publish.messages == []
+    assert abs(next_tick_in(report, elapsed=0.0, waker_interval=1.0) - (0.5 - PUBLISH_LEAD)) < 1e-6
+
+    durable.clock.advance(0.5 - PUBLISH_LEAD / 2)  # the loop woke just before the wake time
+    report = tick(current_app)
+    assert report.woken == 1 and get_run(run.id).status == RunStatus.QUEUED
+    ((task_id, headers),) = real_publish.messages
+    assert task_id == run.id and headers["eta"] is not None  # a countdown of at most the lead
+    # More runs may come due right after: the next tick is a lead after this one started.
+    assert next_tick_in(report, elapsed=0.02, waker_interval=1.0) == PUBLISH_LEAD - 0.02
+
+
+def test_next_tick_in__an_idle_tick_waits_the_interval_from_its_start(durable):
+    from celery_durable.engine.services import TickReport, next_tick_in
+
+    assert next_tick_in(TickReport(), elapsed=0.3, waker_interval=1.0) == 0.7
+    assert next_tick_in(TickReport(), elapsed=2.0, waker_interval=1.0) == 0.0  # a tick longer than the interval
+    soon = TickReport(next_wake=durable.clock.now() + timedelta(seconds=0.05))
+    assert next_tick_in(soon, elapsed=0.0, waker_interval=1.0) == 0.0  # within the lead already

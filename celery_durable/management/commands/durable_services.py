@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connections
 
 from ...conf import get_settings
+from ...engine.services import next_tick_in
 from ...integration.services import BACKSTOP_EVERY, tick
 
 
@@ -30,6 +32,8 @@ class Command(BaseCommand):
         ticks = 0
         while True:
             full = False
+            report = None
+            started = time.monotonic()
             try:
                 report = tick(current_app, backstops=ticks % BACKSTOP_EVERY == 0)
                 ticks += 1
@@ -42,5 +46,7 @@ class Command(BaseCommand):
             else:
                 if options["once"] or options["verbosity"] > 1:
                     self.stdout.write(str(report))
-            if options["once"] or (not full and stop.wait(get_settings().WAKER_INTERVAL)) or stop.is_set():
+            interval = get_settings().WAKER_INTERVAL
+            wait = interval if report is None else next_tick_in(report, time.monotonic() - started, interval)
+            if options["once"] or (not full and stop.wait(wait)) or stop.is_set():
                 return
