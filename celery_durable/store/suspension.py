@@ -19,7 +19,7 @@ from .. import clock, serialization
 from ..models import Run, Step
 from ..states import CHILD_ENDED, RunStatus, StepStatus
 from .messages import RunMessage
-from .rows import message_for, messages_for
+from .rows import MESSAGE_FIELDS, message_for, message_from
 
 CHILD_NAMESPACE = uuid.UUID("6f1e4a52-3c51-4c1e-9d0e-2f0b8a0f5d11")
 
@@ -124,18 +124,19 @@ def resolve_waits(waits: list[tuple[int, str, str, dict[str, Any]]], event: dict
     with transaction.atomic():
         ids = [run_id for _, run_id, _, _ in waits]
         # The rows are locked: every run is still waiting, the guard makes sure of it.
-        resumed = list(
-            Run.objects.select_for_update().filter(id__in=ids, status=RunStatus.WAITING).values_list("id", flat=True)
-        )
-        if not resumed:
+        # Their messages are read with them (the update below changes none of those columns).
+        waiting = Run.objects.select_for_update().filter(id__in=ids, status=RunStatus.WAITING)
+        rows = list(waiting.values_list(*MESSAGE_FIELDS))
+        if not rows:
             return []
+        resumed = [row[0] for row in rows]
         Run.objects.filter(id__in=resumed, status=RunStatus.WAITING).update(
             status=RunStatus.QUEUED, waiting_for=None, wake_at=None, published_at=now
         )
         chosen = set(resumed)
         steps = [(pk, step_id, state) for pk, run_id, step_id, state in waits if run_id in chosen]
         _complete_waits(steps, event, now)
-        return messages_for(resumed)
+        return [message_from(row) for row in rows]
 
 
 #: How a waiting step's output ends (``{**state, "event": None}`` as JSON, the event last).
