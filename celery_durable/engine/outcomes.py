@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from ..exceptions import (
 )
 from ..runtime.errors import error_record
 from ..runtime.events import consumption_key, wait_names
-from ..store import cancellation, events, pausing, runs, suspension
+from ..store import cancellation, events, pausing, runs, slots, suspension
 from ..store.messages import RunMessage
 from .ports import ChildMessage, TaskRegistry
 
@@ -184,30 +185,42 @@ def commit_suspension(run: RunInHand, suspend: _Suspend) -> Outcome:
     details = suspend.details
     try:
         if suspend.reason == "sleep":
-            held = suspension.sleep(
-                run.run_id,
-                run.generation,
-                details["step_id"],
-                details["output"],
-                details["wake_at"],
-                details["exists"],
-                run.using,
-            )
-            return Outcome("suspended") if held else not_held(run)
-        if suspend.reason == "wait":
-            held = suspension.wait(
-                run.run_id,
-                run.generation,
-                details["step_id"],
-                details["output"],
-                details["event"],
-                details["wake_at"],
-                details["exists"],
-                run.using,
-            )
-            if not held:
+
+            def sleep(releasing: bool) -> bool:
+                return suspension.sleep(
+                    run.run_id,
+                    run.generation,
+                    details["step_id"],
+                    details["output"],
+                    details["wake_at"],
+                    details["exists"],
+                    run.using,
+                    releasing,
+                )
+
+            promoted = _suspend_releasing(run, sleep)
+            if promoted is None and not sleep(False):
                 return not_held(run)
-            return Outcome("suspended", messages=_event_arrived_meanwhile(run, details["step_id"]))
+            return Outcome("suspended", promoted=promoted)
+        if suspend.reason == "wait":
+
+            def wait(releasing: bool) -> bool:
+                return suspension.wait(
+                    run.run_id,
+                    run.generation,
+                    details["step_id"],
+                    details["output"],
+                    details["event"],
+                    details["wake_at"],
+                    details["exists"],
+                    run.using,
+                    releasing,
+                )
+
+            promoted = _suspend_releasing(run, wait)
+            if promoted is None and not wait(False):
+                return not_held(run)
+            return Outcome("suspended", messages=_event_arrived_meanwhile(run, details["step_id"]), promoted=promoted)
         if suspend.reason == "children":
             return _children(run, details)
         if suspend.reason == "children-pending":
@@ -216,6 +229,25 @@ def commit_suspension(run: RunInHand, suspend: _Suspend) -> Outcome:
     except DatabaseError as exc:
         return abandon(run.run_id, f"suspension ({suspend.reason})", exc, run.using)
     raise AssertionError(f"unknown suspension {suspend.reason!r}")
+
+
+def _suspend_releasing(run: RunInHand, write: Callable[[bool], bool]) -> list[RunMessage] | None:
+    """A run that holds its slots suspends and hands them on in one transaction.
+
+    ``write(releasing)`` commits the suspension. ``None`` when that does not apply or wrote
+    nothing (``write(False)`` then decides, its slots released after it as before), or when
+    it failed (everything rolled back, as in :func:`_complete_releasing`).
+    """
+    if run.slot_keys is None or run.using != "default":
+        return None
+    slot_keys = run.slot_keys
+    try:
+        return slots.hand_on(lambda: slot_keys if write(True) else None)
+    except DatabaseError:
+        logger.warning(
+            "durable run %s: suspending with its slots' hand-over failed; suspending alone", run.run_id, exc_info=True
+        )
+        return None
 
 
 def _event_arrived_meanwhile(run: RunInHand, step_id: str) -> list[RunMessage]:

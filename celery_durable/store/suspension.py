@@ -41,22 +41,38 @@ def _pending_step(run_id: str, step_id: str, kind: str, output: str, exists: boo
         )
 
 
-def _leave_running(run_id: str, generation: int, using: str, **fields: Any) -> int:
-    """Leave ``running`` (fenced by the generation, refused once a cancel is requested)."""
-    return (
-        Run.objects.using(using)
-        .filter(id=run_id, generation=generation, status=RunStatus.RUNNING, cancel_requested_at__isnull=True)
-        .update(lease_owner=None, lease_expires_at=None, **fields)
+def _leave_running(run_id: str, generation: int, using: str, releasing: bool = False, **fields: Any) -> int:
+    """Leave ``running`` (fenced by the generation, refused once a cancel is requested).
+
+    ``releasing``: the run also gives its concurrency slots back in this UPDATE (it must
+    hold them); the caller hands them on in the same transaction (``slots.hand_on``).
+    """
+    held = Run.objects.using(using).filter(
+        id=run_id, generation=generation, status=RunStatus.RUNNING, cancel_requested_at__isnull=True
     )
+    if releasing:
+        held = held.filter(holds_slots=True)
+        fields["holds_slots"] = False
+    return int(held.update(lease_owner=None, lease_expires_at=None, **fields))
 
 
 def sleep(
-    run_id: str, generation: int, step_id: str, output: str, wake_at: datetime, exists: bool, using: str = "default"
+    run_id: str,
+    generation: int,
+    step_id: str,
+    output: str,
+    wake_at: datetime,
+    exists: bool,
+    using: str = "default",
+    releasing: bool = False,
 ) -> bool:
-    """Suspend a run in ``step.sleep`` until ``wake_at``; ``False`` if it is no longer ours."""
+    """Suspend a run in ``step.sleep`` until ``wake_at``; ``False`` if it is no longer ours.
+
+    ``releasing``: its slots too (see :func:`_leave_running`).
+    """
     now = clock.now()
     with transaction.atomic(using=using):
-        if _leave_running(run_id, generation, using, status=RunStatus.SLEEPING, wake_at=wake_at) != 1:
+        if _leave_running(run_id, generation, using, releasing, status=RunStatus.SLEEPING, wake_at=wake_at) != 1:
             return False
         _pending_step(run_id, step_id, "sleep", output, exists, now, using)
     return True
@@ -71,11 +87,16 @@ def wait(
     wake_at: datetime,
     exists: bool,
     using: str = "default",
+    releasing: bool = False,
 ) -> bool:
-    """Suspend a run in ``step.wait_for_event`` until a matching event or ``wake_at`` (timeout)."""
+    """Suspend a run in ``step.wait_for_event`` until a matching event or ``wake_at`` (timeout).
+
+    ``releasing``: its slots too (see :func:`_leave_running`).
+    """
     now = clock.now()
+    fields = {"status": RunStatus.WAITING, "waiting_for": event, "wake_at": wake_at}
     with transaction.atomic(using=using):
-        if _leave_running(run_id, generation, using, status=RunStatus.WAITING, waiting_for=event, wake_at=wake_at) != 1:
+        if _leave_running(run_id, generation, using, releasing, **fields) != 1:
             return False
         _pending_step(run_id, step_id, "wait", output, exists, now, using)
     return True

@@ -85,3 +85,103 @@ def test_completion__whose_hand_over_fails__rolls_back_and_completes_the_plain_w
     assert Slot.objects.get(key=KEY).in_use == 1
     assert durable.run_next() == second.id
     assert Slot.objects.get(key=KEY).in_use == 0
+
+
+# --- the suspension with its slot release (sleep and wait_for_event) ---
+
+SLEEP_KEY = "t.handover_sleeper:account:7"
+
+
+@durable_task(name="t.handover_sleeper", concurrency=Concurrency(limit=1, key="account"))
+def handover_sleeper(account, n):
+    from celery_durable import step
+
+    step.sleep("nap", 3600)
+    return n
+
+
+@durable_task(name="t.handover_sleeper_two", concurrency=Concurrency(limit=2, key="account"))
+def handover_sleeper_two(account, n, simulate_backstop=False):
+    from celery_durable import step
+
+    if simulate_backstop:
+        # As if the services' backstop had given this run's slot back meanwhile.
+        Run.objects.filter(task_name="t.handover_sleeper_two", status=RunStatus.RUNNING).update(holds_slots=False)
+        Slot.objects.filter(key="t.handover_sleeper_two:account:7").update(in_use=F("in_use") - 1)
+    step.sleep("nap", 3600)
+    return n
+
+
+@durable_task(name="t.handover_waiter", concurrency=Concurrency(limit=1, key="account"))
+def handover_waiter(account, n):
+    from celery_durable import step
+
+    return step.wait_for_event("go", "handover.go", timeout=3600).data["n"] + n
+
+
+def test_sleep__leaves_running_and_hands_the_slot_on_in_its_own_transaction(durable):
+    first, second = handover_sleeper.delay(7, 1), handover_sleeper.delay(7, 2)
+    assert Run.objects.get(id=second.id).status == RunStatus.PENDING
+    sql = statements(durable)
+    sleeps = [n for n, s in enumerate(sql) if s.startswith("UPDATE") and "'sleeping'" in s]
+    assert len(sleeps) == 1 and '"holds_slots" = ' in sql[sleeps[0]].replace("`", '"')
+    # After the suspension (its run UPDATE, then its pending step), no statement reads or
+    # writes the sleeping run again to release its slot (a second transaction did).
+    step_insert = next(n for n in range(sleeps[0], len(sql)) if "celery_durable_step" in sql[n])
+    assert not [s for s in sql[step_insert + 1 :] if first.id in s], sql[step_insert + 1 :]
+    sleeper = Run.objects.get(id=first.id)
+    assert (sleeper.status, sleeper.holds_slots) == (RunStatus.SLEEPING, False)
+    handed = Run.objects.get(id=second.id)
+    assert (handed.status, handed.holds_slots) == (RunStatus.QUEUED, True)
+    assert Slot.objects.get(key=SLEEP_KEY).in_use == 1
+
+
+def test_wait__leaves_running_and_hands_the_slot_on_in_its_own_transaction(durable):
+    first, second = handover_waiter.delay(7, 1), handover_waiter.delay(7, 2)
+    durable.run_next()
+    waiter = Run.objects.get(id=first.id)
+    assert (waiter.status, waiter.holds_slots) == (RunStatus.WAITING, False)
+    assert Run.objects.get(id=second.id).holds_slots is True
+    assert Slot.objects.get(key="t.handover_waiter:account:7").in_use == 1
+    durable.run_until_idle(advance_clock=False)  # the second waits too, its slot handed back
+    durable.send_event("handover.go", {"n": 10})
+    durable.run_until_idle(advance_clock=False)
+    assert [durable.result(first.id), durable.result(second.id)] == [11, 12]
+    assert Slot.objects.get(key="t.handover_waiter:account:7").in_use == 0
+
+
+def test_sleep__of_a_run_whose_slot_was_given_back_meanwhile__gives_nothing_back_twice(durable):
+    key = "t.handover_sleeper_two:account:7"
+    anomalous = handover_sleeper_two.delay(7, 1, simulate_backstop=True)
+    durable.clock.advance(1)  # run_next takes the oldest queued run: the anomalous one
+    other = handover_sleeper_two.delay(7, 2)  # queued: it holds the key's other slot
+    assert Slot.objects.get(key=key).in_use == 2
+    assert durable.run_next() == anomalous.id
+    assert Run.objects.get(id=anomalous.id).status == RunStatus.SLEEPING
+    # The other run's slot is still counted: the suspension did not give a second one back.
+    assert Slot.objects.get(key=key).in_use == 1
+    assert Run.objects.get(id=other.id).holds_slots is True
+
+
+def test_sleep__whose_hand_over_fails__rolls_back_and_suspends_the_plain_way(durable, monkeypatch):
+    from django.db import OperationalError
+
+    from celery_durable.store import slots
+
+    real_hand_over = slots._hand_over
+    calls = []
+
+    def fails_once(key):
+        calls.append(key)
+        if len(calls) == 1:
+            raise OperationalError("deadlock detected")  # as a slot row's lock could
+        return real_hand_over(key)
+
+    monkeypatch.setattr(slots, "_hand_over", fails_once)
+    first, second = handover_sleeper.delay(7, 1), handover_sleeper.delay(7, 2)
+    assert durable.run_next() == first.id
+    sleeper = Run.objects.get(id=first.id)
+    assert (sleeper.status, sleeper.holds_slots) == (RunStatus.SLEEPING, False)
+    assert len(calls) == 2  # the separate release after the suspension handed the slot on
+    assert Run.objects.get(id=second.id).status == RunStatus.QUEUED
+    assert Slot.objects.get(key=SLEEP_KEY).in_use == 1
