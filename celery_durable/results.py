@@ -82,7 +82,7 @@ class DurableResultBackend(BaseBackend):
             return True
         found = (
             Run.objects.filter(pk=task_id, durable=True).exists()
-            or BatchItem.objects.filter(pk=task_id, run__isnull=False).exists()
+            or BatchItem.objects.filter(pk=task_id).exists()  # its batch may still be forming: PENDING
         )
         if found:
             self.remember_run(task_id)

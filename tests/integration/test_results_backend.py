@@ -99,7 +99,10 @@ def test_stored_error_naming_a_non_exception__is_refused_as_celery_refuses_it(ba
 
 def test_batched_call__get_returns_its_batch_runs_value(durable, backend, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        calls = [batch_tasks.collect.delay(account="acme", n=n) for n in (1, 2, 3)]
+        calls = [batch_tasks.collect.delay(account="acme", n=n) for n in (1, 2)]
+        forming = result_of(backend, calls[0].id)
+        assert forming.state == states.PENDING and backend.is_run(calls[0].id)  # not a plain task's id
+        calls.append(batch_tasks.collect.delay(account="acme", n=3))
     durable.run_until_idle()
     assert [result_of(backend, call.id).get(timeout=5) for call in calls] == [6, 6, 6]
 
