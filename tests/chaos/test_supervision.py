@@ -31,7 +31,9 @@ def test_drain__restarts_workers_that_exit_before_it(chaos_seed, fleet, monkeypa
     monkeypatch.setattr(Injector, "settle", settle_then_every_worker_exits)
     monkeypatch.setattr(Workload, "finish", finish_with_one_more_run)
     session = harness.run(fleet, chaos_seed, 8, [], fault_every=60, drain_timeout=90)
-    report = checker.check(session.workload.called, harness.LEASE, batched=session.workload.batched)
+    report = checker.check(
+        session.workload.called, harness.LEASE, overrides=session.workload.overrides, batched=session.workload.batched
+    )
     report.assert_ok(session.diagnosis)
     assert session.drained and not session.unfinished, session.diagnosis
     assert session.injector.counts.get("worker_exited") == len(fleet.workers), session.injector.counts
