@@ -102,17 +102,28 @@ def finish(run: RunInHand, value: Any) -> Outcome:
 def _complete_releasing(run: RunInHand, result: str) -> list[RunMessage] | None:
     """A run that holds its slots completes and hands them on in one transaction.
 
-    ``None`` when that does not apply or wrote nothing; also when it failed (a deadlock on
-    a slot row, the database gone): everything rolled back, and the plain completion then
-    decides, its slots released after it as before (or by the services' backstop).
+    ``None`` when that does not apply or wrote nothing; also when it failed (see
+    :func:`_handing_on`): the plain completion then decides.
     """
     if run.slot_keys is None or run.parent_id is not None or run.using != "default":
         return None
+    slot_keys = run.slot_keys
+    return _handing_on(
+        run, "completing", lambda: runs.complete_releasing(run.run_id, run.generation, result, slot_keys)
+    )
+
+
+def _handing_on(run: RunInHand, what: str, hand_on: Callable[[], list[RunMessage] | None]) -> list[RunMessage] | None:
+    """``hand_on()``, or ``None`` when it failed (a deadlock on a slot row, the database gone).
+
+    Everything rolled back; the caller's plain transition then decides, and the slots are
+    released after it as before (or by the services' backstop).
+    """
     try:
-        return runs.complete_releasing(run.run_id, run.generation, result, run.slot_keys)
+        return hand_on()
     except DatabaseError:
         logger.warning(
-            "durable run %s: completing with its slots' hand-over failed; completing alone", run.run_id, exc_info=True
+            "durable run %s: %s with its slots' hand-over failed; %s alone", run.run_id, what, what, exc_info=True
         )
         return None
 
@@ -185,9 +196,9 @@ def commit_suspension(run: RunInHand, suspend: _Suspend) -> Outcome:
     details = suspend.details
     try:
         if suspend.reason == "sleep":
-
-            def sleep(releasing: bool) -> bool:
-                return suspension.sleep(
+            return _suspended(
+                run,
+                lambda releasing: suspension.sleep(
                     run.run_id,
                     run.generation,
                     details["step_id"],
@@ -196,16 +207,12 @@ def commit_suspension(run: RunInHand, suspend: _Suspend) -> Outcome:
                     details["exists"],
                     run.using,
                     releasing,
-                )
-
-            promoted = _suspend_releasing(run, sleep)
-            if promoted is None and not sleep(False):
-                return not_held(run)
-            return Outcome("suspended", promoted=promoted)
+                ),
+            )
         if suspend.reason == "wait":
-
-            def wait(releasing: bool) -> bool:
-                return suspension.wait(
+            outcome = _suspended(
+                run,
+                lambda releasing: suspension.wait(
                     run.run_id,
                     run.generation,
                     details["step_id"],
@@ -215,12 +222,11 @@ def commit_suspension(run: RunInHand, suspend: _Suspend) -> Outcome:
                     details["exists"],
                     run.using,
                     releasing,
-                )
-
-            promoted = _suspend_releasing(run, wait)
-            if promoted is None and not wait(False):
-                return not_held(run)
-            return Outcome("suspended", messages=_event_arrived_meanwhile(run, details["step_id"]), promoted=promoted)
+                ),
+            )
+            if outcome.kind == "suspended":
+                outcome.messages = _event_arrived_meanwhile(run, details["step_id"])
+            return outcome
         if suspend.reason == "children":
             return _children(run, details)
         if suspend.reason == "children-pending":
@@ -231,23 +237,20 @@ def commit_suspension(run: RunInHand, suspend: _Suspend) -> Outcome:
     raise AssertionError(f"unknown suspension {suspend.reason!r}")
 
 
-def _suspend_releasing(run: RunInHand, write: Callable[[bool], bool]) -> list[RunMessage] | None:
-    """A run that holds its slots suspends and hands them on in one transaction.
+def _suspended(run: RunInHand, write: Callable[[bool], bool]) -> Outcome:
+    """Commit a sleep or a wait: ``write(releasing)`` suspends the run (``False``: not ours).
 
-    ``write(releasing)`` commits the suspension. ``None`` when that does not apply or wrote
-    nothing (``write(False)`` then decides, its slots released after it as before), or when
-    it failed (everything rolled back, as in :func:`_complete_releasing`).
+    A run that holds its slots gives them back and hands them on in the same transaction;
+    where that does not apply or wrote nothing, ``write(False)`` decides and the slots are
+    released after it (``slots.release``), as before.
     """
-    if run.slot_keys is None or run.using != "default":
-        return None
-    slot_keys = run.slot_keys
-    try:
-        return slots.hand_on(lambda: slot_keys if write(True) else None)
-    except DatabaseError:
-        logger.warning(
-            "durable run %s: suspending with its slots' hand-over failed; suspending alone", run.run_id, exc_info=True
-        )
-        return None
+    promoted = None
+    if run.slot_keys is not None and run.using == "default":
+        slot_keys = run.slot_keys
+        promoted = _handing_on(run, "suspending", lambda: slots.hand_on(lambda: slot_keys if write(True) else None))
+    if promoted is None and not write(False):
+        return not_held(run)
+    return Outcome("suspended", promoted=promoted)
 
 
 def _event_arrived_meanwhile(run: RunInHand, step_id: str) -> list[RunMessage]:

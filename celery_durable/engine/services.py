@@ -94,14 +94,16 @@ def publish_lead(waker_interval: float) -> float:
     return min(PUBLISH_LEAD, waker_interval)
 
 
-def next_tick_in(report: TickReport, elapsed: float, waker_interval: float) -> float:
+def next_tick_in(report: TickReport | None, elapsed: float, waker_interval: float) -> float:
     """Seconds until the services loop's next tick.
 
     Just before the next wake time the tick saw, when it comes within the interval;
     ``PUBLISH_LEAD`` after the start of a tick that woke runs (more may be due right after
-    them); otherwise ``WAKER_INTERVAL`` after it.
+    them); otherwise ``WAKER_INTERVAL`` after it (also after a tick that failed: no report).
     """
     wait = waker_interval - elapsed
+    if report is None:
+        return max(0.0, wait)
     lead = publish_lead(waker_interval)
     if report.woken:
         wait = min(wait, lead - elapsed)

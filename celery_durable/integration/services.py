@@ -136,9 +136,7 @@ class ServiceThread(threading.Thread):
                 started = time.monotonic()
                 full, report = self.beat()
                 if not full:
-                    interval = get_settings().WAKER_INTERVAL
-                    wait = interval if report is None else next_tick_in(report, time.monotonic() - started, interval)
-                    self.stopping.wait(wait)
+                    self.stopping.wait(next_tick_in(report, time.monotonic() - started, get_settings().WAKER_INTERVAL))
         finally:
             connections.close_all()
 

@@ -70,12 +70,8 @@ def sleep(
 
     ``releasing``: its slots too (see :func:`_leave_running`).
     """
-    now = clock.now()
-    with transaction.atomic(using=using):
-        if _leave_running(run_id, generation, using, releasing, status=RunStatus.SLEEPING, wake_at=wake_at) != 1:
-            return False
-        _pending_step(run_id, step_id, "sleep", output, exists, now, using)
-    return True
+    fields = {"status": RunStatus.SLEEPING, "wake_at": wake_at}
+    return _suspend(run_id, generation, step_id, "sleep", output, exists, using, releasing, fields)
 
 
 def wait(
@@ -93,12 +89,27 @@ def wait(
 
     ``releasing``: its slots too (see :func:`_leave_running`).
     """
-    now = clock.now()
     fields = {"status": RunStatus.WAITING, "waiting_for": event, "wake_at": wake_at}
+    return _suspend(run_id, generation, step_id, "wait", output, exists, using, releasing, fields)
+
+
+def _suspend(
+    run_id: str,
+    generation: int,
+    step_id: str,
+    kind: str,
+    output: str,
+    exists: bool,
+    using: str,
+    releasing: bool,
+    fields: dict[str, Any],
+) -> bool:
+    """Leave ``running`` with ``fields`` and record the pending step, in one transaction."""
+    now = clock.now()
     with transaction.atomic(using=using):
         if _leave_running(run_id, generation, using, releasing, **fields) != 1:
             return False
-        _pending_step(run_id, step_id, "wait", output, exists, now, using)
+        _pending_step(run_id, step_id, kind, output, exists, now, using)
     return True
 
 

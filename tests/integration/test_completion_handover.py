@@ -1,5 +1,6 @@
 """Issue 14: a limited run completes and hands its slot on in one transaction."""
 
+import pytest
 from django.db import connection
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
@@ -23,6 +24,26 @@ def handover_two(account, n, simulate_backstop=False):
         Run.objects.filter(task_name="t.handover_two", status=RunStatus.RUNNING).update(holds_slots=False)
         Slot.objects.filter(key="t.handover_two:account:7").update(in_use=F("in_use") - 1)
     return n
+
+
+@pytest.fixture
+def first_hand_over_fails(monkeypatch):
+    """The first ``slots._hand_over`` raises (as a slot row's lock could); the keys it was called with."""
+    from django.db import OperationalError
+
+    from celery_durable.store import slots
+
+    real_hand_over = slots._hand_over
+    calls = []
+
+    def fails_once(key):
+        calls.append(key)
+        if len(calls) == 1:
+            raise OperationalError("deadlock detected")
+        return real_hand_over(key)
+
+    monkeypatch.setattr(slots, "_hand_over", fails_once)
+    return calls
 
 
 def statements(durable):
@@ -60,21 +81,8 @@ def test_completion__of_a_run_whose_slot_was_given_back_meanwhile__gives_nothing
     assert Run.objects.get(id=other.id).holds_slots is True
 
 
-def test_completion__whose_hand_over_fails__rolls_back_and_completes_the_plain_way(durable, monkeypatch):
-    from django.db import OperationalError
-
-    from celery_durable.store import slots
-
-    real_hand_over = slots._hand_over
-    calls = []
-
-    def fails_once(key):
-        calls.append(key)
-        if len(calls) == 1:
-            raise OperationalError("deadlock detected")  # as a slot row's lock could
-        return real_hand_over(key)
-
-    monkeypatch.setattr(slots, "_hand_over", fails_once)
+def test_completion__whose_hand_over_fails__rolls_back_and_completes_the_plain_way(durable, first_hand_over_fails):
+    calls = first_hand_over_fails
     first, second = handover_one.delay(7, 1), handover_one.delay(7, 2)
     assert durable.run_next() == first.id
     finished = Run.objects.get(id=first.id)
@@ -163,21 +171,8 @@ def test_sleep__of_a_run_whose_slot_was_given_back_meanwhile__gives_nothing_back
     assert Run.objects.get(id=other.id).holds_slots is True
 
 
-def test_sleep__whose_hand_over_fails__rolls_back_and_suspends_the_plain_way(durable, monkeypatch):
-    from django.db import OperationalError
-
-    from celery_durable.store import slots
-
-    real_hand_over = slots._hand_over
-    calls = []
-
-    def fails_once(key):
-        calls.append(key)
-        if len(calls) == 1:
-            raise OperationalError("deadlock detected")  # as a slot row's lock could
-        return real_hand_over(key)
-
-    monkeypatch.setattr(slots, "_hand_over", fails_once)
+def test_sleep__whose_hand_over_fails__rolls_back_and_suspends_the_plain_way(durable, first_hand_over_fails):
+    calls = first_hand_over_fails
     first, second = handover_sleeper.delay(7, 1), handover_sleeper.delay(7, 2)
     assert durable.run_next() == first.id
     sleeper = Run.objects.get(id=first.id)

@@ -46,7 +46,6 @@ class Command(BaseCommand):
             else:
                 if options["once"] or options["verbosity"] > 1:
                     self.stdout.write(str(report))
-            interval = get_settings().WAKER_INTERVAL
-            wait = interval if report is None else next_tick_in(report, time.monotonic() - started, interval)
+            wait = next_tick_in(report, time.monotonic() - started, get_settings().WAKER_INTERVAL)
             if options["once"] or (not full and stop.wait(wait)) or stop.is_set():
                 return
