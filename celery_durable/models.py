@@ -106,6 +106,8 @@ class Run(models.Model):
             ),
             models.Index(fields=["parent", "parent_step"], name="durable_run_parent"),
         ]
+        # On PostgreSQL, migration 0017 makes the others partial (each holds only the rows its
+        # queries look for), and forked_from's; durable_run_published, _task and _created stay whole.
         permissions = [
             ("cancel_run", "Can cancel durable runs"),
             ("replay_run", "Can replay durable runs"),

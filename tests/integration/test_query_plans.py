@@ -268,3 +268,24 @@ def test_fair_call__places_its_run_with_two_index_probes(durable):
         flows.fair.delay("a" if n % 3 else "b", n)
     # A tenant's first waiting run: its last runs (the value index: none), the head's round (the turn index).
     assert_indexed(lambda: flows.fair.delay("c", 99), "durable_run_fair_turn", "durable_run_fair")
+
+
+def test_admin__dashboard_reads_the_partial_indexes(admin_client):
+    # Due sleepers and waits that time out (wake_at IS NOT NULL), the longest key backlogs
+    # (slot_key1 IS NOT NULL), throughput (finished_at IS NOT NULL): each a partial index on
+    # PostgreSQL (migration 0017), whose condition the dashboard's queries imply.
+    assert_indexed(
+        lambda: admin_client.get(reverse("admin:celery_durable_run_dashboard")),
+        "durable_run_due",
+        "durable_run_backlog1",
+        "durable_run_finished",
+    )
+
+
+def test_admin__key_filter_and_run_page_children_and_forks(admin_client):
+    changelist = reverse("admin:celery_durable_run_changelist")
+    assert_indexed(lambda: admin_client.get(changelist, {"key": "f.per_user:user_id:7"}), "durable_run_key1_created")
+    parent = "bulk-1"  # the parent of bulk-39001 (the fixture's last 1,000 runs are children)
+    Run.objects.filter(id="bulk-2").update(forked_from_id=parent, forked_at_step="one")
+    page = reverse("admin:celery_durable_run_change", args=[parent])
+    assert_indexed(lambda: admin_client.get(page), "durable_run_parent", r"celery_durable_run_forked_from_id_[0-9a-f]+")
