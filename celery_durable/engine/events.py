@@ -11,7 +11,7 @@ from .. import clock, serialization, validation
 from ..conf import get_settings
 from ..exceptions import DurableConfigError
 from ..runtime.events import MISSING, Event, lookup, matches, validate_event_name, wait_names
-from ..store import events, runs, suspension
+from ..store import event_waits, events, runs
 from ..store.cancellation import Cancellation, cancel_descendant
 from ..store.messages import RunMessage
 from . import cancel
@@ -66,12 +66,18 @@ def _start_triggered(event: Event, specs: list[TaskSpec]) -> list[RunMessage]:
 
 def _resume_waiting(event: Event, row_pk: int) -> list[RunMessage]:
     """Resume every run waiting for the event: a constant number of queries, however many wait."""
+    pending = event_waits.pending_waits(event.name)
     waits = [
         wait
-        for wait in events.pending_waits(event.name)
-        if event.name in wait_names(wait[3]) and matches(event.data, wait[3].get("match"))
+        for wait in pending
+        if event.name in wait_names(wait.state) and matches(event.data, wait.state.get("match"))
     ]
-    return suspension.resolve_waits(waits, {**event.to_json(), "_row": row_pk})
+    payload = {**event.to_json(), "_row": row_pk}
+    if waits and len(waits) == len(pending):  # every run waiting for the name takes it
+        resumed = event_waits.resolve_every_wait(event.name, waits, payload)
+        if resumed is not None:
+            return resumed
+    return event_waits.resolve_waits(waits, payload)
 
 
 def _cancel_matching(event: Event, specs: list[TaskSpec]) -> Cancellation:

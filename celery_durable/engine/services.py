@@ -57,13 +57,16 @@ def tick(
     lead = publish_lead(settings.WAKER_INTERVAL)
     pending = recovery.work_pending(settings.WAKER_INTERVAL, settings.REPUBLISH_AFTER_SECONDS, using)
     report.next_wake = pending.next_wake
-    if pending.due(lead, clock.now()):
+    if pending.wakes(lead, clock.now()):
         # Runs due within the lead go out now with at most that countdown: just in time.
         due = recovery.take_due(batch, lead, using)
         publisher.publish(due)
         report.woken = len(due)
         if due:
             report.next_wake = None  # those were the earliest: the next tick looks again (next_tick_in)
+    if pending.other:
+        # Only when the probe saw some: while runs keep coming due, the loop ticks every
+        # PUBLISH_LEAD, and these four queries each time would cost more than the wake-ups.
         timed_out = cancellation.take_timed_out(batch, using)
         cancel.finish(timed_out, publisher)
         report.timed_out = len(timed_out.cancelled) + len(timed_out.requested)

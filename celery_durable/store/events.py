@@ -11,8 +11,8 @@ from django.db import IntegrityError, transaction
 from .. import clock, serialization
 from ..models import Event as EventRow
 from ..models import Run, Step
-from ..runtime.events import ANY_OF, Event, matches
-from ..states import FINISHED, RunStatus, StepStatus
+from ..runtime.events import Event, matches
+from ..states import FINISHED, StepStatus
 
 
 def as_event(row: EventRow) -> Event:
@@ -52,25 +52,6 @@ def find_event(
         if matches(event.data, match):
             return {**event.to_json(), "_row": row.pk}
     return None
-
-
-def pending_waits(name: str) -> list[tuple[int, str, str, dict[str, Any]]]:
-    """``(step pk, run id, step id, wait state)`` of every run that may wait for ``name``, in one query.
-
-    That is the runs waiting for ``name`` alone and those waiting for any of several
-    events (``waiting_for = ANY_OF``; the caller checks the names in the wait state). The
-    rows are locked (in run id order, so two senders of one name cannot deadlock) until the
-    caller's transaction ends: what the caller reads is still true when it resolves them.
-    """
-    pending = (
-        Step.objects.select_for_update()
-        .filter(
-            run__status=RunStatus.WAITING, run__waiting_for__in=[name, ANY_OF], kind="wait", status=StepStatus.PENDING
-        )
-        .order_by("run_id")
-        .values_list("id", "run_id", "step_id", "output")
-    )
-    return [(pk, run_id, step_id, serialization.loads(output or "{}")) for pk, run_id, step_id, output in pending]
 
 
 def wait_state(run_id: str, step_id: str, using: str = "default") -> dict[str, Any] | None:

@@ -52,9 +52,9 @@ class Pending:
     next_wake: datetime | None
     other: bool  # lost messages, expired leases, deadlines or due batches
 
-    def due(self, lead: float, now: datetime) -> bool:
-        """Whether a run wakes within ``lead`` seconds of ``now``, or other work waits."""
-        return self.other or (self.next_wake is not None and self.next_wake <= now + timedelta(seconds=lead))
+    def wakes(self, lead: float, now: datetime) -> bool:
+        """Whether a run wakes within ``lead`` seconds of ``now``."""
+        return self.next_wake is not None and self.next_wake <= now + timedelta(seconds=lead)
 
 
 def work_pending(horizon: float, republish_after: float, using: str = "default") -> Pending:

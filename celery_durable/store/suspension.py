@@ -12,14 +12,13 @@ from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, TextField, Value, When
-from django.db.models.functions import Concat, Left, Length
+from django.db.models import F
 
 from .. import clock, serialization
 from ..models import Run, Step
 from ..states import CHILD_ENDED, RunStatus, StepStatus
 from .messages import RunMessage
-from .rows import MESSAGE_FIELDS, message_for, message_from
+from .rows import message_for
 
 CHILD_NAMESPACE = uuid.UUID("6f1e4a52-3c51-4c1e-9d0e-2f0b8a0f5d11")
 
@@ -140,66 +139,6 @@ def resolve_wait(run_id: str, step_id: str, event: dict[str, Any], using: str = 
             status=StepStatus.COMPLETED, output=output, finished_at=now
         )
         return message_for(run_id, using)
-
-
-def resolve_waits(waits: list[tuple[int, str, str, dict[str, Any]]], event: dict[str, Any]) -> list[RunMessage]:
-    """Give many waiting runs one event in a constant number of queries.
-
-    ``waits`` are ``(step pk, run id, step id, wait state)`` rows that
-    :func:`store.events.pending_waits` locked in the caller's transaction. Each run leaves
-    ``waiting`` (compare-and-set) and its wait step completes with the event; returns the
-    messages of the runs resumed.
-    """
-    if not waits:
-        return []
-    now = clock.now()
-    with transaction.atomic():
-        ids = [run_id for _, run_id, _, _ in waits]
-        # The rows are locked: every run is still waiting, the guard makes sure of it.
-        # Their messages are read with them (the update below changes none of those columns).
-        waiting = Run.objects.select_for_update().filter(id__in=ids, status=RunStatus.WAITING)
-        rows = list(waiting.values_list(*MESSAGE_FIELDS))
-        if not rows:
-            return []
-        resumed = [row[0] for row in rows]
-        Run.objects.filter(id__in=resumed, status=RunStatus.WAITING).update(
-            status=RunStatus.QUEUED, waiting_for=None, wake_at=None, published_at=now
-        )
-        chosen = set(resumed)
-        steps = [(pk, step_id, state) for pk, run_id, step_id, state in waits if run_id in chosen]
-        _complete_waits(steps, event, now)
-        return [message_from(row) for row in rows]
-
-
-#: How a waiting step's output ends (``{**state, "event": None}`` as JSON, the event last).
-WAITING_OUTPUT_END = '"event": null}'
-
-
-def _complete_waits(steps: list[tuple[int, str, dict[str, Any]]], event: dict[str, Any], now: Any) -> None:
-    """Complete the wait steps with ``{**state, "event": event}`` as their output.
-
-    In one UPDATE whatever their number: the waiting output's trailing ``null}`` is replaced
-    by the event's JSON in SQL (building one CASE branch per step cost Django ~0.3 s per
-    1,000 steps). A step whose output ends otherwise is written from its state in Python.
-    """
-    event_text = serialization.dumps(event, f"event {event.get('name')!r}")
-    spliced = Concat(Left("output", Length("output") - len("null}")), Value(event_text + "}"), output_field=TextField())
-    pks = [pk for pk, _, _ in steps]
-    pending = Step.objects.filter(pk__in=pks, status=StepStatus.PENDING)
-    written = pending.filter(output__endswith=WAITING_OUTPUT_END).update(
-        status=StepStatus.COMPLETED, output=spliced, finished_at=now
-    )
-    if written == len(steps):
-        return
-    left = set(pending.values_list("pk", flat=True))
-    outputs = {
-        pk: serialization.dumps({**state, "event": event}, f"wait {step_id!r}")
-        for pk, step_id, state in steps
-        if pk in left
-    }
-    if outputs:
-        output = Case(*(When(pk=pk, then=Value(text)) for pk, text in outputs.items()), output_field=TextField())
-        pending.filter(pk__in=list(outputs)).update(status=StepStatus.COMPLETED, output=output, finished_at=now)
 
 
 def child_id(run_id: str, step_id: str, index: int) -> str:

@@ -22,10 +22,11 @@ from celery_durable import serialization
 from celery_durable.exceptions import _Cancelled, _LeaseLost
 from celery_durable.models import Run, Step
 from celery_durable.states import RunStatus
-from celery_durable.store import claims, recovery, runs, slots
+from celery_durable.store import claims, event_waits, recovery, runs, slots
 from celery_durable.store import suspension as suspend
 from celery_durable.store.cancellation import cancel, stop_at_boundary
 from celery_durable.store.checkpoints import CheckpointStore
+from celery_durable.store.rows import message_for
 from tests.integration.race_tools import before_statement, snapshot, take_over
 from tests.testapp import flows, tasks
 
@@ -276,7 +277,8 @@ def test_events_for_many_waits__a_wait_that_timed_out_is_not_given_the_event(dur
     assert durable.wake_due() == 1  # the timeout: queued again, the wait step still pending
     before = snapshot()
     event = {"name": "user.confirmed", "data": {"user_id": 4}, "id": "e2", "received_at": durable.clock.now()}
-    assert suspend.resolve_waits([(state.pk, run.id, "confirmation", state.output_value)], event) == []
+    wait = event_waits.Wait(state.pk, run.id, "confirmation", state.output_value, message_for(run.id))
+    assert event_waits.resolve_waits([wait], event) == []
     assert snapshot() == before
 
 

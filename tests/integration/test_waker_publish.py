@@ -1,5 +1,6 @@
 """The waker's messages for runs due soon carry the countdown left at publish time."""
 
+import re
 from datetime import timedelta
 
 from celery import current_app
@@ -72,3 +73,23 @@ def test_next_tick_in__an_idle_tick_waits_the_interval_from_its_start(durable):
     assert next_tick_in(TickReport(), elapsed=2.0, waker_interval=1.0) == 0.0  # a tick longer than the interval
     soon = TickReport(next_wake=durable.clock.now() + timedelta(seconds=0.05))
     assert next_tick_in(soon, elapsed=0.0, waker_interval=1.0) == 0.0  # within the lead already
+
+
+def test_tick__that_only_wakes_runs_asks_nothing_of_the_sweeper_reaper_timeouts_or_batches(durable, real_publish):
+    """While runs come due, the loop ticks every PUBLISH_LEAD: the other services run only when the probe saw work."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from celery_durable.integration.services import tick
+
+    run = flows.sleepy.delay(10)
+    durable.run_until_idle(advance_clock=False)
+    durable.clock.advance(10)
+    with CaptureQueriesContext(connection) as captured:
+        report = tick(current_app, backstops=False)
+    assert report.woken == 1 and get_run(run.id).status == RunStatus.QUEUED
+    statements = [query["sql"] for query in captured]
+    (probe,) = [sql for sql in statements if "celery_durable_batchitem" in sql]  # one probe asks for all
+    assert all(word in probe for word in ("lease_expires_at", "finish_by", "start_by", "wake_at"))
+    others = re.compile(r"lease_expires_at|finish_by|start_by|celery_durable_batchitem|published_at\W{0,2} <")
+    assert not [sql for sql in statements if sql != probe and others.search(sql)]
