@@ -21,7 +21,7 @@ from ..models import Run, Step
 from ..runtime.events import ANY_OF
 from ..states import RunStatus, StepStatus
 from .messages import RunMessage
-from .rows import MESSAGE_FIELDS, message_from
+from .rows import MESSAGE_FIELDS, message_from, queued_again
 
 #: How a waiting step's output ends (``{**state, "event": None}`` as JSON, the event last).
 WAITING_OUTPUT_END = '"event": null}'
@@ -65,10 +65,6 @@ def pending_waits(name: str) -> list[Wait]:
     ]
 
 
-class _NotExactly(Exception):
-    """The set-based UPDATEs touched other rows than the waits read: roll them back."""
-
-
 def resolve_every_wait(name: str, waits: list[Wait], event: dict[str, Any]) -> list[RunMessage] | None:
     """Give ``event`` to every run waiting for ``name``: two UPDATEs that name no run ids.
 
@@ -79,20 +75,15 @@ def resolve_every_wait(name: str, waits: list[Wait], event: dict[str, Any]) -> l
     pending waits), nothing is changed and ``None`` is returned: use :func:`resolve_waits`.
     """
     now = clock.now()
-    try:
-        with transaction.atomic():
-            steps = Step.objects.filter(
-                run__in=_waiting_for(name),
-                kind="wait",
-                status=StepStatus.PENDING,
-                output__endswith=WAITING_OUTPUT_END,
-            )
-            if steps.update(status=StepStatus.COMPLETED, output=_with_event(event), finished_at=now) != len(waits):
-                raise _NotExactly
-            if _waiting_for(name).update(**_queued(now)) != len(waits):
-                raise _NotExactly
-    except _NotExactly:
-        return None
+    steps = Step.objects.filter(
+        run__in=_waiting_for(name), kind="wait", status=StepStatus.PENDING, output__endswith=WAITING_OUTPUT_END
+    )
+    with transaction.atomic():
+        steps_written = steps.update(status=StepStatus.COMPLETED, output=_with_event(event), finished_at=now)
+        runs_written = _waiting_for(name).update(**queued_again(now)) if steps_written == len(waits) else 0
+        if runs_written != len(waits):
+            transaction.set_rollback(True)
+            return None
     return [wait.message for wait in waits]
 
 
@@ -107,22 +98,16 @@ def resolve_waits(waits: list[Wait], event: dict[str, Any]) -> list[RunMessage]:
         return []
     now = clock.now()
     with transaction.atomic():
-        ids = [wait.run_id for wait in waits]
+        messages = {wait.run_id: wait.message for wait in waits}
         # The rows are locked: every run is still waiting, the guard makes sure of it.
-        waiting = Run.objects.select_for_update().filter(id__in=ids, status=RunStatus.WAITING)
-        rows = list(waiting.values_list(*MESSAGE_FIELDS))
-        if not rows:
+        waiting = Run.objects.select_for_update().filter(id__in=list(messages), status=RunStatus.WAITING)
+        resumed = list(waiting.values_list("id", flat=True))
+        if not resumed:
             return []
-        resumed = [row[0] for row in rows]
-        Run.objects.filter(id__in=resumed, status=RunStatus.WAITING).update(**_queued(now))
+        Run.objects.filter(id__in=resumed, status=RunStatus.WAITING).update(**queued_again(now))
         chosen = set(resumed)
         _complete_waits([wait for wait in waits if wait.run_id in chosen], event, now)
-        return [message_from(row) for row in rows]
-
-
-def _queued(now: datetime) -> dict[str, Any]:
-    """The columns of a run that leaves ``waiting`` for the broker."""
-    return {"status": RunStatus.QUEUED, "waiting_for": None, "wake_at": None, "published_at": now}
+        return [messages[run_id] for run_id in resumed]
 
 
 def _with_event(event: dict[str, Any]) -> Combinable:

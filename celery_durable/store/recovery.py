@@ -18,7 +18,7 @@ from ..models import BatchItem, Run
 from ..states import FINISHED, WAKEABLE, RunStatus
 from .cancellation import stop_abandoned
 from .messages import RunMessage
-from .rows import locked_ids, locked_messages, messages_for
+from .rows import locked_ids, locked_messages, messages_for, queued_again
 from .suspension import child_finished
 
 
@@ -36,7 +36,7 @@ def take_due(limit: int, horizon: float = 0.0, using: str = "default") -> list[R
             return []
         Run.objects.using(using).filter(
             id__in=[message.run_id for message, _ in taken], status__in=WAKEABLE, wake_at__lte=until
-        ).update(status=RunStatus.QUEUED, wake_at=None, waiting_for=None, published_at=now)
+        ).update(**queued_again(now))
         return [
             RunMessage(
                 m.run_id, m.task_name, m.args, m.kwargs, m.options, _countdown(at or now, now), at or now, m.resume

@@ -1,16 +1,26 @@
-"""Reading run rows for the transitions: their messages, and batches locked for one tick."""
+"""Reading run rows for the transitions: their messages, and batches locked for one tick.
+
+Also the columns of a run that a wake-up or an event sends back to the broker.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.db import connections
 
 from ..models import Run
+from ..states import RunStatus
 from .messages import RunMessage
 
 #: The columns a run's message is made of (``message_from``): select them with the row.
 MESSAGE_FIELDS = ("id", "task_name", "args", "kwargs", "options", "started_at")
+
+
+def queued_again(now: datetime) -> dict[str, Any]:
+    """The columns of a sleeping or waiting run that goes back to the broker (an ``update()``)."""
+    return {"status": RunStatus.QUEUED, "waiting_for": None, "wake_at": None, "published_at": now}
 
 
 def message_from(row: tuple[Any, ...]) -> RunMessage:

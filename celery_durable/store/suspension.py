@@ -18,7 +18,7 @@ from .. import clock, serialization
 from ..models import Run, Step
 from ..states import CHILD_ENDED, RunStatus, StepStatus
 from .messages import RunMessage
-from .rows import message_for
+from .rows import message_for, queued_again
 
 CHILD_NAMESPACE = uuid.UUID("6f1e4a52-3c51-4c1e-9d0e-2f0b8a0f5d11")
 
@@ -128,11 +128,7 @@ def resolve_wait(run_id: str, step_id: str, event: dict[str, Any], using: str = 
             return None
         state = serialization.loads(step.output or "{}")
         output = serialization.dumps({**state, "event": event}, f"wait {step_id!r}")
-        resumed = (
-            Run.objects.using(using)
-            .filter(id=run_id, status=RunStatus.WAITING)
-            .update(status=RunStatus.QUEUED, waiting_for=None, wake_at=None, published_at=now)
-        )
+        resumed = Run.objects.using(using).filter(id=run_id, status=RunStatus.WAITING).update(**queued_again(now))
         if resumed != 1:
             return None
         Step.objects.using(using).filter(id=step.id, status=StepStatus.PENDING).update(
