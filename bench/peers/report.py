@@ -19,6 +19,8 @@ RESULTS_LABEL = {"rows-redis": "read from the run rows (DurableResultBackend)", 
 def results_mode() -> str:
     """The workflow's result backends (``bench.peers --results``)."""
     return os.environ.get("BENCH_PEERS_RESULTS", "rows-redis")
+
+
 X = "\u00d7"  # multiplication sign
 
 

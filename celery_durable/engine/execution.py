@@ -100,10 +100,10 @@ def execute(
     active.ids.add(run_id)
     try:
         try:
-            value = body(*claim.run.args_value, **claim.run.kwargs_value)
+            value = _call(body, claim.run.args_value, claim.run.kwargs_value, writer)
         finally:
             context.deactivate(token)
-        return finish(run, value)
+        return finish(run, value, writer)
     except _Suspend as suspend:
         return signals.suspended(task_name, run_id, suspend, commit_suspension(run, suspend))
     except _StepFailed as failed:
@@ -128,6 +128,19 @@ def execute(
     finally:
         active.ids.discard(run_id)
         active.cancelled.discard(run_id)
+
+
+def _call(body: Callable[..., Any], args: Any, kwargs: Any, writer: RunWriter) -> Any:
+    """The task body; if it raises outside any step, the checkpoint of its last step is written first.
+
+    (A step boundary or the completion writes it otherwise: see ``store.checkpoints``.) A
+    refused write raises instead, as it would have at the next boundary.
+    """
+    try:
+        return body(*args, **kwargs)
+    except Exception:
+        writer.flush()
+        raise
 
 
 def _body_retry(policy: RetryPolicy, checkpoints: dict[str, Any], exc: Exception) -> _StepFailed | None:

@@ -27,6 +27,7 @@ from ..exceptions import (
 from ..runtime.errors import error_record
 from ..runtime.events import consumption_key, wait_names
 from ..store import cancellation, events, pausing, runs, slots, suspension
+from ..store.checkpoints import CheckpointStore
 from ..store.messages import RunMessage
 from .ports import ChildMessage, TaskRegistry
 
@@ -78,28 +79,34 @@ def not_held(run: RunInHand) -> Outcome:
     return Outcome("dropped")
 
 
-def finish(run: RunInHand, value: Any) -> Outcome:
-    """The body returned: store its result and complete the run."""
+def finish(run: RunInHand, value: Any, checkpoints: CheckpointStore) -> Outcome:
+    """The body returned: store its result and complete the run.
+
+    The last step's deferred checkpoint is written in the completion's transaction.
+    """
     try:
         result = serialization.dumps(value, f"result of {run.task_name}")
     except SerializationError as exc:
+        checkpoints.flush()
         return fail(run, exc, None)
-    promoted = _complete_releasing(run, result)
+    before = checkpoints.write_deferred if checkpoints.deferred else None
+    promoted = _complete_releasing(run, result, before)
     done = None
     try:
         if promoted is None:  # no slots to hand on, or not written there: the plain completion decides
-            done = runs.complete(run.run_id, run.generation, result, run.parent_id, run.using)
+            done = runs.complete(run.run_id, run.generation, result, run.parent_id, run.using, before)
     except DatabaseError as exc:
         return abandon(run.run_id, "completion", exc, run.using)
     if done is False:
         return not_held(run)
+    checkpoints.settle()
     value = serialization.loads(result)
     signals.send(signals.run_completed, run.task_name, run.run_id, result=value, duration=run.duration())
     messages = [done] if isinstance(done, RunMessage) else []
     return Outcome("completed", value=value, messages=messages, promoted=promoted)
 
 
-def _complete_releasing(run: RunInHand, result: str) -> list[RunMessage] | None:
+def _complete_releasing(run: RunInHand, result: str, before: Callable[[], None] | None) -> list[RunMessage] | None:
     """A run that holds its slots completes and hands them on in one transaction.
 
     ``None`` when that does not apply or wrote nothing; also when it failed (see
@@ -109,7 +116,7 @@ def _complete_releasing(run: RunInHand, result: str) -> list[RunMessage] | None:
         return None
     slot_keys = run.slot_keys
     return _handing_on(
-        run, "completing", lambda: runs.complete_releasing(run.run_id, run.generation, result, slot_keys)
+        run, "completing", lambda: runs.complete_releasing(run.run_id, run.generation, result, slot_keys, before)
     )
 
 

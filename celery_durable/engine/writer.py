@@ -7,12 +7,11 @@ suspending steps need.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
-from .. import clock, signals
+from .. import signals
 from ..store import events, metadata, suspension
-from ..store.checkpoints import CheckpointStore
+from ..store.checkpoints import CheckpointStore, CheckpointWrite
 from .active import active
 
 
@@ -31,20 +30,16 @@ class RunWriter(CheckpointStore):
         self.task_name = task_name
         self._send_event = send_event
 
-    def save_output(
-        self, step_id: str, kind: str, output: str, attempts: int, started_at: datetime, exists: bool
-    ) -> None:
-        """Record a completed step (fenced), then tell ``step_completed`` receivers."""
-        super().save_output(step_id, kind, output, attempts, started_at, exists)
-        if signals.step_completed.has_listeners(self.task_name):
-            duration = (clock.now() - started_at).total_seconds()
+    def _written(self, write: CheckpointWrite) -> None:
+        """A checkpoint committed: tell ``step_completed`` receivers."""
+        if write.duration is not None and signals.step_completed.has_listeners(self.task_name):
             signals.send(
                 signals.step_completed,
                 self.task_name,
                 self.run_id,
-                step_id=step_id,
-                attempt=attempts,
-                duration=duration,
+                step_id=write.step_id,
+                attempt=write.attempts,
+                duration=write.duration,
             )
 
     def find_event(self, names: list[str], match: dict[str, Any] | None, exclude: set[str]) -> dict[str, Any] | None:

@@ -32,6 +32,9 @@ class MemoryCheckpointWriter:
         self.writes += 1
         self.stored[step_id] = StoredStep(step_id, kind, "completed", output, attempts)
 
+    def flush(self) -> None:
+        """Nothing is deferred in memory."""
+
     @contextlib.contextmanager
     def atomic(self) -> Iterator[Any]:
         """No transaction in memory."""

@@ -27,6 +27,13 @@ class CheckpointWriter(Protocol):
     ) -> None:
         """Record a completed step (fenced: raises ``_LeaseLost`` if the run changed hands)."""
 
+    def flush(self) -> None:
+        """Write what an earlier call deferred (called at every step boundary; fenced).
+
+        A writer may defer a step's checkpoint until the next boundary, or until the run's
+        completion writes it in its own transaction.
+        """
+
     def atomic(self) -> AbstractContextManager[Any]:
         """A transaction that wraps an atomic step's body and its checkpoint."""
 

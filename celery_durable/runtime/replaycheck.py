@@ -94,6 +94,9 @@ class RefusingWriter:
         """Refused."""
         raise _WriteRefused(f"write of step {step_id!r}")
 
+    def flush(self) -> None:
+        """Nothing to write: every write was refused."""
+
     @contextlib.contextmanager
     def atomic(self) -> Iterator[Any]:
         """Refused."""

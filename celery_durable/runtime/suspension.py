@@ -55,7 +55,8 @@ class SuspendingSteps:
         self._checkpoints[sid] = StoredStep(sid, kind, "completed", output, 1)
 
     def _boundary(self) -> None:
-        """A step boundary: stop here if the run was cancelled."""
+        """A step boundary: write the step before's checkpoint; stop here if the run was cancelled."""
+        self._writer.flush()
         if self._writer.cancel_requested():
             raise _Cancelled()
 

@@ -1,5 +1,11 @@
 """Checkpoints: one fenced INSERT per new step, and the fence of an atomic step.
 
+A step's checkpoint is *deferred*: it is written at the next step boundary
+(:meth:`CheckpointStore.flush`), or, when the body returns, in the completion's own
+transaction (:meth:`CheckpointStore.write_deferred`). A run of n steps thus costs n + 2
+commits (intake, claim, n - 1 checkpoints, the last one with the completion). A crash
+between a step's return and that write runs the step again, as a crash mid-step does.
+
 A checkpoint is written with ``INSERT ... SELECT ... FROM run WHERE id=%s AND
 generation=%s AND cancel_requested_at IS NULL AND NOT EXISTS (a pause of its task or key)``:
 one statement (no read before it, one commit in autocommit mode) that writes nothing if
@@ -12,6 +18,7 @@ from a SELECT, hence the SQL; it is portable across PostgreSQL, MySQL/MariaDB an
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +32,20 @@ from .pausing import not_paused_sql, paused_here
 from .runs import stopped_by_cancel
 
 _COLUMNS = ("run_id", "step_id", "kind", "status", "output", "attempts", "started_at", "finished_at")
+
+
+@dataclass(frozen=True)
+class CheckpointWrite:
+    """A fenced checkpoint statement not executed yet, and what to report once it is.
+
+    ``duration``: seconds the step took (``None`` for a pending step that completes).
+    """
+
+    sql: str
+    params: list[Any]
+    step_id: str
+    attempts: int
+    duration: float | None
 
 
 class CheckpointStore:
@@ -46,6 +67,9 @@ class CheckpointStore:
         self._fence = held + self._not_paused
         # A pause refused a checkpoint (then written anyway): stop at the next step boundary.
         self.pause_pending = False
+        # The last step's checkpoint, until the next boundary or the completion writes it.
+        self._deferred: CheckpointWrite | None = None
+        self._in_atomic = False
 
     def _value(self, when: datetime) -> Any:
         return connections[self.using].ops.adapt_datetimefield_value(when)
@@ -75,9 +99,10 @@ class CheckpointStore:
     def save_output(
         self, step_id: str, kind: str, output: str, attempts: int, started_at: datetime, exists: bool
     ) -> None:
-        """Record a completed step; raise ``_LeaseLost``/``_Cancelled`` if the run is no longer ours."""
+        """Record a completed step at the next boundary or with the completion (see :meth:`flush`)."""
         q = self._q
-        finished = self._value(clock.now())
+        now = clock.now()
+        finished = self._value(now)
         if exists:  # a retry that succeeded: the failed attempts' errors stay, as history
             sql = (
                 f"UPDATE {self._step} SET {q('status')} = %s, {q('output')} = %s, {q('attempts')} = %s, "
@@ -101,7 +126,8 @@ class CheckpointStore:
                 self._value(started_at),
                 finished,
             ]
-        self._execute(sql, [*params, self.run_id, self.generation], step_id)
+        duration = (now - started_at).total_seconds()
+        self._defer(CheckpointWrite(sql, [*params, self.run_id, self.generation], step_id, attempts, duration))
 
     def complete_pending(self, step_id: str, output: str) -> None:
         """Complete a pending sleep, wait or child-run step (fenced)."""
@@ -111,10 +137,54 @@ class CheckpointStore:
             f"WHERE {q('run_id')} = %s AND {q('step_id')} = %s AND {q('status')} = %s AND EXISTS ({self._fence})"
         )
         params = [StepStatus.COMPLETED, output, self._value(clock.now()), self.run_id, step_id, StepStatus.PENDING]
-        self._execute(sql, [*params, self.run_id, self.generation], step_id)
+        self._defer(CheckpointWrite(sql, [*params, self.run_id, self.generation], step_id, 1, None))
+
+    def _defer(self, write: CheckpointWrite) -> None:
+        self.flush()  # at most one deferred write: a step boundary has flushed it already
+        self._deferred = write
+        if self._in_atomic:  # an atomic step's checkpoint commits with its body
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the deferred checkpoint, if any, in a commit of its own (a step boundary).
+
+        Raises ``_Cancelled``/``_LeaseLost`` if the fence refuses it; a refusal for a pause
+        writes it anyway and sets :attr:`pause_pending`.
+        """
+        write, self._deferred = self._deferred, None
+        if write is not None:
+            self._execute(write.sql, write.params, write.step_id)
+            self._written(write)
+
+    @property
+    def deferred(self) -> bool:
+        """Whether a checkpoint waits to be written."""
+        return self._deferred is not None
+
+    def write_deferred(self) -> None:
+        """Write the deferred checkpoint inside the caller's transaction (the completion's).
+
+        It stays deferred: if that transaction rolls back, a retry of it writes it again.
+        The caller calls :meth:`settle` once it committed.
+        """
+        if self._deferred is not None:
+            self._execute(self._deferred.sql, self._deferred.params, self._deferred.step_id)
+
+    def settle(self) -> None:
+        """The caller's transaction that wrote the deferred checkpoint committed."""
+        write, self._deferred = self._deferred, None
+        if write is not None:
+            self._written(write)
+
+    def _written(self, write: CheckpointWrite) -> None:
+        """A checkpoint committed: a hook for the engine's signals."""
 
     def atomic(self) -> AbstractContextManager[Any]:
-        """The transaction of an atomic step: its body, a fence on the run row and its checkpoint."""
+        """The transaction of an atomic step: its body, a fence on the run row and its checkpoint.
+
+        The deferred checkpoint of the step before is written first, in its own commit.
+        """
+        self.flush()
         return _FencedAtomic(self)
 
 
@@ -131,8 +201,10 @@ class _FencedAtomic:
 
     def __enter__(self) -> None:
         self.atomic.__enter__()
+        self.writer._in_atomic = True
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        self.writer._in_atomic = False
         if exc_type is None:
             try:
                 held = (

@@ -9,6 +9,7 @@ The claim and the heartbeat are in :mod:`.claims`, the waker, sweeper and reaper
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
@@ -166,37 +167,51 @@ def _held(run_id: str, generation: int, using: str) -> QuerySet[Run]:
 
 
 def complete(
-    run_id: str, generation: int, result: str, parent_id: str | None = None, using: str = "default"
+    run_id: str,
+    generation: int,
+    result: str,
+    parent_id: str | None = None,
+    using: str = "default",
+    before: Callable[[], None] | None = None,
 ) -> RunMessage | bool | None:
     """Finish a run with its JSON result; ``False`` if the execution no longer holds it.
 
     A child run also counts itself done in its parent, and returns the parent's message
-    when it was the last child.
+    when it was the last child. ``before`` writes in the same transaction, first (the last
+    step's checkpoint); it is rolled back with the completion when the run is not held.
     """
-    fields: dict[str, Any] = {
-        "status": RunStatus.COMPLETED,
-        "result": result,
-        "finished_at": clock.now(),
-        "lease_owner": None,
-        "lease_expires_at": None,
-    }
-    if parent_id is None:
+    if parent_id is None and before is None:  # the hot path of a run without steps: one statement
         return None if complete_sql(run_id, generation, result, using) == 1 else False
     with transaction.atomic(using=using):
-        if _held(run_id, generation, using).update(**fields) != 1:
+        if before is not None:
+            before()
+        if complete_sql(run_id, generation, result, using) != 1:
+            transaction.set_rollback(True, using=using)
             return False
-        return child_finished(parent_id, using)
+        return None if parent_id is None else child_finished(parent_id, using)
 
 
-def complete_releasing(run_id: str, generation: int, result: str, slot_keys: SlotKeys) -> list[RunMessage] | None:
+def complete_releasing(
+    run_id: str, generation: int, result: str, slot_keys: SlotKeys, before: Callable[[], None] | None = None
+) -> list[RunMessage] | None:
     """Complete a top-level run that holds its slots and hand them on, in one transaction.
 
     The completion's own UPDATE clears ``holds_slots``; a second transaction that reads the
-    run again is not needed. Returns the runs promoted into the freed slots, or ``None`` when
-    nothing was written (the execution no longer holds the run, or the run holds no slots):
-    the caller then completes it the plain way (:func:`complete`), which tells the two apart.
+    run again is not needed. ``before`` writes first, as in :func:`complete`. Returns the
+    runs promoted into the freed slots, or ``None`` when nothing was written (the execution
+    no longer holds the run, or the run holds no slots): the caller then completes it the
+    plain way (:func:`complete`), which tells the two apart.
     """
-    return slots.hand_on(lambda: slot_keys if complete_sql(run_id, generation, result, "default", True) == 1 else None)
+
+    def clear() -> SlotKeys | None:
+        if before is not None:
+            before()
+        if complete_sql(run_id, generation, result, "default", True) == 1:
+            return slot_keys
+        transaction.set_rollback(True)  # ``before`` too: the plain completion writes it again
+        return None
+
+    return slots.hand_on(clear)
 
 
 def complete_sql(run_id: str, generation: int, result: str, using: str, releasing: bool = False) -> int:

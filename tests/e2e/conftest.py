@@ -56,11 +56,26 @@ class Worker:
         self.log = log
         self.name = name
         command = [
-            sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.celery_app",
+            "worker",
             # The node name carries the test's queue: suites running side by side on one broker
             # (and a worker restarted under its old name) never share a pidbox queue.
-            "-P", pool, "-c", str(concurrency), "-n", f"{name}-{env['DURABLE_TEST_QUEUE']}@%h", "-l", "info",
-            "--without-mingle", "--without-gossip", "-Q", env["DURABLE_TEST_QUEUE"],
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name}-{env['DURABLE_TEST_QUEUE']}@%h",
+            "-l",
+            "info",
+            "--without-mingle",
+            "--without-gossip",
+            "-Q",
+            env["DURABLE_TEST_QUEUE"],
         ]
         self.handle = log.open("w")
         self.process = subprocess.Popen(
@@ -123,7 +138,10 @@ def e2e_env(broker, transactional_db, tmp_path, settings):
     current_app.conf.broker_url = broker
     reset_producer_pool(current_app)
     settings.CELERY_DURABLE = {
-        "LEASE_SECONDS": 4, "HEARTBEAT_SECONDS": 1, "WAKER_INTERVAL": 0.5, "REPUBLISH_AFTER_SECONDS": 3,
+        "LEASE_SECONDS": 4,
+        "HEARTBEAT_SECONDS": 1,
+        "WAKER_INTERVAL": 0.5,
+        "REPUBLISH_AFTER_SECONDS": 3,
     }
     yield {"env": env, "dir": tmp_path, "queue": queue}
     current_app.conf.broker_url = previous

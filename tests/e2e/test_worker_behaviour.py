@@ -53,8 +53,11 @@ def test_run_of_a_task_removed_by_a_deploy__fails_once_with_a_clear_message(e2e_
 
     # Its message was lost long ago; the worker's sweeper republishes it, the worker lacks the task.
     Run.objects.create(
-        id="removed-1", task_name="shop.removed_in_deploy", status=RunStatus.QUEUED,
-        options=json.dumps({"queue": e2e_env["queue"]}), created_at=clock.now(),
+        id="removed-1",
+        task_name="shop.removed_in_deploy",
+        status=RunStatus.QUEUED,
+        options=json.dumps({"queue": e2e_env["queue"]}),
+        created_at=clock.now(),
         published_at=clock.now() - timedelta(minutes=10),
     )
     workers("deployed")

@@ -39,9 +39,11 @@ def test_new_step__is_one_insert_with_no_read_before_it(db, deliver):
     tasks.MEASURED.clear()
     run = tasks.measured.delay()
     deliver(run.id)  # first execution: fails at "three" and is queued again
+    # Step "one" runs and defers its checkpoint; step "two" starts by writing it (its boundary).
+    assert tasks.MEASURED["one"] == 0
     assert tasks.MEASURED["two"] == 1
     (sql,) = tasks.MEASURED["two.sql"]
-    assert sql.lstrip().upper().startswith("INSERT")
+    assert sql.lstrip().upper().startswith("INSERT") and "'one'" in sql
 
 
 def test_execution_start__costs_a_small_constant(db, deliver):
@@ -62,10 +64,12 @@ def test_second_execution__loads_all_checkpoints_in_one_query(db, deliver):
     ours = [s for s in sqls if "testapp" not in s]  # leave out the step body's own queries
     step_table = Step._meta.db_table
     assert sum(1 for s in ours if s.upper().startswith("SELECT") and step_table in s) == 1
-    # claim (+ load the run on MySQL), load checkpoints, checkpoint of "three" (an UPDATE of its
-    # failed row), completion
+    # claim (+ load the run on MySQL), load checkpoints, then in one transaction (a savepoint
+    # here, inside the test's transaction) the checkpoint of "three" (an UPDATE of its failed
+    # row) and the completion
     claim = ["UPDATE", "SELECT"] if connection.vendor == "mysql" else ["UPDATE"]
-    assert [s.split()[0] for s in ours] == [*claim, "SELECT", "UPDATE", "UPDATE"], ours
+    merged = ["SAVEPOINT", "UPDATE", "UPDATE", "RELEASE"]
+    assert [s.split()[0] for s in ours] == [*claim, "SELECT", *merged], ours
 
 
 def test_duplicate_delivery__runs_nothing_and_answers_with_the_stored_result(db, deliver):

@@ -57,7 +57,7 @@ def held(durable):
     run = tasks.three_steps.delay(1)
     Run.objects.filter(id=run.id).update(parent_id=parent.id, parent_step="fan", child_index=0)
     claim = claims.claim(run.id, "worker-a", 30)
-    CheckpointStore(run.id, claim.generation).save_output("one", "run", "2", 1, now, exists=False)
+    written(CheckpointStore(run.id, claim.generation), "one", "2", now, exists=False)
     Run.objects.create(
         id="grandchild-1",
         task_name="t.add",
@@ -104,20 +104,42 @@ LOST = {
 }
 
 
+def written(store, step_id, output, started_at, exists, attempts=1):
+    """A checkpoint written at the next step boundary (``flush``): ``save_output`` defers it."""
+    store.save_output(step_id, "run", output, attempts, started_at, exists)
+    store.flush()
+
+
 def checkpoint(held):
     with pytest.raises((_LeaseLost, _Cancelled)):
-        CheckpointStore(held.run_id, held.generation).save_output("two", "run", "4", 1, held.later(), False)
+        written(CheckpointStore(held.run_id, held.generation), "two", "4", held.later(), False)
 
 
 def checkpoint_retry(held):
     """The checkpoint of a step that failed before: an UPDATE of its row (fenced the same way)."""
     with pytest.raises((_LeaseLost, _Cancelled)):
-        CheckpointStore(held.run_id, held.generation).save_output("one", "run", "5", 2, held.later(), True)
+        written(CheckpointStore(held.run_id, held.generation), "one", "5", held.later(), True, attempts=2)
+
+
+def complete_after_a_step(held, parent_id=None):
+    """The completion that writes the last step's deferred checkpoint in its transaction.
+
+    The checkpoint's fence refuses a taken-over or cancelled run (nothing is written); a reaped
+    run passes it, and the completion's own condition then rolls both back.
+    """
+    store = CheckpointStore(held.run_id, held.generation)
+    store.save_output("two", "run", "4", 1, held.later(), False)
+    try:
+        return runs.complete(held.run_id, held.generation, '"done"', parent_id, before=store.write_deferred)
+    except (_LeaseLost, _Cancelled):
+        return False
 
 
 TRANSITIONS = {
     "complete": lambda h: runs.complete(h.run_id, h.generation, '"done"'),
     "complete_child": lambda h: runs.complete(h.run_id, h.generation, '"done"', h.parent_id),
+    "complete_after_a_step": complete_after_a_step,
+    "complete_child_after_a_step": lambda h: complete_after_a_step(h, h.parent_id),
     "fail": lambda h: runs.fail(h.run_id, h.generation, ERROR, ("two", 1), h.parent_id),
     "retry": lambda h: runs.retry_step(h.run_id, h.generation, "two", 1, ERROR, 0.0, 1.0),
     "retry_later": lambda h: runs.retry_step(h.run_id, h.generation, "two", 1, ERROR, 600.0, 1.0),
@@ -140,8 +162,20 @@ TRANSITIONS = {
     "checkpoint_retry": checkpoint_retry,
 }
 REFUSED = {"children": None, "checkpoint": None, "checkpoint_retry": None}
-# Completion and failure win over a pending cancellation (the run ended anyway).
-CANCEL_FENCED = ["retry", "retry_later", "sleep", "wait", "children", "wait_again", "checkpoint", "checkpoint_retry"]
+# Completion and failure win over a pending cancellation (the run ended anyway), unless the
+# completion writes a step's checkpoint: the run then stops at that boundary, as cancelled.
+CANCEL_FENCED = [
+    "complete_after_a_step",
+    "complete_child_after_a_step",
+    "retry",
+    "retry_later",
+    "sleep",
+    "wait",
+    "children",
+    "wait_again",
+    "checkpoint",
+    "checkpoint_retry",
+]
 
 # A checkpoint of a reaped run (queued again, same generation) is accepted: the step did run,
 # and the next execution replays it instead of running it again; the fence is the generation.
@@ -192,7 +226,7 @@ def test_refused_checkpoint__says_lease_lost_not_cancelled_when_the_run_was_take
     """Through the writer: the stale execution drops itself; it does not report a cancel."""
     taken_over_then_cancel_requested(held)
     with pytest.raises(_LeaseLost):
-        CheckpointStore(held.run_id, held.generation).save_output("two", "run", "4", 1, held.later(), False)
+        written(CheckpointStore(held.run_id, held.generation), "two", "4", held.later(), False)
 
 
 # --- slots.reclaim: a resumed run whose key is full goes back to the backlog, if still its own ---

@@ -244,7 +244,7 @@ def test_hold_at_a_boundary__a_pause_lifted_meanwhile_queues_the_run_again(durab
 
 def test_keyed_pause__matches_the_key_byte_for_byte(durable):
     alice = flows.per_user.delay("alice")
-    pause("f.per_user", 'f.per_user:user_id:Alice')
+    pause("f.per_user", "f.per_user:user_id:Alice")
     drain(durable)
     assert durable.result(alice.id) == "alice"  # "Alice" is another key (MySQL too)
     assert resume("f.per_user", "f.per_user:user_id:alice") == []

@@ -35,8 +35,9 @@ def test_stale_checkpoint_write__is_refused(db):
     stale = CheckpointStore(run.id, first.generation)
     # The lease is taken over (as after an expiry): generation moves on.
     Run.objects.filter(id=run.id).update(generation=first.generation + 1)
+    stale.save_output("add", "run", "3", 1, durable_now(), exists=False)
     with pytest.raises(_LeaseLost):
-        stale.save_output("add", "run", "3", 1, durable_now(), exists=False)
+        stale.flush()  # the next step boundary writes it
     assert Step.objects.filter(run_id=run.id).count() == 0
 
 
@@ -50,7 +51,8 @@ def test_expired_lease__is_reaped_and_resumed_without_rerunning_steps(durable):
     run = tasks.three_steps.delay(1)
     claim = claims.claim(run.id, "dead-worker", 30)
     writer = CheckpointStore(run.id, claim.generation)
-    writer.save_output("one", "run", "2", 1, durable_now(), exists=False)  # step one done, then crash
+    writer.save_output("one", "run", "2", 1, durable_now(), exists=False)
+    writer.flush()  # step one done and written at the next boundary, then crash
     durable.published.clear()
     assert tick(app()).recovered == 0  # lease still valid
     durable.clock.advance(31)

@@ -71,7 +71,10 @@ def test_cancelled_and_skipped_runs__raise_run_cancelled_and_run_skipped(durable
         result_of(backend, sleeping.id).get(timeout=5)
 
     skipped = Run.objects.create(
-        id="skipped-1", task_name="t.add", status=RunStatus.SKIPPED, created_at=clock.now(),
+        id="skipped-1",
+        task_name="t.add",
+        status=RunStatus.SKIPPED,
+        created_at=clock.now(),
         error=json.dumps({"type": "RunSkipped", "module": "celery_durable.exceptions", "message": "rate limit"}),
     )
     with pytest.raises(RunSkipped, match="rate limit"):
@@ -80,8 +83,12 @@ def test_cancelled_and_skipped_runs__raise_run_cancelled_and_run_skipped(durable
 
 def test_statuses__not_started_is_pending_started_and_suspended_is_started(backend):
     for status, state in [
-        (RunStatus.PENDING, states.PENDING), (RunStatus.QUEUED, states.PENDING), (RunStatus.PAUSED, states.PENDING),
-        (RunStatus.RUNNING, states.STARTED), (RunStatus.SLEEPING, states.STARTED), (RunStatus.WAITING, states.STARTED),
+        (RunStatus.PENDING, states.PENDING),
+        (RunStatus.QUEUED, states.PENDING),
+        (RunStatus.PAUSED, states.PENDING),
+        (RunStatus.RUNNING, states.STARTED),
+        (RunStatus.SLEEPING, states.STARTED),
+        (RunStatus.WAITING, states.STARTED),
     ]:
         run = Run.objects.create(id=f"s-{status}", task_name="t.add", status=status, created_at=clock.now())
         assert result_of(backend, run.id).state == state, status
@@ -90,7 +97,10 @@ def test_statuses__not_started_is_pending_started_and_suspended_is_started(backe
 def test_stored_error_naming_a_non_exception__is_refused_as_celery_refuses_it(backend):
     """A run row whose error names ``os.system`` is not turned into a call of it."""
     Run.objects.create(
-        id="evil-1", task_name="t.add", status=RunStatus.FAILED, created_at=clock.now(),
+        id="evil-1",
+        task_name="t.add",
+        status=RunStatus.FAILED,
+        created_at=clock.now(),
         error=json.dumps({"type": "system", "module": "os", "message": "rm -rf /", "traceback": ""}),
     )
     with pytest.raises(SecurityError):

@@ -114,8 +114,10 @@ def test_revoke__of_an_executing_run_stops_it_at_its_next_step_boundary(durable)
     assert get_run(result.id).cancel_requested_at is not None
     from celery_durable.exceptions import _Cancelled
 
+    writer = CheckpointStore(result.id, claim.generation)
+    writer.save_output("one", "run", "2", 1, durable.clock.now(), False)
     with pytest.raises(_Cancelled):  # its next checkpoint is refused: it stops there
-        CheckpointStore(result.id, claim.generation).save_output("one", "run", "2", 1, durable.clock.now(), False)
+        writer.flush()
 
 
 # --- Timeouts(start=) and Timeouts(finish=) ---

@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('testapp', '0001_initial'),
+        ("testapp", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Interval',
+            name="Interval",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('run_id', models.CharField(max_length=255)),
-                ('key', models.CharField(max_length=255)),
-                ('started', models.DateTimeField()),
-                ('ended', models.DateTimeField(null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("run_id", models.CharField(max_length=255)),
+                ("key", models.CharField(max_length=255)),
+                ("started", models.DateTimeField()),
+                ("ended", models.DateTimeField(null=True)),
             ],
         ),
     ]
