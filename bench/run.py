@@ -246,16 +246,17 @@ def report(res: Results, statements: dict, meta: dict) -> str:
     rows = [
         ("enqueue (`.delay()`)", fresh["enqueue"]),
         ("execution start (first execution)", fresh["start"]),
-        ("new step (each of 3)", fresh["step one"]),
-        ("completion", fresh["finish"]),
+        ("first new step (its checkpoint deferred)", fresh["step one"]),
+        ("next new step (each of 2: the checkpoint of the step before)", fresh["step two"]),
+        ("completion (with the last step's checkpoint)", fresh["finish"]),
         ("execution start (re-execution after a crash)", replay["start"]),
         ("replayed step (each of 2)", replay["step one"]),
-        ("new step after replay", replay["step three"]),
+        ("new step after replay, then the completion", replay["finish"]),
     ]
     for label, s in rows:
         w(f"| {label} | {s['statements']} | {s['writes']} | {s['reads']} | {s['transactions']} | {s['round_trips']} |")
     w("")
-    for label, s in rows[:4] + rows[4:5]:
+    for label, s in rows[:6]:
         w(f"* {label}: " + "; ".join(f"`{q[:110]}`" for q in s["sql"]))
     w("")
     for name, ok in statements["checks"].items():

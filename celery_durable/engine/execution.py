@@ -131,15 +131,16 @@ def execute(
 
 
 def _call(body: Callable[..., Any], args: Any, kwargs: Any, writer: RunWriter) -> Any:
-    """The task body; if it raises outside any step, the checkpoint of its last step is written first.
+    """The task body; if it ends otherwise than by returning, the deferred checkpoints are written first.
 
-    (A step boundary or the completion writes it otherwise: see ``store.checkpoints``.) A
-    refused write raises instead, as it would have at the next boundary.
+    That is a failure, a step's retry or a suspension: the history before it is recorded
+    (a completion writes them itself: see ``store.checkpoints``). A refused write raises
+    instead, as it would have at the next boundary.
     """
     try:
         return body(*args, **kwargs)
-    except Exception:
-        writer.flush()
+    except (Exception, _Suspend, _StepFailed):
+        writer.flush(replayable=True)
         raise
 
 

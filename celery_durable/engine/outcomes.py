@@ -87,14 +87,15 @@ def finish(run: RunInHand, value: Any, checkpoints: CheckpointStore) -> Outcome:
     try:
         result = serialization.dumps(value, f"result of {run.task_name}")
     except SerializationError as exc:
-        checkpoints.flush()
+        checkpoints.flush(replayable=True)
         return fail(run, exc, None)
     before = checkpoints.write_deferred if checkpoints.deferred else None
     promoted = _complete_releasing(run, result, before)
     done = None
     try:
         if promoted is None:  # no slots to hand on, or not written there: the plain completion decides
-            done = runs.complete(run.run_id, run.generation, result, run.parent_id, run.using, before)
+            embedded = checkpoints.embedded()
+            done = runs.complete(run.run_id, run.generation, result, run.parent_id, run.using, before, embedded)
     except DatabaseError as exc:
         return abandon(run.run_id, "completion", exc, run.using)
     if done is False:

@@ -5,6 +5,9 @@ A step's checkpoint is *deferred*: it is written at the next step boundary
 transaction (:meth:`CheckpointStore.write_deferred`). A run of n steps thus costs n + 2
 commits (intake, claim, n - 1 checkpoints, the last one with the completion). A crash
 between a step's return and that write runs the step again, as a crash mid-step does.
+The completion of a pending sleep, wait or child-run step is *replayable*: a replay
+completes it again the same way and runs nothing, so it waits for the next write that
+must not wait (or for the completion) and is written in the same transaction.
 
 A checkpoint is written with ``INSERT ... SELECT ... FROM run WHERE id=%s AND
 generation=%s AND cancel_requested_at IS NULL AND NOT EXISTS (a pause of its task or key)``:
@@ -46,6 +49,8 @@ class CheckpointWrite:
     step_id: str
     attempts: int
     duration: float | None
+    #: Written again the same way by a replay, at no cost: need not be written at a boundary.
+    replayable: bool = False
 
 
 class CheckpointStore:
@@ -67,8 +72,8 @@ class CheckpointStore:
         self._fence = held + self._not_paused
         # A pause refused a checkpoint (then written anyway): stop at the next step boundary.
         self.pause_pending = False
-        # The last step's checkpoint, until the next boundary or the completion writes it.
-        self._deferred: CheckpointWrite | None = None
+        # Checkpoints not written yet: the last step's, and pending steps completed since.
+        self._deferred: list[CheckpointWrite] = []
         self._in_atomic = False
 
     def _value(self, when: datetime) -> Any:
@@ -137,43 +142,60 @@ class CheckpointStore:
             f"WHERE {q('run_id')} = %s AND {q('step_id')} = %s AND {q('status')} = %s AND EXISTS ({self._fence})"
         )
         params = [StepStatus.COMPLETED, output, self._value(clock.now()), self.run_id, step_id, StepStatus.PENDING]
-        self._defer(CheckpointWrite(sql, [*params, self.run_id, self.generation], step_id, 1, None))
+        self._defer(CheckpointWrite(sql, [*params, self.run_id, self.generation], step_id, 1, None, replayable=True))
 
     def _defer(self, write: CheckpointWrite) -> None:
-        self.flush()  # at most one deferred write: a step boundary has flushed it already
-        self._deferred = write
+        self._deferred.append(write)
         if self._in_atomic:  # an atomic step's checkpoint commits with its body
             self.flush()
 
-    def flush(self) -> None:
-        """Write the deferred checkpoint, if any, in a commit of its own (a step boundary).
+    def flush(self, replayable: bool = False) -> None:
+        """At a step boundary: write the deferred checkpoints, unless all are replayable.
 
-        Raises ``_Cancelled``/``_LeaseLost`` if the fence refuses it; a refusal for a pause
-        writes it anyway and sets :attr:`pause_pending`.
+        ``replayable``: write those too (an execution that ends otherwise than by completing).
+        One commit (one transaction if there are several). Raises ``_Cancelled``/``_LeaseLost``
+        if the fence refuses one; a refusal for a pause writes it anyway and sets
+        :attr:`pause_pending`.
         """
-        write, self._deferred = self._deferred, None
-        if write is not None:
-            self._execute(write.sql, write.params, write.step_id)
+        if not self._deferred or (not replayable and all(write.replayable for write in self._deferred)):
+            return
+        writes, self._deferred = self._deferred, []
+        if len(writes) == 1:
+            self._execute(writes[0].sql, writes[0].params, writes[0].step_id)
+        else:
+            with transaction.atomic(using=self.using):
+                for write in writes:
+                    self._execute(write.sql, write.params, write.step_id)
+        for write in writes:
             self._written(write)
 
     @property
     def deferred(self) -> bool:
         """Whether a checkpoint waits to be written."""
-        return self._deferred is not None
+        return bool(self._deferred)
 
     def write_deferred(self) -> None:
-        """Write the deferred checkpoint inside the caller's transaction (the completion's).
+        """Write the deferred checkpoints inside the caller's transaction (the completion's).
 
-        It stays deferred: if that transaction rolls back, a retry of it writes it again.
+        They stay deferred: if that transaction rolls back, a retry of it writes them again.
         The caller calls :meth:`settle` once it committed.
         """
-        if self._deferred is not None:
-            self._execute(self._deferred.sql, self._deferred.params, self._deferred.step_id)
+        for write in self._deferred:
+            self._execute(write.sql, write.params, write.step_id)
+
+    def embedded(self) -> list[tuple[str, list[Any]]]:
+        """The deferred writes as statements for a caller to embed in its own.
+
+        For PostgreSQL's writable CTEs (:func:`~.runs.complete`). Each also requires the run to
+        be ``running``: a write the completion could not join is not made.
+        """
+        running = f"{self._not_paused} AND {self._run}.{self._q('status')} = '{RunStatus.RUNNING}'"
+        return [(write.sql.replace(self._not_paused, running), write.params) for write in self._deferred]
 
     def settle(self) -> None:
-        """The caller's transaction that wrote the deferred checkpoint committed."""
-        write, self._deferred = self._deferred, None
-        if write is not None:
+        """The caller's transaction that wrote the deferred checkpoints committed."""
+        writes, self._deferred = self._deferred, []
+        for write in writes:
             self._written(write)
 
     def _written(self, write: CheckpointWrite) -> None:

@@ -9,7 +9,7 @@ The claim and the heartbeat are in :mod:`.claims`, the waker, sweeper and reaper
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
@@ -173,15 +173,21 @@ def complete(
     parent_id: str | None = None,
     using: str = "default",
     before: Callable[[], None] | None = None,
+    embedded: Sequence[tuple[str, list[Any]]] = (),
 ) -> RunMessage | bool | None:
     """Finish a run with its JSON result; ``False`` if the execution no longer holds it.
 
     A child run also counts itself done in its parent, and returns the parent's message
     when it was the last child. ``before`` writes in the same transaction, first (the last
     step's checkpoint); it is rolled back with the completion when the run is not held.
+    ``embedded`` are the same writes as statements: on PostgreSQL a top-level run makes them
+    and completes in one statement, and only if that changed nothing does ``before`` decide.
     """
     if parent_id is None and before is None:  # the hot path of a run without steps: one statement
         return None if complete_sql(run_id, generation, result, using) == 1 else False
+    one_statement = parent_id is None and embedded and connections[using].vendor == "postgresql"
+    if one_statement and complete_sql(run_id, generation, result, using, embedded=embedded) == 1:
+        return None
     with transaction.atomic(using=using):
         if before is not None:
             before()
@@ -214,23 +220,35 @@ def complete_releasing(
     return slots.hand_on(clear)
 
 
-def complete_sql(run_id: str, generation: int, result: str, using: str, releasing: bool = False) -> int:
+def complete_sql(
+    run_id: str,
+    generation: int,
+    result: str,
+    using: str,
+    releasing: bool = False,
+    embedded: Sequence[tuple[str, list[Any]]] = (),
+) -> int:
     """The completion as one UPDATE statement: the hot path of every run, so no ORM layers.
 
     ``releasing``: the run gives its concurrency slots back in the same statement (it must
     hold them: ``holds_slots`` is part of the condition); the caller hands them on in the
-    same transaction (:func:`complete_releasing`).
+    same transaction (:func:`complete_releasing`). ``embedded`` (PostgreSQL): writes made
+    in the same statement as writable CTEs, each a condition of the completion.
     """
     connection = connections[using]
     q = connection.ops.quote_name
     release = f", {q('holds_slots')} = %s" if releasing else ""
     held = f" AND {q('holds_slots')} = %s" if releasing else ""
+    ctes = ", ".join(f"w{n} AS ({sql} RETURNING 1)" for n, (sql, _params) in enumerate(embedded))
+    joined = "".join(f" AND EXISTS (SELECT 1 FROM w{n})" for n in range(len(embedded)))
     sql = (
+        f"{f'WITH {ctes} ' if ctes else ''}"
         f"UPDATE {q(Run._meta.db_table)} SET {q('status')} = %s, {q('result')} = %s, {q('finished_at')} = %s, "
         f"{q('lease_owner')} = NULL, {q('lease_expires_at')} = NULL{release} "
-        f"WHERE {q('id')} = %s AND {q('generation')} = %s AND {q('status')} = %s{held}"
+        f"WHERE {q('id')} = %s AND {q('generation')} = %s AND {q('status')} = %s{held}{joined}"
     )
     params = [
+        *(param for _sql, embedded_params in embedded for param in embedded_params),
         RunStatus.COMPLETED,
         result,
         connection.ops.adapt_datetimefield_value(clock.now()),

@@ -121,16 +121,21 @@ def checkpoint_retry(held):
         written(CheckpointStore(held.run_id, held.generation), "one", "5", held.later(), True, attempts=2)
 
 
-def complete_after_a_step(held, parent_id=None):
+def complete_after_a_step(held, parent_id=None, one_statement=False):
     """The completion that writes the last step's deferred checkpoint in its transaction.
 
     The checkpoint's fence refuses a taken-over or cancelled run (nothing is written); a reaped
-    run passes it, and the completion's own condition then rolls both back.
+    run passes it, and the completion's own condition then rolls both back. With
+    ``one_statement`` (PostgreSQL) both are one statement first, the transaction if it wrote
+    nothing.
     """
     store = CheckpointStore(held.run_id, held.generation)
     store.save_output("two", "run", "4", 1, held.later(), False)
+    embedded = store.embedded() if one_statement else ()
     try:
-        return runs.complete(held.run_id, held.generation, '"done"', parent_id, before=store.write_deferred)
+        return runs.complete(
+            held.run_id, held.generation, '"done"', parent_id, before=store.write_deferred, embedded=embedded
+        )
     except (_LeaseLost, _Cancelled):
         return False
 
@@ -140,6 +145,7 @@ TRANSITIONS = {
     "complete_child": lambda h: runs.complete(h.run_id, h.generation, '"done"', h.parent_id),
     "complete_after_a_step": complete_after_a_step,
     "complete_child_after_a_step": lambda h: complete_after_a_step(h, h.parent_id),
+    "complete_after_a_step_one_statement": lambda h: complete_after_a_step(h, one_statement=True),
     "fail": lambda h: runs.fail(h.run_id, h.generation, ERROR, ("two", 1), h.parent_id),
     "retry": lambda h: runs.retry_step(h.run_id, h.generation, "two", 1, ERROR, 0.0, 1.0),
     "retry_later": lambda h: runs.retry_step(h.run_id, h.generation, "two", 1, ERROR, 600.0, 1.0),
@@ -167,6 +173,7 @@ REFUSED = {"children": None, "checkpoint": None, "checkpoint_retry": None}
 CANCEL_FENCED = [
     "complete_after_a_step",
     "complete_child_after_a_step",
+    "complete_after_a_step_one_statement",
     "retry",
     "retry_later",
     "sleep",
