@@ -204,9 +204,9 @@ class CheckpointStore:
     def atomic(self) -> AbstractContextManager[Any]:
         """The transaction of an atomic step: its body, a fence on the run row and its checkpoint.
 
-        The deferred checkpoint of the step before is written first, in its own commit.
+        The step's boundary wrote the checkpoint of the step before; replayable ones still
+        deferred commit with this step's.
         """
-        self.flush()
         return _FencedAtomic(self)
 
 

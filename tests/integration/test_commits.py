@@ -121,7 +121,7 @@ def test_limited_run__writes_its_last_checkpoint_with_the_completion_and_the_han
     execution = commits(durable.run_next)
     assert durable.result(first.id) == 4
     last = " ".join(execution[-1])
-    assert 'INSERT INTO "celery_durable_step"'.replace('"', "") in last.replace('"', "").replace("`", ""), last
+    assert "INSERT INTO" in last and "celery_durable_step" in last, last
     assert "'two'" in last and "'completed'" in last, last
     assert second.id in last, last  # the slot handed on to the next run, same transaction
     assert len(execution) == 3, execution  # claim; "one"; "two" with the completion and the hand-over
