@@ -26,7 +26,7 @@ from ..exceptions import (
 )
 from ..runtime.errors import error_record
 from ..runtime.events import consumption_key, wait_names
-from ..store import cancellation, events, pausing, runs, slots, suspension
+from ..store import cancellation, endings, events, pausing, runs, slots, suspension
 from ..store.checkpoints import CheckpointStore
 from ..store.messages import RunMessage
 from .ports import ChildMessage, TaskRegistry
@@ -95,7 +95,7 @@ def finish(run: RunInHand, value: Any, checkpoints: CheckpointStore) -> Outcome:
     try:
         if promoted is None:  # no slots to hand on, or not written there: the plain completion decides
             embedded = checkpoints.embedded()
-            done = runs.complete(run.run_id, run.generation, result, run.parent_id, run.using, before, embedded)
+            done = endings.complete(run.run_id, run.generation, result, run.parent_id, run.using, before, embedded)
     except DatabaseError as exc:
         return abandon(run.run_id, "completion", exc, run.using)
     if done is False:
@@ -117,7 +117,7 @@ def _complete_releasing(run: RunInHand, result: str, before: Callable[[], None] 
         return None
     slot_keys = run.slot_keys
     return _handing_on(
-        run, "completing", lambda: runs.complete_releasing(run.run_id, run.generation, result, slot_keys, before)
+        run, "completing", lambda: endings.complete_releasing(run.run_id, run.generation, result, slot_keys, before)
     )
 
 
@@ -140,7 +140,7 @@ def fail(run: RunInHand, exc: BaseException, step: tuple[str, int] | None) -> Ou
     """The run failed for good (``step``: the failed step and its attempt, if a step failed)."""
     record = error_record(exc, error_text_limit())
     try:
-        done = runs.fail(run.run_id, run.generation, record, step, run.parent_id, run.using)
+        done = endings.fail(run.run_id, run.generation, record, step, run.parent_id, run.using)
     except DatabaseError as db_exc:
         return abandon(run.run_id, "failure record", db_exc, run.using)
     if done is False:
@@ -165,7 +165,7 @@ def step_failed(run: RunInHand, failed: _StepFailed, publish_within: float) -> O
         return fail(run, failed.error, (failed.step_id, failed.attempts))
     record = error_record(failed.error, error_text_limit())
     try:
-        queued = runs.retry_step(
+        queued = endings.retry_step(
             run.run_id,
             run.generation,
             failed.step_id,

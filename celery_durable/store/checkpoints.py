@@ -186,7 +186,7 @@ class CheckpointStore:
     def embedded(self) -> list[tuple[str, list[Any]]]:
         """The deferred writes as statements for a caller to embed in its own.
 
-        For PostgreSQL's writable CTEs (:func:`~.runs.complete`). Each also requires the run to
+        For PostgreSQL's writable CTEs (:func:`~.endings.complete`). Each also requires the run to
         be ``running``: a write the completion could not join is not made.
         """
         running = f"{self._not_paused} AND {self._run}.{self._q('status')} = '{RunStatus.RUNNING}'"

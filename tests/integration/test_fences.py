@@ -22,7 +22,7 @@ from celery_durable import serialization
 from celery_durable.exceptions import _Cancelled, _LeaseLost
 from celery_durable.models import Run, Step
 from celery_durable.states import RunStatus
-from celery_durable.store import claims, event_waits, recovery, runs, slots
+from celery_durable.store import claims, endings, event_waits, recovery, runs, slots
 from celery_durable.store import suspension as suspend
 from celery_durable.store.cancellation import cancel, stop_at_boundary
 from celery_durable.store.checkpoints import CheckpointStore
@@ -133,7 +133,7 @@ def complete_after_a_step(held, parent_id=None, one_statement=False):
     store.save_output("two", "run", "4", 1, held.later(), False)
     embedded = store.embedded() if one_statement else ()
     try:
-        return runs.complete(
+        return endings.complete(
             held.run_id, held.generation, '"done"', parent_id, before=store.write_deferred, embedded=embedded
         )
     except (_LeaseLost, _Cancelled):
@@ -141,14 +141,14 @@ def complete_after_a_step(held, parent_id=None, one_statement=False):
 
 
 TRANSITIONS = {
-    "complete": lambda h: runs.complete(h.run_id, h.generation, '"done"'),
-    "complete_child": lambda h: runs.complete(h.run_id, h.generation, '"done"', h.parent_id),
+    "complete": lambda h: endings.complete(h.run_id, h.generation, '"done"'),
+    "complete_child": lambda h: endings.complete(h.run_id, h.generation, '"done"', h.parent_id),
     "complete_after_a_step": complete_after_a_step,
     "complete_child_after_a_step": lambda h: complete_after_a_step(h, h.parent_id),
     "complete_after_a_step_one_statement": lambda h: complete_after_a_step(h, one_statement=True),
-    "fail": lambda h: runs.fail(h.run_id, h.generation, ERROR, ("two", 1), h.parent_id),
-    "retry": lambda h: runs.retry_step(h.run_id, h.generation, "two", 1, ERROR, 0.0, 1.0),
-    "retry_later": lambda h: runs.retry_step(h.run_id, h.generation, "two", 1, ERROR, 600.0, 1.0),
+    "fail": lambda h: endings.fail(h.run_id, h.generation, ERROR, ("two", 1), h.parent_id),
+    "retry": lambda h: endings.retry_step(h.run_id, h.generation, "two", 1, ERROR, 0.0, 1.0),
+    "retry_later": lambda h: endings.retry_step(h.run_id, h.generation, "two", 1, ERROR, 600.0, 1.0),
     "sleep": lambda h: suspend.sleep(
         h.run_id, h.generation, "nap", serialization.dumps({"wake_at": h.later(60)}, "t"), h.later(60), False
     ),

@@ -12,7 +12,7 @@ from django.db import connection
 
 from celery_durable.models import Run, Slot, Step
 from celery_durable.states import RunStatus
-from celery_durable.store import claims, recovery, runs, slots
+from celery_durable.store import claims, endings, recovery, slots
 from celery_durable.store import replay as replay_store
 from celery_durable.store.cancellation import cancel, stop_at_boundary
 from tests.integration.race_tools import before_statement, concurrently, take_over, update_of
@@ -173,7 +173,7 @@ def test_cancel__of_a_run_that_completes_meanwhile__is_an_error_and_changes_noth
 
     run = tasks.add.delay(1, 2)
     claim = claims.claim(run.id, "worker-a", 30)
-    completes = lambda: concurrently(lambda: runs.complete(run.id, claim.generation, "3"))  # noqa: E731
+    completes = lambda: concurrently(lambda: endings.complete(run.id, claim.generation, "3"))  # noqa: E731
     hook = before_statement(update_of(Run, "cancel_requested_at", "cancel_reason"), completes)
     with hook as fired, pytest.raises(RunStateError):
         cancel(run.id, "too late")
