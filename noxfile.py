@@ -48,7 +48,11 @@ def databases(session: nox.Session) -> list[str]:
 @nox.session
 @nox.parametrize("python,django", CELLS)
 def tests(session: nox.Session, django: str) -> None:
-    """Unit tests, integration and browser tests per database; e2e and chaos (``WORKER_CELL``) on PostgreSQL."""
+    """Unit tests, integration and browser tests per database; e2e and chaos (``WORKER_CELL``) on PostgreSQL.
+
+    The oldest cell runs the integration tests on PostgreSQL twice: with Django's default
+    client-side binding and with prepared statements (``DURABLE_TEST_PG_PREPARED=1``).
+    """
     session.install("-e", ".[dev]", f"django~={django}.0")
     session.run("python", "-c", "import django, celery; print('django', django.__version__, celery.__version__)")
     extra = session.posargs
@@ -60,6 +64,11 @@ def tests(session: nox.Session, django: str) -> None:
         if e2e:
             paths.append("tests/e2e")
         session.run("pytest", *paths, *extra, env={"DURABLE_TEST_DB": db})
+        if db == "postgres" and (session.python, django) == CELLS[0]:
+            # Again with parameters bound on the server and repeated statements prepared, the
+            # connection settings docs/howto/deploy.md recommends (~2 minutes).
+            prepared = {"DURABLE_TEST_DB": db, "DURABLE_TEST_PG_PREPARED": "1"}
+            session.run("pytest", "tests/integration", *extra, env=prepared)
         if e2e:
             # The chaos suite's short form (both brokers, ~2 min) in a process of its own: it
             # restarts PostgreSQL, Redis and RabbitMQ, which no other suite's fixtures expect.

@@ -505,7 +505,14 @@ def main(argv: list[str] | None = None) -> int:
         help="benchmark celery_durable/ as of this git revision (exported with git archive to var/bench/src-REV, "
         "with this bench/), not the working tree that others may be editing",
     )
+    parser.add_argument(
+        "--pg-prepared",
+        action="store_true",
+        help="PostgreSQL parameters bound on the server and repeated statements prepared (every group)",
+    )
     args = parser.parse_args(argv)
+    if args.pg_prepared:
+        os.environ["BENCH_PG_SERVER_BINDING"] = "1"  # inherited by every subprocess (bench/settings.py)
     if args.snapshot:
         return run_snapshot(args.snapshot, argv if argv is not None else sys.argv[1:])
     size = "quick" if args.quick else "full"

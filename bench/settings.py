@@ -32,6 +32,13 @@ DATABASES = {
         "HOST": os.environ.get("BENCH_PG_HOST", "127.0.0.1"),
         "PORT": os.environ.get("BENCH_PG_PORT", "5432"),
         "CONN_MAX_AGE": None,
+        # BENCH_PG_SERVER_BINDING=1: psycopg binds parameters on the server and prepares a
+        # statement after its fifth execution on a connection (the plan is cached).
+        "OPTIONS": (
+            {"server_side_binding": True, "prepare_threshold": 5}
+            if os.environ.get("BENCH_PG_SERVER_BINDING") == "1"
+            else {}
+        ),
     }
 }
 

@@ -60,6 +60,10 @@ if DB == "postgres":
             "TEST": {"NAME": os.environ.get("DURABLE_TEST_PG_TEST_NAME", f"celery_durable_test_{os.getpid()}")},
         }
     }
+    if os.environ.get("DURABLE_TEST_PG_PREPARED") == "1":
+        # Parameters bound on the server, a statement prepared from its sixth execution on a
+        # connection: the setting docs/howto/deploy.md recommends.
+        DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 5}
 elif DB == "mysql":
     import pymysql  # type: ignore[import-untyped]
 

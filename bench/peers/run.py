@@ -334,7 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prefetch", type=int, help="worker_prefetch_multiplier of every Celery worker (ours and the baselines')"
     )
+    parser.add_argument(
+        "--pg-prepared",
+        action="store_true",
+        help="Django's PostgreSQL connections bind parameters on the server and prepare repeated statements "
+        "(ours and the Celery baselines'; DBOS's SQLAlchemy + psycopg does by default)",
+    )
     args = parser.parse_args(argv)
+    if args.pg_prepared:
+        os.environ["BENCH_PG_SERVER_BINDING"] = "1"  # inherited by every subprocess (bench/settings.py)
     # The workflow's result backends: durable runs read from their rows and the chain in Redis
     # (rows-redis, the default), or both in Redis (redis: the figures before DurableResultBackend).
     os.environ["BENCH_PEERS_RESULTS"] = args.results

@@ -83,6 +83,9 @@ def database_from_url(url: str) -> dict[str, Any]:
             # Keep the connection between tasks (celery-durable closes only broken ones).
             "CONN_MAX_AGE": None,
             "CONN_HEALTH_CHECKS": True,
+            # Prepared statements: PostgreSQL plans a run's statements once per connection
+            # (check celery_durable.W012, docs/howto/deploy.md).
+            "OPTIONS": {"server_side_binding": True, "prepare_threshold": 5},
         }
     if parts.scheme == "sqlite":
         return sqlite_database(Path(unquote(parts.path)))

@@ -35,6 +35,26 @@ def test_sqlite_with_immediate_and_wal__passes():
     assert checks.sqlite_messages(databases) == []
 
 
+def test_postgresql_without_prepared_statements__is_a_deploy_warning():
+    plain = {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}
+    binding_only = {**plain, "OPTIONS": {"server_side_binding": True}}
+    prepared = {**plain, "OPTIONS": {"server_side_binding": True, "prepare_threshold": 5}}
+    sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": "x.sqlite3"}
+    databases = {"plain": plain, "binding_only": binding_only, "prepared": prepared, "sqlite": sqlite}
+    messages = checks.postgresql_messages(databases)
+    assert [(m.id, m.msg.split("'")[1]) for m in messages] == [
+        ("celery_durable.W012", "plain"),
+        ("celery_durable.W012", "binding_only"),
+    ]
+
+
+def test_prepared_statements_check__runs_with_check_deploy_only():
+    from django.core.checks.registry import registry
+
+    assert checks.check_postgresql_prepared in registry.get_checks(include_deployment_checks=True)
+    assert checks.check_postgresql_prepared not in registry.get_checks(include_deployment_checks=False)
+
+
 def test_invalid_settings__are_reported_by_a_check():
     with override_settings(CELERY_DURABLE={"LEASE_SECONDS": -1}):
         assert [m.id for m in checks.check_settings()] == ["celery_durable.E001"]
