@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F
 
 from .. import clock, serialization
@@ -103,13 +103,70 @@ def _suspend(
     releasing: bool,
     fields: dict[str, Any],
 ) -> bool:
-    """Leave ``running`` with ``fields`` and record the pending step, in one transaction."""
+    """Leave ``running`` with ``fields`` and record the pending step, in one transaction.
+
+    On PostgreSQL, a step reached for the first time: one statement (:func:`_suspend_sql`).
+    """
     now = clock.now()
+    if not exists and connections[using].vendor == "postgresql":
+        return _suspend_sql(run_id, generation, step_id, kind, output, using, releasing, fields, now) == 1
     with transaction.atomic(using=using):
         if _leave_running(run_id, generation, using, releasing, **fields) != 1:
             return False
         _pending_step(run_id, step_id, kind, output, exists, now, using)
     return True
+
+
+def _suspend_sql(
+    run_id: str,
+    generation: int,
+    step_id: str,
+    kind: str,
+    output: str,
+    using: str,
+    releasing: bool,
+    fields: dict[str, Any],
+    now: datetime,
+) -> int:
+    """The suspension as one statement (PostgreSQL): the step's INSERT reads the run's UPDATE.
+
+    ``WITH s AS (UPDATE run … WHERE <fences> RETURNING 1) INSERT INTO step … SELECT … FROM s``:
+    the pending step is written only if the run left ``running`` (the same fences as
+    :func:`_leave_running`), and both or neither commit. Returns the rows inserted (0 or 1).
+    """
+    connection = connections[using]
+    q = connection.ops.quote_name
+    value = connection.ops.adapt_datetimefield_value
+    changes = {**fields, **({"holds_slots": False} if releasing else {})}
+    assignments = "".join(f", {q(name)} = %s" for name in changes)
+    held = f" AND {q('holds_slots')} = %s" if releasing else ""
+    columns = ("run_id", "step_id", "kind", "status", "output", "attempts", "started_at", "finished_at")
+    sql = (
+        f"WITH s AS (UPDATE {q(Run._meta.db_table)} SET {q('lease_owner')} = NULL, "
+        f"{q('lease_expires_at')} = NULL{assignments} "
+        f"WHERE {q('id')} = %s AND {q('generation')} = %s AND {q('status')} = %s "
+        f"AND {q('cancel_requested_at')} IS NULL{held} RETURNING 1) "
+        f"INSERT INTO {q(Step._meta.db_table)} ({', '.join(q(c) for c in columns)}) "
+        f"SELECT {', '.join(['%s'] * len(columns))} FROM s"
+    )
+    params = [
+        *(value(v) if isinstance(v, datetime) else v for v in changes.values()),
+        run_id,
+        generation,
+        RunStatus.RUNNING,
+        *([True] if releasing else []),
+        run_id,
+        step_id,
+        kind,
+        StepStatus.PENDING,
+        output,
+        1,
+        value(now),
+        value(now),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
 
 
 def resolve_wait(run_id: str, step_id: str, event: dict[str, Any], using: str = "default") -> RunMessage | None:

@@ -100,10 +100,14 @@ def take_over(run_id: str, owner: str = "worker-b") -> int:
 
 
 def update_of(model: Any, *columns: str) -> str:
-    """A pattern matching ``UPDATE <model's table> SET <columns[0]> = ..., <columns[1]> = ...``."""
+    """A pattern matching ``UPDATE <model's table> SET <columns[0]> = ..., <columns[1]> = ...``.
+
+    Also as the writable CTE that starts a statement (``WITH s AS (UPDATE …``: PostgreSQL's
+    one-statement suspension).
+    """
     quoted = r"[`\"]?"
     sets = r"\s*=\s*[^,]*,\s*".join(f"{quoted}{column}{quoted}" for column in columns)
-    return rf"^\s*UPDATE\s+{quoted}{model._meta.db_table}{quoted}\s+SET\s+{sets}\s*="
+    return rf"^\s*(WITH\s+\w+\s+AS\s+\(\s*)?UPDATE\s+{quoted}{model._meta.db_table}{quoted}\s+SET\s+{sets}\s*="
 
 
 def in_parallel(action: Callable[[Any], Any], arguments: list[Any], timeout: float = 120.0) -> list[Any]:
