@@ -59,12 +59,23 @@ def sqlite_messages(databases: dict[str, Any]) -> list[checks.CheckMessage]:
 @checks.register(checks.Tags.database, deploy=True)
 def check_postgresql_prepared(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """W012 (``check --deploy``): PostgreSQL plans every statement again without prepared statements."""
-    return postgresql_messages(settings.DATABASES)
+    return postgresql_messages(settings.DATABASES, _psycopg3())
 
 
-def postgresql_messages(databases: dict[str, Any]) -> list[checks.CheckMessage]:
-    """The prepared-statements check over a ``DATABASES`` dict."""
+def _psycopg3() -> bool:
+    """Whether Django talks to PostgreSQL through psycopg 3 (psycopg2 cannot prepare statements)."""
+    try:
+        from django.db.backends.postgresql.psycopg_any import is_psycopg3
+    except ImportError:  # no PostgreSQL driver installed
+        return False
+    return bool(is_psycopg3)
+
+
+def postgresql_messages(databases: dict[str, Any], psycopg3: bool = True) -> list[checks.CheckMessage]:
+    """The prepared-statements check over a ``DATABASES`` dict (nothing to advise with psycopg2)."""
     messages: list[checks.CheckMessage] = []
+    if not psycopg3:
+        return messages
     for alias, config in databases.items():
         if "postgresql" not in config.get("ENGINE", ""):
             continue

@@ -48,6 +48,11 @@ def test_postgresql_without_prepared_statements__is_a_deploy_warning():
     ]
 
 
+def test_prepared_statements_check__advises_nothing_with_psycopg2():
+    plain = {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}
+    assert checks.postgresql_messages({"default": plain}, psycopg3=False) == []
+
+
 def test_prepared_statements_check__runs_with_check_deploy_only():
     from django.core.checks.registry import registry
 
