@@ -34,7 +34,8 @@ from ..states import RunStatus, StepStatus
 from .pausing import not_paused_sql, paused_here
 from .runs import stopped_by_cancel
 
-_COLUMNS = ("run_id", "step_id", "kind", "status", "output", "attempts", "started_at", "finished_at")
+#: The columns a new step row is written with (here and by ``suspension``'s one-statement suspension).
+STEP_COLUMNS = ("run_id", "step_id", "kind", "status", "output", "attempts", "started_at", "finished_at")
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class CheckpointStore:
             )
             params: list[Any] = [StepStatus.COMPLETED, output, attempts, finished, self.run_id, step_id]
         else:
-            columns = ", ".join(q(c) for c in _COLUMNS)
+            columns = ", ".join(q(c) for c in STEP_COLUMNS)
             # The fence's own SELECT provides the row: nothing is inserted unless it matches.
             sql = f"INSERT INTO {self._step} ({columns}) " + self._fence.replace(
                 "SELECT 1", "SELECT %s, %s, %s, %s, %s, %s, %s, %s", 1

@@ -17,6 +17,7 @@ from django.db.models import F
 from .. import clock, serialization
 from ..models import Run, Step
 from ..states import CHILD_ENDED, RunStatus, StepStatus
+from .checkpoints import STEP_COLUMNS
 from .messages import RunMessage
 from .rows import message_for, queued_again
 
@@ -140,14 +141,13 @@ def _suspend_sql(
     changes = {**fields, **({"holds_slots": False} if releasing else {})}
     assignments = "".join(f", {q(name)} = %s" for name in changes)
     held = f" AND {q('holds_slots')} = %s" if releasing else ""
-    columns = ("run_id", "step_id", "kind", "status", "output", "attempts", "started_at", "finished_at")
     sql = (
         f"WITH s AS (UPDATE {q(Run._meta.db_table)} SET {q('lease_owner')} = NULL, "
         f"{q('lease_expires_at')} = NULL{assignments} "
         f"WHERE {q('id')} = %s AND {q('generation')} = %s AND {q('status')} = %s "
         f"AND {q('cancel_requested_at')} IS NULL{held} RETURNING 1) "
-        f"INSERT INTO {q(Step._meta.db_table)} ({', '.join(q(c) for c in columns)}) "
-        f"SELECT {', '.join(['%s'] * len(columns))} FROM s"
+        f"INSERT INTO {q(Step._meta.db_table)} ({', '.join(q(c) for c in STEP_COLUMNS)}) "
+        f"SELECT {', '.join(['%s'] * len(STEP_COLUMNS))} FROM s"
     )
     params = [
         *(value(v) if isinstance(v, datetime) else v for v in changes.values()),
