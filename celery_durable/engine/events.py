@@ -10,7 +10,7 @@ from django.db import transaction
 from .. import clock, serialization, validation
 from ..conf import get_settings
 from ..exceptions import DurableConfigError
-from ..runtime.events import MISSING, Event, lookup, matches, validate_event_name, wait_names
+from ..runtime.events import MISSING, Event, lookup, matches, validate_event_name
 from ..store import event_waits, events, runs
 from ..store.cancellation import Cancellation, cancel_descendant
 from ..store.messages import RunMessage
@@ -67,11 +67,11 @@ def _start_triggered(event: Event, specs: list[TaskSpec]) -> list[RunMessage]:
 def _resume_waiting(event: Event, row_pk: int) -> list[RunMessage]:
     """Resume every run waiting for the event: a constant number of queries, however many wait."""
     pending = event_waits.pending_waits(event.name)
-    waits = [
-        wait
-        for wait in pending
-        if event.name in wait_names(wait.state) and matches(event.data, wait.state.get("match"))
-    ]
+    waits = []
+    for wait in pending:
+        names, match = wait.wants()
+        if event.name in names and matches(event.data, match):
+            waits.append(wait)
     payload = {**event.to_json(), "_row": row_pk}
     if waits and len(waits) == len(pending):  # every run waiting for the name takes it
         resumed = event_waits.resolve_every_wait(event.name, waits, payload)

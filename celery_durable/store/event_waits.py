@@ -8,6 +8,7 @@ if the rows they touch are not exactly the waits that were read, the UPDATEs nam
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -18,23 +19,39 @@ from django.db.models.functions import Concat, Left, Length
 
 from .. import clock, serialization
 from ..models import Run, Step
-from ..runtime.events import ANY_OF
+from ..runtime.events import ANY_OF, wait_names
 from ..states import RunStatus, StepStatus
 from .messages import RunMessage
-from .rows import MESSAGE_FIELDS, message_from, queued_again
+from .rows import message_columns, message_from, queued_again
 
 #: How a waiting step's output ends (``{**state, "event": None}`` as JSON, the event last).
 WAITING_OUTPUT_END = '"event": null}'
 
 
 class Wait(NamedTuple):
-    """A pending wait step, with its run's message."""
+    """A pending wait step, with its run's message; ``output`` is its state as stored."""
 
     pk: int
     run_id: str
     step_id: str
-    state: dict[str, Any]
+    output: str
     message: RunMessage
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The wait's state, decoded."""
+        state: dict[str, Any] = serialization.loads(self.output or "{}")
+        return state
+
+    def wants(self) -> tuple[list[str], dict[str, Any] | None]:
+        """The event names the wait is for and its ``match``, decoded only as far as needed.
+
+        Names are plain JSON strings: the standard decoder reads them several times faster
+        than the one that revives dates and decimals (``timeout_at`` is one), which only a
+        ``match`` may need.
+        """
+        plain = json.loads(self.output or "{}")
+        return wait_names(plain), (self.state.get("match") if plain.get("match") else None)
 
 
 def _waiting_for(name: str) -> Any:
@@ -57,12 +74,9 @@ def pending_waits(name: str) -> list[Wait]:
             run__status=RunStatus.WAITING, run__waiting_for__in=[name, ANY_OF], kind="wait", status=StepStatus.PENDING
         )
         .order_by("run_id")
-        .values_list("id", "step_id", "output", *(f"run__{column}" for column in MESSAGE_FIELDS))
+        .values_list("id", "step_id", "output", *message_columns("run__"))
     )
-    return [
-        Wait(pk, row[0], step_id, serialization.loads(output or "{}"), message_from(row))
-        for pk, step_id, output, *row in pending
-    ]
+    return [Wait(pk, row[0], step_id, output, message_from(row)) for pk, step_id, output, *row in pending]
 
 
 def resolve_every_wait(name: str, waits: list[Wait], event: dict[str, Any]) -> list[RunMessage] | None:

@@ -9,13 +9,26 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connections
+from django.db.models import BooleanField, ExpressionWrapper, Q
 
 from ..models import Run
 from ..states import RunStatus
 from .messages import RunMessage
 
-#: The columns a run's message is made of (``message_from``): select them with the row.
-MESSAGE_FIELDS = ("id", "task_name", "args", "kwargs", "options", "started_at")
+
+def message_columns(prefix: str = "") -> tuple[Any, ...]:
+    """What a run's message is made of (``message_from``): select it with the row.
+
+    ``prefix`` reaches the run through a relation (``"run__"``). Whether the run started is
+    read as a boolean, not as its ``started_at``: Django's loader of a PostgreSQL
+    ``timestamptz`` is pure Python (~10 µs a value), a cost per row of a bulk read.
+    """
+    started = ExpressionWrapper(Q(**{f"{prefix}started_at__isnull": False}), output_field=BooleanField())
+    return (*(f"{prefix}{column}" for column in ("id", "task_name", "args", "kwargs", "options")), started)
+
+
+#: The message columns of a run read directly.
+MESSAGE_FIELDS = message_columns()
 
 
 def queued_again(now: datetime) -> dict[str, Any]:
@@ -25,8 +38,8 @@ def queued_again(now: datetime) -> dict[str, Any]:
 
 def message_from(row: tuple[Any, ...]) -> RunMessage:
     """A message from a row of ``MESSAGE_FIELDS``: a run that started before is a resume."""
-    run_id, task_name, args, kwargs, options, started_at = row
-    return RunMessage(run_id, task_name, args, kwargs, options, resume=started_at is not None)
+    run_id, task_name, args, kwargs, options, started = row
+    return RunMessage(run_id, task_name, args, kwargs, options, resume=bool(started))
 
 
 def message_for(run_id: str, using: str = "default") -> RunMessage:

@@ -318,7 +318,7 @@ def test_events_for_many_waits__a_wait_that_timed_out_is_not_given_the_event(dur
     assert durable.wake_due() == 1  # the timeout: queued again, the wait step still pending
     before = snapshot()
     event = {"name": "user.confirmed", "data": {"user_id": 4}, "id": "e2", "received_at": durable.clock.now()}
-    wait = event_waits.Wait(state.pk, run.id, "confirmation", state.output_value, message_for(run.id))
+    wait = event_waits.Wait(state.pk, run.id, "confirmation", state.output, message_for(run.id))
     assert event_waits.resolve_waits([wait], event) == []
     assert snapshot() == before
 
