@@ -19,6 +19,7 @@ from .. import clock, serialization, validation
 from ..exceptions import RunNotFound, TaskNotRegistered
 from ..models import Run
 from ..states import FINISHED, RunStatus
+from . import inserts
 from .messages import RunMessage
 
 
@@ -42,15 +43,19 @@ def create(
     try:
         with guard:
             fields: dict[str, Any] = {
+                "id": run_id,
+                "task_name": task_name,
+                "args": args,
+                "kwargs": kwargs,
+                "options": options,
+                "created_at": now,
                 "status": RunStatus.QUEUED,
                 "wake_at": wake_at,
                 "published_at": None if wake_at else now,
                 **(deadlines or {}),
                 **(extra or {}),
             }
-            Run.objects.using(using).create(
-                id=run_id, task_name=task_name, args=args, kwargs=kwargs, options=options, created_at=now, **fields
-            )
+            inserts.insert_row(Run, fields, using)  # Run.objects.create() without its per-call compile
     except IntegrityError:
         if Run.objects.using(using).filter(id=run_id).exists():
             return False

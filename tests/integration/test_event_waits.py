@@ -85,3 +85,22 @@ def test_a_run_with_two_pending_waits_for_the_name__resumed_once(durable):
     messages = event_waits.resolve_waits(read, event)
     assert [message.run_id for message in messages] == [run_id]
     assert set(Step.objects.filter(run_id=run_id).values_list("status", flat=True)) == {StepStatus.COMPLETED}
+
+
+@durable_task(name="t.waits_for_a_date")
+def waits_for_a_date(at):
+    event = step.wait_for_event("dated", "bulk.dated", match={"at": at}, timeout=3600)
+    return event.data["n"]
+
+
+def test_a_match_on_a_date__compared_as_a_date_not_as_its_json(durable):
+    from datetime import datetime, timezone
+
+    at = datetime(2026, 12, 7, 5, 30, tzinfo=timezone.utc)
+    matching = waits_for_a_date.delay(at).id
+    other = waits_for_a_date.delay(at.replace(hour=6)).id
+    durable.run_until_idle(advance_clock=False)
+    send_event("bulk.dated", {"at": at, "n": 7})
+    durable.run_until_idle(advance_clock=False)
+    assert durable.result(matching) == 7
+    assert Run.objects.get(id=other).status == RunStatus.WAITING
