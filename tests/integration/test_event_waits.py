@@ -6,6 +6,8 @@ nothing when that condition now selects other rows than the waits read, and the 
 then resumes exactly the waits read.
 """
 
+from datetime import UTC, datetime
+
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -94,9 +96,7 @@ def waits_for_a_date(at):
 
 
 def test_a_match_on_a_date__compared_as_a_date_not_as_its_json(durable):
-    from datetime import datetime, timezone
-
-    at = datetime(2026, 12, 7, 5, 30, tzinfo=timezone.utc)
+    at = datetime(2026, 12, 7, 5, 30, tzinfo=UTC)
     matching = waits_for_a_date.delay(at).id
     other = waits_for_a_date.delay(at.replace(hour=6)).id
     durable.run_until_idle(advance_clock=False)
