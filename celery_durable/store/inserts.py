@@ -22,6 +22,8 @@ class _Insert(NamedTuple):
     sql: str
     fields: tuple[Field[Any, Any], ...]
     attnames: frozenset[str]
+    #: Each field's default as the database takes it, converted once (``None``: a callable default).
+    converted_defaults: tuple[tuple[Any] | None, ...]
 
 
 _compiled: dict[tuple[type[Model], str], _Insert] = {}
@@ -39,8 +41,10 @@ def insert_row(model: type[Model], values: dict[str, Any], using: str = "default
         raise TypeError(f"{model.__name__} has no field {', '.join(sorted(unknown))}")
     connection = connections[using]
     params = [
-        field.get_db_prep_save(values[field.attname] if field.attname in values else field.get_default(), connection)
-        for field in insert.fields
+        field.get_db_prep_save(values[field.attname], connection)
+        if field.attname in values
+        else (default[0] if default is not None else field.get_db_prep_save(field.get_default(), connection))
+        for field, default in zip(insert.fields, insert.converted_defaults, strict=True)
     ]
     with connection.cursor() as cursor:
         cursor.execute(insert.sql, params)
@@ -54,6 +58,11 @@ def _compile(model: type[Model], using: str) -> _Insert:
     statements = query.get_compiler(using=using).as_sql()
     if len(statements) != 1 or len(statements[0][1]) != len(fields):
         raise RuntimeError(f"the INSERT of {model.__name__} does not take one value per field: {statements!r}")
-    insert = _Insert(statements[0][0], fields, frozenset(field.attname for field in fields))
+    connection = connections[using]
+    defaults = tuple(
+        None if callable(field.default) else (field.get_db_prep_save(field.get_default(), connection),)
+        for field in fields
+    )
+    insert = _Insert(statements[0][0], fields, frozenset(field.attname for field in fields), defaults)
     _compiled[(model, using)] = insert
     return insert
