@@ -2,8 +2,8 @@
 # Run the test suite: lint, the guard mutations (tests/guards.toml), then one old and one new cell of the nox matrix
 # (Python 3.11 x Django 5.2, Python 3.13 x Django 6.1), each on SQLite, PostgreSQL and
 # MariaDB; the newest cell also runs the e2e and chaos tests (real workers on Redis and
-# RabbitMQ) on PostgreSQL (noxfile.py, WORKER_CELL), the oldest the integration tests on PostgreSQL
-# once more with prepared statements.
+# RabbitMQ) on PostgreSQL (noxfile.py, WORKER_CELL); the oldest runs PostgreSQL with prepared
+# statements, the newest with Django's default binding.
 # Unreachable services are skipped with a reason, unless CELERY_DURABLE_REQUIRE_SERVICES=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
