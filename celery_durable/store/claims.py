@@ -20,6 +20,7 @@ from .. import clock
 from ..models import Run, Step
 from ..runtime.records import StoredStep
 from ..states import RunStatus
+from .compiled import CompiledSelect
 from .pausing import covering_pauses, not_paused_sql
 
 
@@ -172,12 +173,15 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
     )
 
 
+_CHECKPOINTS = CompiledSelect(
+    lambda run_id: Step.objects.filter(run_id=run_id).values_list("step_id", "kind", "status", "output", "attempts"),
+    "\x00celery_durable.claims.run_id",
+)
+
+
 def load_checkpoints(run_id: str, using: str = "default") -> dict[str, StoredStep]:
-    """All checkpoints of a run, in one query."""
-    rows = (
-        Step.objects.using(using).filter(run_id=run_id).values_list("step_id", "kind", "status", "output", "attempts")
-    )
-    return {row[0]: StoredStep(*row) for row in rows}
+    """All checkpoints of a run, in one query (compiled once: every resume reads them)."""
+    return {row[0]: StoredStep(*row) for row in _CHECKPOINTS.rows(run_id, using=using)}
 
 
 def extend_leases(owner: str, run_ids: list[str], lease_seconds: float, using: str = "default") -> set[str]:

@@ -21,6 +21,7 @@ from django.db.models.functions import Coalesce
 from .. import clock
 from ..models import Run, Slot
 from ..states import HOLDING_SLOTS, RunStatus
+from .compiled import CompiledSelect
 from .fair import in_turn, not_behind_the_head
 from .messages import RunMessage
 from .rows import MESSAGE_FIELDS, message_for, message_from
@@ -143,9 +144,10 @@ def _hand_over(key: str) -> RunMessage | None:
     taking; a concurrent promoter that took it first makes the UPDATE change nothing, and
     the caller gives the slot back instead.
     """
-    is_fair = Slot.objects.filter(key=key, in_use__lte=EFFECTIVE_LIMIT).values_list("fair", flat=True).first()
-    if is_fair is None:
+    within_limit = _SLOT_WITHIN_LIMIT.rows(key)  # the key's row unless a lowered limit left it over
+    if not within_limit:
         return None
+    is_fair = within_limit[0][0]
     message = _next_in_turn(key) if is_fair else _backlog_head(key)
     if message is None:
         return None
@@ -168,10 +170,10 @@ def _next_in_turn(key: str) -> RunMessage | None:
     return None if row is None else message_from(row)
 
 
-def _backlog_head(key: str) -> RunMessage | None:
-    """The head of ``key``'s backlog if it needs no other key (``promote()`` takes two)."""
-    heads: list[tuple[Any, ...]] = []  # (backlog_at, slot_key2, *MESSAGE_FIELDS)
-    for field in ("slot_key1", "slot_key2"):
+def _head_of(field: str) -> CompiledSelect:
+    """The oldest pending run whose ``field`` is the key: (backlog_at, slot_key2, *MESSAGE_FIELDS)."""
+
+    def head(key: str) -> QuerySet[Any, Any]:
         # By backlog_at alone, the backlog index's order: with ", id" PostgreSQL sorted the
         # whole backlog on every hand-over whenever its statistics lagged a growing backlog
         # (10,000 pending: ~2.5 ms each). Equal times come from different processes and
@@ -179,7 +181,22 @@ def _backlog_head(key: str) -> RunMessage | None:
         pending = Run.objects.filter(status=RunStatus.PENDING, **{field: key}).order_by("backlog_at")
         if field == "slot_key1":
             pending = _skip_locked(pending)
-        heads += list(pending.values_list("backlog_at", "slot_key2", *MESSAGE_FIELDS)[:1])
+        return pending.values_list("backlog_at", "slot_key2", *MESSAGE_FIELDS)[:1]
+
+    return CompiledSelect(head, _KEY)
+
+
+#: Placeholder of the key in the compiled hand-over queries (no key is ever this string).
+_KEY = "\x00celery_durable.slots.key"
+_SLOT_WITHIN_LIMIT = CompiledSelect(
+    lambda key: Slot.objects.filter(key=key, in_use__lte=EFFECTIVE_LIMIT).values_list("fair"), _KEY
+)
+_BACKLOG_HEAD = {field: _head_of(field) for field in ("slot_key1", "slot_key2")}
+
+
+def _backlog_head(key: str) -> RunMessage | None:
+    """The head of ``key``'s backlog if it needs no other key (``promote()`` takes two)."""
+    heads = _BACKLOG_HEAD["slot_key1"].rows(key) + _BACKLOG_HEAD["slot_key2"].rows(key)
     if not heads or any(row[0] is None for row in heads):
         return None  # no backlog, or one promote() orders
     head = min(heads, key=lambda row: (row[0], row[2]))  # by backlog_at, then id
