@@ -11,7 +11,7 @@ given back by the services' backstop.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from .. import clock
 from ..models import Run, Slot
 from ..states import HOLDING_SLOTS, RunStatus
-from .compiled import CompiledSelect
+from .compiled import CompiledSelect, CompiledUpdate
 from .fair import in_turn, not_behind_the_head
 from .messages import RunMessage
 from .rows import MESSAGE_FIELDS, message_for, message_from
@@ -151,9 +151,7 @@ def _hand_over(key: str) -> RunMessage | None:
     message = _next_in_turn(key) if is_fair else _backlog_head(key)
     if message is None:
         return None
-    taken = Run.objects.filter(
-        id=message.run_id, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
-    ).update(status=RunStatus.QUEUED, published_at=clock.now(), holds_slots=True)
+    taken = _TAKE_HEAD.count(message.run_id, key, clock.now())
     return message if taken else None
 
 
@@ -192,6 +190,17 @@ _SLOT_WITHIN_LIMIT = CompiledSelect(
     lambda key: Slot.objects.filter(key=key, in_use__lte=EFFECTIVE_LIMIT).values_list("fair"), _KEY
 )
 _BACKLOG_HEAD = {field: _head_of(field) for field in ("slot_key1", "slot_key2")}
+_TAKE_HEAD = CompiledUpdate(
+    lambda run_id, key, now: (
+        Run.objects.filter(
+            id=run_id, status=RunStatus.PENDING, holds_slots=False, slot_key1=key, slot_key2__isnull=True
+        ),
+        {"status": RunStatus.QUEUED, "published_at": now, "holds_slots": True},
+    ),
+    "\x00celery_durable.slots.run_id",
+    _KEY,
+    datetime(1970, 1, 1, 0, 0, 0, 123457, tzinfo=UTC),
+)
 
 
 def _backlog_head(key: str) -> RunMessage | None:

@@ -1,7 +1,7 @@
-"""``store.compiled``: a SELECT compiled once answers what the queryset it came from answers."""
+"""``store.compiled``: a statement compiled once does what the queryset it came from does."""
 
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection, transaction
@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from celery_durable import clock
 from celery_durable.models import Run
 from celery_durable.states import RunStatus
-from celery_durable.store.compiled import CompiledSelect
+from celery_durable.store.compiled import CompiledSelect, CompiledUpdate
 
 
 def backlog(key, status):
@@ -91,3 +91,27 @@ def test_select_for_update__keeps_its_lock_clause(durable):
         assert locking.rows("nobody") == []
     if connection.features.has_select_for_update:
         assert "FOR UPDATE" in captured[0]["sql"]
+
+
+def take(run_id, key, now):
+    return (
+        Run.objects.filter(id=run_id, status=RunStatus.PENDING, slot_key1=key),
+        {"status": RunStatus.QUEUED, "published_at": now},
+    )
+
+
+TAKE = CompiledUpdate(take, "placeholder-id", "placeholder-key", datetime(1970, 1, 1, 0, 0, 0, 123457, tzinfo=UTC))
+
+
+def test_update__changes_and_counts_what_update_does__a_datetime_among_the_values(runs):
+    later = clock.now() + timedelta(minutes=5)
+    with CaptureQueriesContext(connection) as captured:
+        assert TAKE.count("run-0", "a", later) == 1
+        assert TAKE.count("run-0", "a", later) == 0  # no longer pending
+        assert TAKE.count("run-2", "a", later) == 0  # another key's run
+    assert [query["sql"].split()[0] for query in captured] == ["UPDATE"] * 3
+    queryset, changes = take("run-1", "a", later)
+    assert queryset.update(**changes) == 1
+    taken = {run.id: (run.status, run.published_at) for run in Run.objects.filter(id__in=["run-0", "run-1"])}
+    assert taken == {"run-0": (RunStatus.QUEUED, later), "run-1": (RunStatus.QUEUED, later)}
+    assert Run.objects.get(id="run-2").status == RunStatus.PENDING
