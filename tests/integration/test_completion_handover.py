@@ -181,3 +181,35 @@ def test_sleep__whose_hand_over_fails__rolls_back_and_suspends_the_plain_way(dur
     assert len(calls) == 2  # the separate release after the suspension handed the slot on
     assert Run.objects.get(id=second.id).status == RunStatus.QUEUED
     assert Slot.objects.get(key=SLEEP_KEY).in_use == 1
+
+
+@durable_task(name="t.handover_k", concurrency=Concurrency(limit=1, scope="global", name="handover-k"))
+def handover_k(n):
+    return n
+
+
+@durable_task(
+    name="t.handover_jk",
+    concurrency=[
+        Concurrency(limit=1, scope="global", name="handover-j"),
+        Concurrency(limit=1, scope="global", name="handover-k"),
+    ],
+)
+def handover_jk(n):
+    return n
+
+
+def test_completion__does_not_hand_the_slot_past_an_older_run_that_needs_it_as_its_second_key(durable):
+    holder = handover_k.delay(1)
+    older = handover_jk.delay(2)  # waits for the shared key, which is its second one
+    younger = handover_k.delay(3)  # the shared key is its first: the head of that backlog
+    older_row, younger_row = Run.objects.get(id=older.id), Run.objects.get(id=younger.id)
+    assert older_row.slot_key2 == younger_row.slot_key1 and older_row.slot_key1 != younger_row.slot_key1
+    assert (older_row.status, younger_row.status) == (RunStatus.PENDING, RunStatus.PENDING)
+    assert durable.run_next() == holder.id
+    # The freed slot goes to the run first in line, which takes both of its keys at once.
+    older_row, younger_row = Run.objects.get(id=older.id), Run.objects.get(id=younger.id)
+    assert (older_row.status, older_row.holds_slots) == (RunStatus.QUEUED, True)
+    assert (younger_row.status, younger_row.holds_slots) == (RunStatus.PENDING, False)
+    assert durable.run_next() == older.id
+    assert durable.run_next() == younger.id
