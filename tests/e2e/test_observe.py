@@ -12,7 +12,10 @@ pytestmark = pytest.mark.e2e
 
 def test_plain_tasks_on_a_worker__are_recorded_as_one_step_runs(e2e_env, workers):
     e2e_env["env"]["DURABLE_TEST_OBSERVE"] = "obs.*"
-    workers("observer", concurrency=2)
+    # One pool process: Celery publishes a retry (here countdown=0) before it stores the RETRY
+    # state, so on a second process the retry can succeed first and RETRY overwrite its SUCCESS
+    # in the result backend; Celery's own race, and the test would wait for a result forever.
+    workers("observer", concurrency=1)
     queue = e2e_env["queue"]
     ok = observe_tasks.double.apply_async((5,), queue=queue)
     bad = observe_tasks.broken.apply_async(("declined",), queue=queue)
