@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10_000, help="backlog size of the drains (ours and DBOS)")
     parser.add_argument("--handoff-runs", type=int, default=1_000)
+    parser.add_argument("--handoff-pool", type=int, default=6, help="pool processes of the handoff phase")
     parser.add_argument("--pending", type=int, default=1_000, help="backlog while every run is blocked")
     parser.add_argument("--blocked-seconds", type=float, default=10.0)
     parser.add_argument("--dbos-seconds", type=float, default=30.0, help="window at DBOS's default polling")
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             if kind in wanted:
                 results[kind] = phases.drain(kind, args.runs)
         if "handoff" in wanted:
-            results["handoff"] = phases.handoff(args.handoff_runs)
+            results["handoff"] = phases.handoff(args.handoff_runs, pool=args.handoff_pool)
         if "blocked" in wanted:
             results["blocked"] = phases.blocked(args.pending, args.blocked_seconds)
         if "dbos" in wanted:

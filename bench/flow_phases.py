@@ -288,8 +288,8 @@ def wait_completed_after(worker: Worker, task: str, n: int) -> float:
     return wait_completed(task, n, timeout=max(120.0, n / 5))
 
 
-def handoff(m: int, limited: bool = True) -> dict[str, Any]:
-    """M runs of a 10 ms body on the limited key, 6 pool processes: hand-off without saturation.
+def handoff(m: int, limited: bool = True, pool: int = LIMIT + 1) -> dict[str, Any]:
+    """M runs of a 10 ms body on the limited key, ``pool`` processes: hand-off without saturation.
 
     ``limited=False``: the same body and pool without the limit (``paced_free``), the rate the
     limited drain is compared with when the machine, not the limit, sets the pace.
@@ -298,7 +298,7 @@ def handoff(m: int, limited: bool = True) -> dict[str, Any]:
 
     task = flow_app.paced if limited else flow_app.paced_free
     log(f"handoff ({task.name}): enqueue {m}")
-    with running(IDLE_QUEUE, LIMIT + 1, "handoff" if limited else "handoff-free") as worker:
+    with running(IDLE_QUEUE, pool, "handoff" if limited else "handoff-free") as worker:
         enqueue(task, m, 0.01)
         busy0 = harness.machine_jiffies()
         wall = wait_completed_after(worker, task.name, m)
@@ -308,7 +308,7 @@ def handoff(m: int, limited: bool = True) -> dict[str, Any]:
     log(f"handoff: hop p50 {figures['hop_p50_ms']:.1f} ms, p99 {figures['hop_p99_ms']:.1f} ms")
     log(f"handoff: p50 {figures['handoff_p50_ms']:.1f} ms, p99 {figures['handoff_p99_ms']:.1f} ms")
     busy = 100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
-    return {**figures, "wall_s": wall, "machine_busy_pct": busy}
+    return {**figures, "wall_s": wall, "machine_busy_pct": busy, "pool": pool}
 
 
 def blocked(pending: int, seconds: float) -> dict[str, Any]:

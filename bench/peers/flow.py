@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2000, help="backlog of the limited drain and of DBOS")
     parser.add_argument("--handoff-runs", type=int, default=1000)
+    parser.add_argument("--handoff-pool", type=int, default=8, help="pool processes of the 10 ms drains")
     parser.add_argument("--dbos-seconds", type=float, default=30.0)
     parser.add_argument("--dbos-fast-seconds", type=float, default=90.0)
     args = parser.parse_args(argv)
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {}
     try:
         out["limited"] = phases.drain("limited", args.runs)
-        out["handoff"] = phases.handoff(args.handoff_runs)
-        out["handoff_free"] = phases.handoff(args.handoff_runs, limited=False)
+        out["handoff"] = phases.handoff(args.handoff_runs, pool=args.handoff_pool)
+        out["handoff_free"] = phases.handoff(args.handoff_runs, limited=False, pool=args.handoff_pool)
         out["dbos"] = phases.dbos(args.runs, args.dbos_seconds, args.dbos_fast_seconds)
     finally:
         out["leftover_processes"] = phases.leftovers()

@@ -240,6 +240,7 @@ def report(r: dict[str, Any]) -> str:
         w("| system | body, pool | runs | drain runs/s | hand-off p50 / p99 ms | notes |")
         w("|---|---|---|---|---|---|")
         lim, hand = flow["limited"], flow["handoff"]
+        pool = hand.get("pool", 6)  # the 10 ms drains' pool (before issue 14's -c 8: 6)
         w(
             f"| celery-durable `Concurrency(limit=5)` | trivial, prefork -c 2 | {lim['n']:,} "
             f"| {lim['rate_per_s']:,.0f} "
@@ -262,20 +263,21 @@ def report(r: dict[str, Any]) -> str:
                 f"| {dd.get('handoff_p50_ms', float('nan')):.0f} / {dd.get('handoff_p99_ms', float('nan')):.0f} | |"
             )
         w(
-            f"| celery-durable `Concurrency(limit=5)` | 10 ms, prefork -c 6 | {hand['n']:,} "
+            f"| celery-durable `Concurrency(limit=5)` | 10 ms, prefork -c {pool} | {hand['n']:,} "
             f"| {hand['rate_per_s']:,.0f} "
             f"| {hand['handoff_p50_ms']:.1f} / {hand['handoff_p99_ms']:.1f} | ideal 500/s |"
         )
         free = flow.get("handoff_free")
         if free:
             w(
-                f"| celery-durable, no limit | 10 ms, prefork -c 6 | {free['n']:,} | {free['rate_per_s']:,.0f} "
+                f"| celery-durable, no limit | 10 ms, prefork -c {pool} | {free['n']:,} | {free['rate_per_s']:,.0f} "
                 f"| {DASH} | the same body and pool unlimited |"
             )
         lp = k.get("lock_paced")
         if lp:
             w(
-                f"| Celery + Redis locks, `retry(countdown=1)` | 10 ms, prefork -c 6 | {lp['n']:,} "
+                f"| Celery + Redis locks, `retry(countdown=1)` | 10 ms, prefork -c {lp.get('concurrency', 6)} "
+                f"| {lp['n']:,} "
                 f"| {lp['rate_per_s']:,.0f} "
                 f"| {DASH} | {lp['misses']:,} lock misses, at most {lp['peak_running']} running; worker CPU "
                 f"{lp['worker_cpu_ms_per_run']:.1f} ms/run |"
@@ -306,15 +308,15 @@ def report(r: dict[str, Any]) -> str:
         if lp:
             rows.append(
                 (
-                    "per-key backlog drain, 10 ms body, 6 processes: celery-durable ÷ Celery + Redis locks",
+                    f"per-key backlog drain, 10 ms body, {pool} processes: celery-durable ÷ Celery + Redis locks",
                     [hand["rate_per_s"] / lp["rate_per_s"]],
-                    (">", 1.0),
+                    (">=", 1.3),
                 )
             )
         if free:
             rows.append(
                 (
-                    "per-key backlog drain, 10 ms body, 6 processes ÷ min(500/s, the same body unlimited)",
+                    f"per-key backlog drain, 10 ms body, {pool} processes ÷ min(500/s, the same body unlimited)",
                     [hand["rate_per_s"] / min(500.0, free["rate_per_s"])],
                     (">=", 0.8),
                 )

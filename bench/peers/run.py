@@ -54,7 +54,8 @@ from bench.peers.common import log  # noqa: E402
 PY = sys.executable
 WORKLOADS = ("workflow", "concurrency", "sleep")
 SIZES = {
-    # drain N, serial N, DBOS direct N per process (2 processes), key backlog, paced backlog,
+    # drain N, serial N, DBOS direct N per process (2 processes), key backlog, paced backlog and
+    # its pool (issue 14: prefork -c 8),
     # DBOS window at 1 s polling, cap at 10 ms polling, sleepers
     "quick": {
         "drain": 300,
@@ -62,6 +63,7 @@ SIZES = {
         "direct": 150,
         "backlog": 400,
         "paced": 300,
+        "paced_pool": 8,
         "dbos_s": 10,
         "fast_s": 30,
         "sleepers": 200,
@@ -72,6 +74,7 @@ SIZES = {
         "direct": 500,
         "backlog": 2000,
         "paced": 1000,
+        "paced_pool": 8,
         "dbos_s": 30,
         "fast_s": 90,
         "sleepers": 500,
@@ -235,7 +238,7 @@ def machine() -> tuple[int, int]:
 
 def concurrency(size: dict) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    args = ["--runs", size["backlog"], "--handoff-runs", size["paced"]]
+    args = ["--runs", size["backlog"], "--handoff-runs", size["paced"], "--handoff-pool", size["paced_pool"]]
     args += ["--dbos-seconds", size["dbos_s"], "--dbos-fast-seconds", size["fast_s"]]
     log(f"concurrency: bench/flow_phases.py's limited, handoff and dbos phases: {' '.join(map(str, args))}")
     limit = 600 + size["backlog"] / 5 + size["dbos_s"] + size["fast_s"]
@@ -244,7 +247,8 @@ def concurrency(size: dict) -> dict[str, Any]:
         log(f"  celery-durable {phase}: {out['flow'][phase]['rate_per_s']:.0f}/s")
     for label in ("default", "fast"):
         log(f"  DBOS {label}: {out['flow']['dbos'][label]['rate_per_s']:.1f}/s")
-    for name, runs, seconds, pool in (("lock", size["backlog"], 0.0, 2), ("lock_paced", size["paced"], 0.01, 6)):
+    locks = (("lock", size["backlog"], 0.0, 2), ("lock_paced", size["paced"], 0.01, size["paced_pool"]))
+    for name, runs, seconds, pool in locks:
         log(f"concurrency: plain Celery + Redis lock, {runs} runs, body {seconds * 1000:.0f} ms, prefork -c {pool}")
         out[name] = call(
             module(

@@ -21,6 +21,7 @@ from django.db.models.functions import Coalesce
 from .. import clock
 from ..models import Run, Slot
 from ..states import HOLDING_SLOTS, RunStatus
+from . import handover
 from .compiled import CompiledSelect, CompiledUpdate
 from .fair import in_turn, not_behind_the_head
 from .messages import RunMessage
@@ -144,6 +145,8 @@ def _hand_over(key: str) -> RunMessage | None:
     taking; a concurrent promoter that took it first makes the UPDATE change nothing, and
     the caller gives the slot back instead.
     """
+    if connection.vendor == "postgresql":
+        return handover.take_head(key, clock.now())  # the same, in one statement
     within_limit = _SLOT_WITHIN_LIMIT.rows(key)  # the key's row unless a lowered limit left it over
     if not within_limit:
         return None
@@ -204,13 +207,12 @@ _TAKE_HEAD = CompiledUpdate(
 
 
 def _backlog_head(key: str) -> RunMessage | None:
-    """The head of ``key``'s backlog if it needs no other key (``promote()`` takes two)."""
+    """The head of ``key``'s backlog, unless a run that needs it second is older (``promote()`` serves it)."""
     heads = _BACKLOG_HEAD["slot_key1"].rows(key) + _BACKLOG_HEAD["slot_key2"].rows(key)
     if not heads or any(row[0] is None for row in heads):
         return None  # no backlog, or one promote() orders
     head = min(heads, key=lambda row: (row[0], row[2]))  # by backlog_at, then id
-    if head[1] is not None:
-        return None  # it needs another key's slot too: promote() takes both or none
+    # A head that needs another key's slot too is not taken (_TAKE_HEAD: promote() takes both).
     return message_from(head[2:])  # read with the head: no query after the UPDATE
 
 

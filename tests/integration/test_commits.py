@@ -123,7 +123,7 @@ def test_limited_run__writes_its_last_checkpoint_with_the_completion_and_the_han
     last = " ".join(execution[-1])
     assert "INSERT INTO" in last and "celery_durable_step" in last, last
     assert "'two'" in last and "'completed'" in last, last
-    assert second.id in last, last  # the slot handed on to the next run, same transaction
+    assert "'t.commits_limited:account:7'" in last, last  # the slot handed on to the next run, same transaction
     assert len(execution) == 3, execution  # claim; "one"; "two" with the completion and the hand-over
     assert Run.objects.get(id=second.id).status == RunStatus.QUEUED
     assert Slot.objects.get(key="t.commits_limited:account:7").in_use == 1

@@ -5,13 +5,13 @@ and MariaDB with row locks). What they assert holds for every interleaving.
 """
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
-from celery_durable import cancel
+from celery_durable import cancel, set_limit
 from celery_durable.models import Run, Slot
 from celery_durable.states import RunStatus
 from celery_durable.store import slots
-from tests.integration.race_tools import in_parallel
+from tests.integration.race_tools import elsewhere, in_parallel
 from tests.testapp import flows
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -76,6 +76,40 @@ def test_concurrent_releases__promote_each_waiting_run_once(durable, limit):
     assert set(Run.objects.filter(id__in=promoted).values_list("status", flat=True)) == {RunStatus.QUEUED}
     assert Slot.objects.get(key=KEY).in_use == limit
     assert Run.objects.filter(id__in=ids, status=RunStatus.PENDING).count() == 6 - limit
+
+
+def without_waiting_for_locks(action):
+    """``action`` on a connection that fails at once on a row another transaction locked."""
+
+    def run():
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET lock_timeout = '1s'")
+            else:
+                cursor.execute("SET SESSION innodb_lock_wait_timeout = 1")
+        return action()
+
+    return run
+
+
+@pytest.mark.parametrize("task", ["plain", "fair"])
+def test_a_release__skips_the_backlog_head_another_open_release_took(durable, task):
+    """Two releases at once hand over to two runs: the second does not wait for the first's head."""
+    if not connection.features.has_select_for_update_skip_locked:
+        pytest.skip("SQLite serializes writers: no release runs while another's transaction is open")
+    if task == "plain":
+        calls = [flows.limited_work.delay("K", n).id for n in range(4)]  # limit 2
+    else:
+        set_limit(flows.fair, None, 2)
+        calls = [flows.fair.delay(tenant, n).id for n, tenant in enumerate("abcd")]
+    first, second = calls[:2]
+    assert Run.objects.filter(id__in=calls, holds_slots=True).count() == 2
+    Run.objects.filter(id__in=[first, second]).update(status=RunStatus.COMPLETED)  # both end at once
+    with transaction.atomic():
+        (taken,) = slots.release(first)  # the head is locked until this transaction ends
+        (other,) = elsewhere(without_waiting_for_locks(lambda: slots.release(second)))
+    assert {taken.run_id, other.run_id} == set(calls[2:])
+    assert Run.objects.filter(id__in=calls[2:], status=RunStatus.QUEUED, holds_slots=True).count() == 2
 
 
 @pytest.mark.parametrize("row", ROW)

@@ -123,7 +123,8 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
-PLANNED = ("SELECT", "UPDATE", "DELETE", "WITH R", "INSERT")  # an INSERT only with a SELECT (a fenced write)
+# An INSERT only with a SELECT (a fenced write); WITH: a recursive query or one statement of several writes.
+PLANNED = ("SELECT", "UPDATE", "DELETE", "WITH", "INSERT")
 # Django adds a ``varchar_pattern_ops`` twin to every indexed varchar on PostgreSQL; the planner
 # may pick either for an equality, so a primary or unique key matches both names.
 KEY = {
@@ -140,7 +141,7 @@ def plans_of(call: Callable[[], Any]) -> list[tuple[str, list[dict[str, Any]]]]:
     found = []
     for query in captured.captured_queries:
         sql = query["sql"]
-        verb = sql.lstrip()[:6].upper()
+        verb = sql.lstrip().split(None, 1)[0].upper()
         if "celery_durable_" not in sql or verb not in PLANNED or (verb == "INSERT" and "SELECT" not in sql):
             continue
         with connection.cursor() as cursor:

@@ -1,0 +1,88 @@
+"""A freed slot taken by the backlog's head in one statement (PostgreSQL).
+
+When a run of a limited key finishes or suspends, its slot goes to the next run of the key
+in the same transaction (``slots._hand_over``): read the key's slot row (is it within its
+limit? is the key fair?), the oldest pending run that needs the key first and the oldest
+that needs it second, then take the first with a conditional UPDATE. Four round trips on
+every completion of a limited run, inside a transaction that holds the releasing run's row.
+On PostgreSQL :func:`take_head` is one statement with the same conditions, in the same
+order, and the same row lock (``FOR UPDATE SKIP LOCKED`` on the head: two releases at once
+hand over to two runs instead of queueing on one row).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cache
+
+from django.db import connection
+
+from ..models import Run, Slot
+from ..states import RunStatus
+from .fair import FAIR_ORDER
+from .messages import RunMessage
+from .rows import message_from
+
+
+def take_head(key: str, now: datetime) -> RunMessage | None:
+    """Give the freed slot of ``key`` to the next run of its backlog; that run's message, or ``None``.
+
+    The next run is the head of a plain key's backlog (by ``backlog_at``) unless a run that
+    needs the key as its second is older (``promote()`` orders those), or a fair key's next
+    run in turn (``fair.in_turn``); either way one that needs no other key and that no other
+    release has locked. ``None`` as well when the key has no row within its limit (a lowered
+    limit left it over): the caller gives the slot back.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _statement(),
+            [
+                key,
+                RunStatus.PENDING,
+                key,
+                RunStatus.PENDING,
+                key,
+                RunStatus.PENDING,
+                key,
+                RunStatus.QUEUED,
+                connection.ops.adapt_datetimefield_value(now),
+                True,
+            ],
+        )
+        row = cursor.fetchone()
+    return None if row is None else message_from(row)
+
+
+@cache
+def _statement() -> str:
+    q = connection.ops.quote_name
+    run, slot = q(Run._meta.db_table), q(Slot._meta.db_table)
+    backlog_at, pk, status, holds = q("backlog_at"), q("id"), q("status"), q("holds_slots")
+    key1, key2 = q("slot_key1"), q("slot_key2")
+    turn_order = ", ".join(q(column) for column in FAIR_ORDER)
+    message = ", ".join(f"r.{q(column)}" for column in ("id", "task_name", "args", "kwargs", "options"))
+    return (
+        # The key's row if it is within its (possibly lowered) limit.
+        f"WITH slot AS (SELECT {q('fair')} AS fair FROM {slot} "
+        f"WHERE {q('key')} = %s AND {q('in_use')} <= COALESCE({q('override')}, {q('limit')})), "
+        # A plain key: the oldest run that needs it first, locked (another release skips it).
+        f"head AS (SELECT {pk}, {backlog_at}, {key2} FROM {run} WHERE {status} = %s AND {key1} = %s "
+        f"AND EXISTS (SELECT 1 FROM slot WHERE NOT slot.fair) "
+        f"ORDER BY {backlog_at} LIMIT 1 FOR UPDATE SKIP LOCKED), "
+        # ... not taken if the oldest run that needs it second is older: promote() serves that one.
+        f"second AS (SELECT {pk}, {backlog_at} FROM {run} WHERE {status} = %s AND {key2} = %s "
+        f"ORDER BY {backlog_at} LIMIT 1), "
+        # A fair key: its next run in turn, locked.
+        f"turn AS (SELECT {pk} FROM {run} WHERE {status} = %s AND {q('fair_slot')} = %s "
+        f"AND EXISTS (SELECT 1 FROM slot WHERE slot.fair) "
+        f"ORDER BY {turn_order} LIMIT 1 FOR UPDATE SKIP LOCKED) "
+        # The run to take, one at most (a key is fair or not), found before the UPDATE reads any
+        # run, which then finds it by its primary key alone: with more conditions a planner whose
+        # statistics lag a growing backlog walked all of it. A pending run has its backlog_at
+        # and holds no slot; a fair key is its runs' only one.
+        f"UPDATE {run} AS r SET {status} = %s, {q('published_at')} = %s, {holds} = %s "
+        f"WHERE r.{pk} = (SELECT head.{pk} FROM head WHERE head.{key2} IS NULL AND NOT EXISTS "
+        f"(SELECT 1 FROM second WHERE (second.{backlog_at}, second.{pk}) < (head.{backlog_at}, head.{pk})) "
+        f"UNION ALL SELECT turn.{pk} FROM turn LIMIT 1) "
+        f"RETURNING {message}, r.{q('started_at')} IS NOT NULL"
+    )
