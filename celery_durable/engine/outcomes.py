@@ -90,11 +90,11 @@ def finish(run: RunInHand, value: Any, checkpoints: CheckpointStore) -> Outcome:
         checkpoints.flush(replayable=True)
         return fail(run, exc, None)
     before = checkpoints.write_deferred if checkpoints.deferred else None
-    promoted = _complete_releasing(run, result, before)
+    embedded = checkpoints.embedded() if before is not None else []
+    promoted = _complete_releasing(run, result, before, embedded)
     done = None
     try:
         if promoted is None:  # no slots to hand on, or not written there: the plain completion decides
-            embedded = checkpoints.embedded()
             done = endings.complete(run.run_id, run.generation, result, run.parent_id, run.using, before, embedded)
     except DatabaseError as exc:
         return abandon(run.run_id, "completion", exc, run.using)
@@ -107,7 +107,9 @@ def finish(run: RunInHand, value: Any, checkpoints: CheckpointStore) -> Outcome:
     return Outcome("completed", value=value, messages=messages, promoted=promoted)
 
 
-def _complete_releasing(run: RunInHand, result: str, before: Callable[[], None] | None) -> list[RunMessage] | None:
+def _complete_releasing(
+    run: RunInHand, result: str, before: Callable[[], None] | None, embedded: list[tuple[str, list[Any]]]
+) -> list[RunMessage] | None:
     """A run that holds its slots completes and hands them on in one transaction.
 
     ``None`` when that does not apply or wrote nothing; also when it failed (see
@@ -117,7 +119,9 @@ def _complete_releasing(run: RunInHand, result: str, before: Callable[[], None] 
         return None
     slot_keys = run.slot_keys
     return _handing_on(
-        run, "completing", lambda: endings.complete_releasing(run.run_id, run.generation, result, slot_keys, before)
+        run,
+        "completing",
+        lambda: endings.complete_releasing(run.run_id, run.generation, result, slot_keys, before, embedded),
     )
 
 

@@ -9,6 +9,7 @@ checkpoint and the completion are one statement (writable CTEs).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,8 +19,9 @@ from django.db.models import QuerySet
 from .. import clock, serialization
 from ..models import Run, Step
 from ..states import RunStatus, StepStatus
-from . import slots
+from . import handover, slots
 from .messages import RunMessage
+from .rows import message_from
 from .slots import SlotKeys
 from .suspension import child_finished
 
@@ -60,7 +62,12 @@ def complete(
 
 
 def complete_releasing(
-    run_id: str, generation: int, result: str, slot_keys: SlotKeys, before: Callable[[], None] | None = None
+    run_id: str,
+    generation: int,
+    result: str,
+    slot_keys: SlotKeys,
+    before: Callable[[], None] | None = None,
+    embedded: Sequence[tuple[str, list[Any]]] = (),
 ) -> list[RunMessage] | None:
     """Complete a top-level run that holds its slots and hand them on, in one transaction.
 
@@ -68,8 +75,14 @@ def complete_releasing(
     run again is not needed. ``before`` writes first, as in :func:`complete`. Returns the
     runs promoted into the freed slots, or ``None`` when nothing was written (the execution
     no longer holds the run, or the run holds no slots): the caller then completes it the
-    plain way (:func:`complete`), which tells the two apart.
+    plain way (:func:`complete`), which tells the two apart. On PostgreSQL a run of one key
+    does it all in one statement (:func:`complete_handing_over`; ``embedded``: ``before``'s
+    writes as statements).
     """
+    keys = [key for key in slot_keys if key]
+    one_statement = connections["default"].vendor == "postgresql" and (before is None or embedded)
+    if len(keys) == 1 and one_statement:
+        return complete_handing_over(run_id, generation, result, keys[0], embedded)
 
     def clear() -> SlotKeys | None:
         if before is not None:
@@ -97,14 +110,29 @@ def complete_sql(
     same transaction (:func:`complete_releasing`). ``embedded`` (PostgreSQL): writes made
     in the same statement as writable CTEs, each a condition of the completion.
     """
+    ctes, update, params = _completion(run_id, generation, result, using, releasing, embedded, clock.now())
+    with connections[using].cursor() as cursor:
+        cursor.execute(f"{f'WITH {ctes} ' if ctes else ''}{update}", params)
+        return int(cursor.rowcount)
+
+
+def _completion(
+    run_id: str,
+    generation: int,
+    result: str,
+    using: str,
+    releasing: bool,
+    embedded: Sequence[tuple[str, list[Any]]],
+    now: datetime,
+) -> tuple[str, str, list[Any]]:
+    """The completion's statement: the embedded writes as CTEs, its UPDATE, and their parameters."""
     connection = connections[using]
     q = connection.ops.quote_name
     release = f", {q('holds_slots')} = %s" if releasing else ""
     held = f" AND {q('holds_slots')} = %s" if releasing else ""
     ctes = ", ".join(f"w{n} AS ({sql} RETURNING 1)" for n, (sql, _params) in enumerate(embedded))
     joined = "".join(f" AND EXISTS (SELECT 1 FROM w{n})" for n in range(len(embedded)))
-    sql = (
-        f"{f'WITH {ctes} ' if ctes else ''}"
+    update = (
         f"UPDATE {q(Run._meta.db_table)} SET {q('status')} = %s, {q('result')} = %s, {q('finished_at')} = %s, "
         f"{q('lease_owner')} = NULL, {q('lease_expires_at')} = NULL{release} "
         f"WHERE {q('id')} = %s AND {q('generation')} = %s AND {q('status')} = %s{held}{joined}"
@@ -113,16 +141,50 @@ def complete_sql(
         *(param for _sql, embedded_params in embedded for param in embedded_params),
         RunStatus.COMPLETED,
         result,
-        connection.ops.adapt_datetimefield_value(clock.now()),
+        connection.ops.adapt_datetimefield_value(now),
         *([False] if releasing else []),
         run_id,
         generation,
         RunStatus.RUNNING,
         *([True] if releasing else []),
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return int(cursor.rowcount)
+    return ctes, update, params
+
+
+def complete_handing_over(
+    run_id: str, generation: int, result: str, key: str, embedded: Sequence[tuple[str, list[Any]]] = ()
+) -> list[RunMessage] | None:
+    """PostgreSQL: complete a top-level run that holds one key's slot and hand it on, in one statement.
+
+    The embedded writes (the last checkpoints), the completion (it clears ``holds_slots``),
+    the hand-over (``handover.ctes``) and, when no run took the slot, its give-back: all or
+    nothing. Without embedded writes it needs no transaction: no ``BEGIN`` and ``COMMIT``
+    round trips around it.
+    Returns the runs promoted into the slot (after a give-back, ``promote()`` looks for a
+    run that needs two keys), or ``None`` when the completion changed nothing: the caller's
+    plain completion then decides.
+    """
+    connection = connections["default"]
+    now = clock.now()
+    ctes, update, params = _completion(run_id, generation, result, "default", True, embedded, now)
+    gate = "AND EXISTS (SELECT 1 FROM done)"
+    sql = (
+        f"WITH {f'{ctes}, ' if ctes else ''}done AS ({update} RETURNING 1), {handover.ctes(gate, give_back=True)} "
+        f"SELECT (SELECT count(*) FROM done), taken.* FROM (SELECT 1) AS one LEFT JOIN taken ON TRUE"
+    )
+    # The embedded writes need the completion as much as it needs them: when it is refused
+    # (the run no longer holds its slot) they are rolled back, for the plain completion.
+    with transaction.atomic() if embedded else nullcontext():
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*params, *handover.params(key, now, give_back=True)])
+            done, *taken = cursor.fetchone()
+        if not done and embedded:
+            transaction.set_rollback(True)  # the embedded writes too
+    if not done:
+        return None
+    if taken[0] is not None:
+        return [message_from(tuple(taken))]
+    return slots.promote([key])
 
 
 def fail(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 from django.db import connection
 
@@ -34,37 +35,35 @@ def take_head(key: str, now: datetime) -> RunMessage | None:
     limit left it over): the caller gives the slot back.
     """
     with connection.cursor() as cursor:
-        cursor.execute(
-            _statement(),
-            [
-                key,
-                RunStatus.PENDING,
-                key,
-                RunStatus.PENDING,
-                key,
-                RunStatus.PENDING,
-                key,
-                RunStatus.QUEUED,
-                connection.ops.adapt_datetimefield_value(now),
-                True,
-            ],
-        )
+        cursor.execute(f"WITH {ctes()} SELECT * FROM taken", params(key, now))
         row = cursor.fetchone()
     return None if row is None else message_from(row)
 
 
+def params(key: str, now: datetime, give_back: bool = False) -> list[Any]:
+    """The parameters of :func:`ctes`."""
+    taken = [RunStatus.PENDING, key, RunStatus.PENDING, key, RunStatus.PENDING, key, RunStatus.QUEUED]
+    return [key, *taken, connection.ops.adapt_datetimefield_value(now), True, *([key] if give_back else [])]
+
+
 @cache
-def _statement() -> str:
+def ctes(gate: str = "", give_back: bool = False) -> str:
+    """The hand-over as writable CTEs: ``taken`` returns the message of the run that took the slot.
+
+    ``gate``: a condition the hand-over also needs (``AND EXISTS (SELECT 1 FROM done)``: the
+    completion in the same statement). ``give_back``: a last CTE gives the slot back to the
+    key's row when no run took it (and the gate holds).
+    """
     q = connection.ops.quote_name
     run, slot = q(Run._meta.db_table), q(Slot._meta.db_table)
     backlog_at, pk, status, holds = q("backlog_at"), q("id"), q("status"), q("holds_slots")
-    key1, key2 = q("slot_key1"), q("slot_key2")
+    key1, key2, in_use = q("slot_key1"), q("slot_key2"), q("in_use")
     turn_order = ", ".join(q(column) for column in FAIR_ORDER)
     message = ", ".join(f"r.{q(column)}" for column in ("id", "task_name", "args", "kwargs", "options"))
-    return (
+    taken = (
         # The key's row if it is within its (possibly lowered) limit.
-        f"WITH slot AS (SELECT {q('fair')} AS fair FROM {slot} "
-        f"WHERE {q('key')} = %s AND {q('in_use')} <= COALESCE({q('override')}, {q('limit')})), "
+        f"slot AS (SELECT {q('fair')} AS fair FROM {slot} "
+        f"WHERE {q('key')} = %s AND {in_use} <= COALESCE({q('override')}, {q('limit')}) {gate}), "
         # A plain key: the oldest run that needs it first, locked (another release skips it).
         f"head AS (SELECT {pk}, {backlog_at}, {key2} FROM {run} WHERE {status} = %s AND {key1} = %s "
         f"AND EXISTS (SELECT 1 FROM slot WHERE NOT slot.fair) "
@@ -75,14 +74,20 @@ def _statement() -> str:
         # A fair key: its next run in turn, locked.
         f"turn AS (SELECT {pk} FROM {run} WHERE {status} = %s AND {q('fair_slot')} = %s "
         f"AND EXISTS (SELECT 1 FROM slot WHERE slot.fair) "
-        f"ORDER BY {turn_order} LIMIT 1 FOR UPDATE SKIP LOCKED) "
+        f"ORDER BY {turn_order} LIMIT 1 FOR UPDATE SKIP LOCKED), "
         # The run to take, one at most (a key is fair or not), found before the UPDATE reads any
         # run, which then finds it by its primary key alone: with more conditions a planner whose
         # statistics lag a growing backlog walked all of it. A pending run has its backlog_at
         # and holds no slot; a fair key is its runs' only one.
-        f"UPDATE {run} AS r SET {status} = %s, {q('published_at')} = %s, {holds} = %s "
+        f"taken AS (UPDATE {run} AS r SET {status} = %s, {q('published_at')} = %s, {holds} = %s "
         f"WHERE r.{pk} = (SELECT head.{pk} FROM head WHERE head.{key2} IS NULL AND NOT EXISTS "
         f"(SELECT 1 FROM second WHERE (second.{backlog_at}, second.{pk}) < (head.{backlog_at}, head.{pk})) "
         f"UNION ALL SELECT turn.{pk} FROM turn LIMIT 1) "
-        f"RETURNING {message}, r.{q('started_at')} IS NOT NULL"
+        f"RETURNING {message}, r.{q('started_at')} IS NOT NULL)"
+    )
+    if not give_back:
+        return taken
+    return (
+        f"{taken}, gave AS (UPDATE {slot} SET {in_use} = {in_use} - 1 WHERE {q('key')} = %s AND {in_use} > 0 "
+        f"{gate} AND NOT EXISTS (SELECT 1 FROM taken) RETURNING 1)"
     )

@@ -28,21 +28,28 @@ def handover_two(account, n, simulate_backstop=False):
 
 @pytest.fixture
 def first_hand_over_fails(monkeypatch):
-    """The first ``slots._hand_over`` raises (as a slot row's lock could); the keys it was called with."""
+    """The first hand-over raises (as a slot row's lock could); one entry per hand-over tried.
+
+    A hand-over is ``slots._hand_over``, or on PostgreSQL the completion's own statement
+    (``endings.complete_handing_over``).
+    """
     from django.db import OperationalError
 
-    from celery_durable.store import slots
+    from celery_durable.store import endings, slots
 
-    real_hand_over = slots._hand_over
     calls = []
 
-    def fails_once(key):
-        calls.append(key)
-        if len(calls) == 1:
-            raise OperationalError("deadlock detected")
-        return real_hand_over(key)
+    def fails_once(real):
+        def hand_over(*args):
+            calls.append(args)
+            if len(calls) == 1:
+                raise OperationalError("deadlock detected")
+            return real(*args)
 
-    monkeypatch.setattr(slots, "_hand_over", fails_once)
+        return hand_over
+
+    monkeypatch.setattr(slots, "_hand_over", fails_once(slots._hand_over))
+    monkeypatch.setattr(endings, "complete_handing_over", fails_once(endings.complete_handing_over))
     return calls
 
 
@@ -56,8 +63,12 @@ def test_completion__clears_holds_slots_and_hands_the_slot_on_in_its_own_transac
     first, second = handover_one.delay(7, 1), handover_one.delay(7, 2)
     assert Run.objects.get(id=second.id).status == RunStatus.PENDING
     sql = statements(durable)
-    completions = [n for n, s in enumerate(sql) if s.startswith("UPDATE") and "'completed'" in s]
+    # The completion's UPDATE: a statement of its own, or (PostgreSQL) the writable CTE of the
+    # one statement that also hands the slot on.
+    completions = [n for n, s in enumerate(sql) if s.startswith(("UPDATE", "WITH")) and "'completed'" in s]
     assert len(completions) == 1 and '"holds_slots" = ' in sql[completions[0]].replace("`", '"')
+    if connection.vendor == "postgresql":
+        assert "FOR UPDATE SKIP LOCKED" in sql[completions[0]]  # the hand-over, in the same statement
     # No statement after the completion reads or writes the finished run again to release
     # its slot (a second transaction did: SELECT its keys, UPDATE holds_slots).
     assert not [s for s in sql[completions[0] + 1 :] if first.id in s]
