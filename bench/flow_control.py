@@ -15,7 +15,7 @@ Phases, in this order, in one invocation:
     ``Concurrency(limit=5)``. Drain rate = N / (last ``finished_at`` - first ``started_at``),
     both from the run rows (one clock); the driver's wall clock is reported too.
 ``handoff``  M runs of the limited key whose body sleeps 10 ms, on a worker with 6 pool
-    processes (more than the limit, so a promoted run never waits for a free process and
+    processes (``--handoff-pool``; more than the limit, so a promoted run never waits for a free process and
     the CPU is not saturated). Hand-off latency: the k-th start (by ``started_at``) minus the
     (k-5)-th finish (by ``finished_at``): at most 5 run at once, so the k-th start needed
     that slot back; it covers the completion, the release and promotion transactions, the
