@@ -173,8 +173,9 @@ def complete_handing_over(
         f"SELECT (SELECT count(*) FROM done), taken.* FROM (SELECT 1) AS one LEFT JOIN taken ON TRUE"
     )
     # The embedded writes need the completion as much as it needs them: when it is refused
-    # (the run no longer holds its slot) they are rolled back, for the plain completion.
-    with transaction.atomic() if embedded else nullcontext():
+    # (the run no longer holds its slot) they are rolled back, for the plain completion. Inside
+    # the caller's transaction a savepoint keeps a failed statement from breaking that one.
+    with transaction.atomic() if embedded or connection.in_atomic_block else nullcontext():
         with connection.cursor() as cursor:
             cursor.execute(sql, [*params, *handover.params(key, now, give_back=True)])
             done, *taken = cursor.fetchone()
