@@ -7,7 +7,8 @@ that needs it second, then take the first with a conditional UPDATE. Four round 
 every completion of a limited run, inside a transaction that holds the releasing run's row.
 On PostgreSQL :func:`take_head` is one statement with the same conditions, in the same
 order, and the same row lock (``FOR UPDATE SKIP LOCKED`` on the head: two releases at once
-hand over to two runs instead of queueing on one row).
+hand over to two runs instead of queueing on one row). A limited run's completion puts its
+own UPDATE in front of the same CTEs (:func:`ctes`; ``endings.complete_handing_over``).
 """
 
 from __future__ import annotations

@@ -226,44 +226,28 @@ def test_completion__does_not_hand_the_slot_past_an_older_run_that_needs_it_as_i
     assert durable.run_next() == younger.id
 
 
-@durable_task(name="t.handover_a", concurrency=Concurrency(limit=1, scope="global", name="handover-a"))
-def handover_a(n):
-    return n
-
-
-@durable_task(name="t.handover_b", concurrency=Concurrency(limit=1, scope="global", name="handover-b"))
-def handover_b(n):
-    return n
-
-
-@durable_task(
-    name="t.handover_ab",
-    concurrency=[
-        Concurrency(limit=1, scope="global", name="handover-a"),
-        Concurrency(limit=1, scope="global", name="handover-b"),
-    ],
-)
-def handover_ab(n):
+@durable_task(name="t.handover_j", concurrency=Concurrency(limit=1, scope="global", name="handover-j"))
+def handover_j(n):
     return n
 
 
 def test_completion__does_not_hand_the_slot_to_a_head_whose_other_key_is_full(durable):
-    holder_a = handover_a.delay(1)
+    holder_j = handover_j.delay(1)
     durable.clock.advance(1)  # run_next() executes the oldest queued run first
-    holder_b = handover_b.delay(2)
-    both = handover_ab.delay(3)  # the head of the freed key's backlog, and it needs the full key too
+    holder_k = handover_k.delay(2)
+    both = handover_jk.delay(3)  # the head of the freed key's backlog, and it needs the full key too
     row = Run.objects.get(id=both.id)
-    assert (row.slot_key1, row.slot_key2, row.status) == ("handover-a:*", "handover-b:*", RunStatus.PENDING)
-    assert durable.run_next() == holder_a.id
+    assert (row.slot_key1, row.slot_key2, row.status) == ("handover-j:*", "handover-k:*", RunStatus.PENDING)
+    assert durable.run_next() == holder_j.id
     # Its freed slot went back: the head cannot start on one of its two keys.
     assert (Run.objects.get(id=both.id).status, Run.objects.get(id=both.id).holds_slots) == (RunStatus.PENDING, False)
     assert dict(Slot.objects.filter(key__startswith="handover-").values_list("key", "in_use")) == {
-        "handover-a:*": 0,
-        "handover-b:*": 1,
+        "handover-j:*": 0,
+        "handover-k:*": 1,
     }
-    assert durable.run_next() == holder_b.id  # the full key frees: the head takes both at once
+    assert durable.run_next() == holder_k.id  # the full key frees: the head takes both at once
     assert durable.run_next() == both.id
     assert dict(Slot.objects.filter(key__startswith="handover-").values_list("key", "in_use")) == {
-        "handover-a:*": 0,
-        "handover-b:*": 0,
+        "handover-j:*": 0,
+        "handover-k:*": 0,
     }
