@@ -1,13 +1,16 @@
 """Issue 14: a limited run completes and hands its slot on in one transaction."""
 
+import threading
+
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection, connections, transaction
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
 from celery_durable import Concurrency, durable_task
 from celery_durable.models import Run, Slot
 from celery_durable.states import RunStatus
+from celery_durable.store import claims, endings
 
 KEY = "t.handover_one:account:7"
 
@@ -251,3 +254,44 @@ def test_completion__does_not_hand_the_slot_to_a_head_whose_other_key_is_full(du
         "handover-j:*": 0,
         "handover-k:*": 0,
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_completion_handing_over__that_fails_inside_a_transaction__leaves_that_transaction_usable(durable):
+    """PostgreSQL's one-statement completion, called in the caller's atomic block, fails on a lock.
+
+    Its savepoint rolls back the statement alone: the caller's transaction goes on and commits
+    its own writes, and the run is still running, its slot held, for a later completion.
+    """
+    if connection.vendor != "postgresql":
+        pytest.skip("the completion and hand-over in one statement is PostgreSQL's")
+    first, second = handover_one.delay(7, 1), handover_one.delay(7, 2)
+    claim = claims.claim(first.id, "test-owner", 60)
+    assert claim is not None
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_run_row():
+        with transaction.atomic():
+            Run.objects.select_for_update().get(id=first.id)
+            locked.set()
+            assert release.wait(60)
+
+    holder = threading.Thread(target=lambda: (hold_the_run_row(), connections.close_all()))
+    holder.start()
+    try:
+        assert locked.wait(60)
+        with transaction.atomic():
+            Run.objects.filter(id=second.id).update(priority=5)  # the caller's own write
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '100ms'")
+            with pytest.raises(OperationalError, match="lock timeout"):
+                endings.complete_handing_over(first.id, claim.generation, "1", KEY)
+            # Without the savepoint this statement fails: the transaction would be aborted.
+            assert Run.objects.get(id=first.id).status == RunStatus.RUNNING
+    finally:
+        release.set()
+        holder.join(60)
+    assert Run.objects.get(id=second.id).priority == 5  # the caller's transaction committed
+    held = Run.objects.get(id=first.id)
+    assert (held.status, held.holds_slots, Slot.objects.get(key=KEY).in_use) == (RunStatus.RUNNING, True, 1)
+    assert endings.complete_handing_over(first.id, claim.generation, "1", KEY)[0].run_id == second.id
