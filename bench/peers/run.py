@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.peers                # full sizes, 1 repetition, ~3 min on a quiet machine
     .venv/bin/python -m bench.peers --only sleep   # workloads: workflow, concurrency, sleep
     .venv/bin/python -m bench.peers --snapshot HEAD  # celery_durable/ as committed, not the working tree
+    .venv/bin/python -m bench.peers --only sleep --cheap-ignore  # experiment: bench/cheap_ignore.py
 
 Workloads (each system in its own subprocesses; method in docs/benchmarks.md, "Peer
 comparison (issue 7)"):
@@ -344,7 +345,15 @@ def main(argv: list[str] | None = None) -> int:
         help="Django's PostgreSQL connections bind parameters on the server and prepare repeated statements "
         "(ours and the Celery baselines'; DBOS's SQLAlchemy + psycopg does by default)",
     )
+    parser.add_argument(
+        "--cheap-ignore",
+        action="store_true",
+        help="experiment: every Celery worker's tracer skips the traceback of Ignore (bench/cheap_ignore.py), "
+        "what an upstream fix would save a suspension",
+    )
     args = parser.parse_args(argv)
+    if args.cheap_ignore:
+        os.environ["BENCH_CHEAP_IGNORE"] = "1"  # inherited by every subprocess (bench/peers/app.py)
     if args.pg_prepared:
         os.environ["BENCH_PG_SERVER_BINDING"] = "1"  # inherited by every subprocess (bench/settings.py)
     # The workflow's result backends: durable runs read from their rows and the chain in Redis

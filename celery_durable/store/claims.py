@@ -7,6 +7,7 @@ heartbeat pushes the leases of the runs a worker executes further out.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from sqlite3 import sqlite_version_info
@@ -42,10 +43,12 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
     """
     now = clock.now()
     if _can_update_returning(using):
-        run = _claim_returning(run_id, owner, now, now + timedelta(seconds=lease_seconds), using)
-        if run is None:
+        claimed = _claim_returning(run_id, owner, now, now + timedelta(seconds=lease_seconds), using)
+        if claimed is None:
             return None
-        loaded = load_checkpoints(run_id, using) if _has_checkpoints(run) else {}
+        run, loaded = claimed
+        if loaded is None:  # SQLite: the checkpoints in a query of their own
+            loaded = load_checkpoints(run_id, using) if _has_checkpoints(run) else {}
         return Claim(run=run, generation=run.generation, checkpoints=loaded)
     runs = Run.objects.using(using)
     claimed = runs.filter(
@@ -103,10 +106,15 @@ _RETURNED = (
 )
 
 
-def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: datetime, using: str) -> Run | None:
-    """The claim as one ``UPDATE ... RETURNING`` (PostgreSQL, SQLite): no read after it.
+def _claim_returning(
+    run_id: str, owner: str, now: datetime, lease_until: datetime, using: str
+) -> tuple[Run, dict[str, StoredStep] | None] | None:
+    """The claim as one ``UPDATE ... RETURNING`` (PostgreSQL, SQLite): no read of the run after it.
 
-    The same compare-and-set as the ORM path in :func:`claim`, which MySQL uses.
+    The same compare-and-set as the ORM path in :func:`claim`, which MySQL uses. On PostgreSQL
+    the same statement also reads the run's checkpoints (the ``UPDATE`` in a writable CTE, the
+    steps aggregated as JSON): a resumed run starts in one round trip. Returns the run and its
+    checkpoints (``None``: not read, SQLite), or ``None`` when the run is not ours to claim.
     """
     connection = connections[using]
     q = connection.ops.quote_name
@@ -119,8 +127,16 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
         f"WHERE {q('id')} = %s AND (({q('status')} = %s AND ({q('wake_at')} IS NULL OR {q('wake_at')} <= %s)) "
         f"OR ({q('status')} = %s AND {q('lease_expires_at')} < %s)) "
         f"AND {not_paused_sql(table, using)} "
-        f"RETURNING {', '.join(q(c) for c in _RETURNED)}"
+        f"RETURNING {', '.join(q(c) for c in ('id', *_RETURNED))}"
     )
+    with_steps = connection.vendor == "postgresql"
+    if with_steps:
+        step = q(Step._meta.db_table)
+        fields = ", ".join(f"s.{q(column)}" for column in _CHECKPOINT_COLUMNS)
+        sql = (
+            f"WITH c AS ({sql}) SELECT c.*, (SELECT json_agg(json_build_array({fields}))::text "
+            f"FROM {step} AS s WHERE s.{q('run_id')} = c.{q('id')}) FROM c"
+        )
     params = [
         RunStatus.RUNNING,
         owner,
@@ -137,7 +153,12 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
         row = cursor.fetchone()
     if row is None:
         return None
+    checkpoints = None
+    if with_steps:
+        *row, steps = row
+        checkpoints = {item[0]: StoredStep(*item) for item in json.loads(steps or "[]")}
     (
+        _id,
         task_name,
         args,
         kwargs,
@@ -155,7 +176,7 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
         started_at = parse_datetime(started_at)
     if isinstance(started_at, datetime) and started_at.tzinfo is None and now.tzinfo is not None:
         started_at = started_at.replace(tzinfo=now.tzinfo)  # SQLite stores UTC without an offset
-    return Run(
+    run = Run(
         started_at=started_at,
         holds_slots=bool(holds_slots),
         id=run_id,
@@ -171,10 +192,14 @@ def _claim_returning(run_id: str, owner: str, now: datetime, lease_until: dateti
         slot_key1=slot_key1,
         slot_key2=slot_key2,
     )
+    return run, checkpoints
 
+
+#: A checkpoint's columns, in :class:`StoredStep`'s order.
+_CHECKPOINT_COLUMNS = ("step_id", "kind", "status", "output", "attempts")
 
 _CHECKPOINTS = CompiledSelect(
-    lambda run_id: Step.objects.filter(run_id=run_id).values_list("step_id", "kind", "status", "output", "attempts"),
+    lambda run_id: Step.objects.filter(run_id=run_id).values_list(*_CHECKPOINT_COLUMNS),
     "\x00celery_durable.claims.run_id",
 )
 
