@@ -43,10 +43,10 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
     """
     now = clock.now()
     if _can_update_returning(using):
-        claimed = _claim_returning(run_id, owner, now, now + timedelta(seconds=lease_seconds), using)
-        if claimed is None:
+        returned = _claim_returning(run_id, owner, now, now + timedelta(seconds=lease_seconds), using)
+        if returned is None:
             return None
-        run, loaded = claimed
+        run, loaded = returned
         if loaded is None:  # SQLite: the checkpoints in a query of their own
             loaded = load_checkpoints(run_id, using) if _has_checkpoints(run) else {}
         return Claim(run=run, generation=run.generation, checkpoints=loaded)
