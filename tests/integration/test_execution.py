@@ -1,11 +1,14 @@
 """Execution against the real database: replay, query counts, retries, failures."""
 
+from datetime import UTC, datetime
+
 import pytest
 from celery.exceptions import Ignore
 from django.db import connection
 
-from celery_durable import NonRetriableError, SerializationError, get_run
+from celery_durable import NonRetriableError, SerializationError, durable_task, get_run, step
 from celery_durable.models import Run, Step
+from celery_durable.store import claims
 from tests.testapp import tasks
 from tests.testapp.models import BodyRun
 
@@ -75,6 +78,45 @@ def test_second_execution__loads_all_checkpoints_in_one_query(db, deliver):
         return
     claim = ["UPDATE", "SELECT"] if connection.vendor == "mysql" else ["UPDATE"]
     assert [s.split()[0] for s in ours] == [*claim, "SELECT", "SAVEPOINT", "UPDATE", "UPDATE", "RELEASE"], ours
+
+
+TRICKY = {
+    "quotes": "say \"hi\" \\ and 'bye'",
+    "unicode": "naïve ☃ 𝄞 עברית",
+    "control": "tab\tnewline\nreturn\r",
+    "looks_tagged": '{"__type__": "datetime", "__value__": "not a date"}',
+    "when": datetime(2026, 12, 7, 12, 0, tzinfo=UTC),
+    "big": "x" * 100_000,
+    "nested": [1, 2.5, None, True, {"k": ["v"]}],
+}
+
+
+@durable_task(name="t.tricky_outputs", retries=1, retry_backoff=False, default_retry_delay=0)
+def tricky_outputs():
+    def tricky():
+        BodyRun.objects.create(run_id=step.run_id, step="tricky")
+        return TRICKY
+
+    def fails_once():
+        if not BodyRun.objects.filter(run_id=step.run_id, step="fails_once").exists():
+            BodyRun.objects.create(run_id=step.run_id, step="fails_once")
+            raise ValueError("fail once")
+
+    value = step.run("tricky", tricky)
+    step.run("fails_once", fails_once)
+    return value
+
+
+def test_second_execution__replays_each_checkpoint_exactly_as_stored(durable):
+    """Outputs read back with the claim (PostgreSQL: aggregated as JSON in its statement) are the stored text."""
+    run = tricky_outputs.delay()
+    durable.run_until_idle()
+    assert get_run(run.id).executions == 2 and bodies(run.id, "tricky") == 1
+    assert durable.result(run.id) == TRICKY
+    stored = Step.objects.get(run_id=run.id, step_id="tricky").output
+    Run.objects.filter(id=run.id).update(status="queued")  # claimable again, to read what the claim loads
+    claim = claims.claim(run.id, "test-owner", 60)
+    assert claim is not None and claim.checkpoints["tricky"].output == stored
 
 
 def test_duplicate_delivery__runs_nothing_and_answers_with_the_stored_result(db, deliver):
