@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -83,8 +84,13 @@ class PhaseTimer:
         self.phase, self.since = phase, now
 
 
+_WRITES_IN_CTE = re.compile(r"\b(INSERT INTO|UPDATE|DELETE FROM)\b", re.IGNORECASE)
+
+
 def _kind(sql: str) -> str:
-    return sql.split(" ", 1)[0].upper()
+    """The statement's first keyword; a ``WITH`` whose CTEs write (PostgreSQL) counts as an ``UPDATE``."""
+    kind = sql.split(" ", 1)[0].upper()
+    return "UPDATE" if kind == "WITH" and _WRITES_IN_CTE.search(sql) else kind
 
 
 def _summary(statements: list[str]) -> dict:
