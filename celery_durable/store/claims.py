@@ -1,7 +1,8 @@
 """Claiming a run: the execution's lease, its generation and its checkpoints; the heartbeat.
 
 A claim is one compare-and-set (``UPDATE ... RETURNING`` where the database has it): the
-run must be queued and due, or running with an expired lease, and not paused. The
+run must be queued and due, or running with an expired lease, and not paused. On PostgreSQL
+the same statement reads the run's checkpoints. The
 heartbeat pushes the leases of the runs a worker executes further out.
 """
 
@@ -47,7 +48,7 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
         if returned is None:
             return None
         run, loaded = returned
-        if loaded is None:  # SQLite: the checkpoints in a query of their own
+        if loaded is None:  # SQLite, or very large outputs: the checkpoints in a query of their own
             loaded = load_checkpoints(run_id, using) if _has_checkpoints(run) else {}
         return Claim(run=run, generation=run.generation, checkpoints=loaded)
     runs = Run.objects.using(using)
@@ -90,6 +91,10 @@ def _can_update_returning(using: str) -> bool:
     return False  # MySQL/MariaDB: UPDATE ... RETURNING is not available
 
 
+#: PostgreSQL: a claim reads the run's checkpoints in its own statement, as one JSON value,
+#: while their outputs add up to at most this many bytes (escaped, they may grow up to 6x).
+AGGREGATED_CHECKPOINTS_MAX_BYTES = 64 * 1024 * 1024
+
 _RETURNED = (
     "task_name",
     "args",
@@ -113,8 +118,9 @@ def _claim_returning(
 
     The same compare-and-set as the ORM path in :func:`claim`, which MySQL uses. On PostgreSQL
     the same statement also reads the run's checkpoints (the ``UPDATE`` in a writable CTE, the
-    steps aggregated as JSON): a resumed run starts in one round trip. Returns the run and its
-    checkpoints (``None``: not read, SQLite), or ``None`` when the run is not ours to claim.
+    steps aggregated as JSON, unless their outputs exceed ``AGGREGATED_CHECKPOINTS_MAX_BYTES``):
+    a resumed run starts in one round trip. Returns the run and its checkpoints (``None``: not
+    read), or ``None`` when the run is not ours to claim.
     """
     connection = connections[using]
     q = connection.ops.quote_name
@@ -131,11 +137,15 @@ def _claim_returning(
     )
     with_steps = connection.vendor == "postgresql"
     if with_steps:
-        step = q(Step._meta.db_table)
+        # The outputs' size first: past AGGREGATED_CHECKPOINTS_MAX_BYTES they are not aggregated
+        # (one value of PostgreSQL is at most 1 GB), and the caller reads them row by row.
+        step, run_id_column, output = q(Step._meta.db_table), q("run_id"), q("output")
         fields = ", ".join(f"s.{q(column)}" for column in _CHECKPOINT_COLUMNS)
         sql = (
-            f"WITH c AS ({sql}) SELECT c.*, (SELECT json_agg(json_build_array({fields}))::text "
-            f"FROM {step} AS s WHERE s.{q('run_id')} = c.{q('id')}) FROM c"
+            f"WITH c AS ({sql}) SELECT c.*, t.size, (SELECT json_agg(json_build_array({fields}))::text "
+            f"FROM {step} AS s WHERE s.{run_id_column} = c.{q('id')} AND t.size <= %s) "
+            f"FROM c, LATERAL (SELECT COALESCE(SUM(octet_length(z.{output})), 0) AS size "
+            f"FROM {step} AS z WHERE z.{run_id_column} = c.{q('id')}) AS t"
         )
     params = [
         RunStatus.RUNNING,
@@ -147,6 +157,7 @@ def _claim_returning(
         value(now),
         RunStatus.RUNNING,
         value(now),
+        *([AGGREGATED_CHECKPOINTS_MAX_BYTES] if with_steps else []),
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -155,8 +166,9 @@ def _claim_returning(
         return None
     checkpoints = None
     if with_steps:
-        *row, steps = row
-        checkpoints = {item[0]: StoredStep(*item) for item in json.loads(steps or "[]")}
+        *row, size, steps = row
+        if size <= AGGREGATED_CHECKPOINTS_MAX_BYTES:
+            checkpoints = {item[0]: StoredStep(*item) for item in json.loads(steps or "[]")}
     (
         _id,
         task_name,

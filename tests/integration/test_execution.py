@@ -80,6 +80,19 @@ def test_second_execution__loads_all_checkpoints_in_one_query(db, deliver):
     assert [s.split()[0] for s in ours] == [*claim, "SELECT", "SAVEPOINT", "UPDATE", "UPDATE", "RELEASE"], ours
 
 
+def test_second_execution__with_outputs_past_the_aggregate_limit__reads_them_row_by_row(db, deliver, monkeypatch):
+    """PostgreSQL's claim aggregates the checkpoints only up to a size; past it they are read as rows."""
+    monkeypatch.setattr(claims, "AGGREGATED_CHECKPOINTS_MAX_BYTES", 1)
+    tasks.MEASURED.clear()
+    run = tasks.measured.delay()
+    deliver(run.id)
+    sqls = []
+    assert deliver(run.id, sqls) == 3
+    assert (tasks.MEASURED["one"], tasks.MEASURED["two"]) == (0, 0)  # both replayed from their checkpoints
+    reads_steps = f"FROM {connection.ops.quote_name(Step._meta.db_table)}"
+    assert [s.split()[0] for s in sqls if "testapp" not in s and reads_steps in s][-1] == "SELECT"
+
+
 TRICKY = {
     "quotes": "say \"hi\" \\ and 'bye'",
     "unicode": "naïve ☃ 𝄞 עברית",
