@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from sqlite3 import sqlite_version_info
+from typing import Any
 
 from django.db import connections
 from django.db.models import Exists, F, Q
@@ -133,7 +134,7 @@ def _claim_returning(
         f"WHERE {q('id')} = %s AND (({q('status')} = %s AND ({q('wake_at')} IS NULL OR {q('wake_at')} <= %s)) "
         f"OR ({q('status')} = %s AND {q('lease_expires_at')} < %s)) "
         f"AND {not_paused_sql(table, using)} "
-        f"RETURNING {', '.join(q(c) for c in ('id', *_RETURNED))}"
+        f"RETURNING {', '.join(q(c) for c in _RETURNED)}"
     )
     with_steps = connection.vendor == "postgresql"
     if with_steps:
@@ -143,11 +144,11 @@ def _claim_returning(
         fields = ", ".join(f"s.{q(column)}" for column in _CHECKPOINT_COLUMNS)
         sql = (
             f"WITH c AS ({sql}) SELECT c.*, t.size, (SELECT json_agg(json_build_array({fields}))::text "
-            f"FROM {step} AS s WHERE s.{run_id_column} = c.{q('id')} AND t.size <= %s) "
+            f"FROM {step} AS s WHERE s.{run_id_column} = %s AND t.size <= %s) "
             f"FROM c, LATERAL (SELECT COALESCE(SUM(octet_length(z.{output})), 0) AS size "
-            f"FROM {step} AS z WHERE z.{run_id_column} = c.{q('id')}) AS t"
+            f"FROM {step} AS z WHERE z.{run_id_column} = %s) AS t"
         )
-    params = [
+    params: list[Any] = [
         RunStatus.RUNNING,
         owner,
         value(lease_until),
@@ -157,7 +158,7 @@ def _claim_returning(
         value(now),
         RunStatus.RUNNING,
         value(now),
-        *([AGGREGATED_CHECKPOINTS_MAX_BYTES] if with_steps else []),
+        *([run_id, AGGREGATED_CHECKPOINTS_MAX_BYTES, run_id] if with_steps else []),
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -170,7 +171,6 @@ def _claim_returning(
         if size <= AGGREGATED_CHECKPOINTS_MAX_BYTES:
             checkpoints = {item[0]: StoredStep(*item) for item in json.loads(steps or "[]")}
     (
-        _id,
         task_name,
         args,
         kwargs,
