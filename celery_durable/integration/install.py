@@ -204,6 +204,21 @@ def _cancel_on_revoke(app: Celery) -> None:
     control.revoke = revoke  # type: ignore[method-assign]
 
 
+def _load_execution_modules(sender: Any = None, **kwargs: Any) -> None:
+    """Import the modules a durable execution needs, in the worker before it forks a pool process.
+
+    They need Django's app registry, so :mod:`.task` imports them on its first execution: in
+    every prefork child, on its first durable task (and again in each replacement child),
+    unless the parent imported them first. Imported here they are shared with the children.
+    """
+    from django.apps import apps
+
+    if not apps.ready:  # not a Django worker yet: the children import them as before
+        return
+    from ..engine import execution  # noqa: F401
+    from . import services  # noqa: F401  (the heartbeat every child starts)
+
+
 def install(app: Celery) -> None:
     """Plug celery-durable into a Celery app: worker services, connection reuse, intake hooks.
 
@@ -227,6 +242,9 @@ def install(app: Celery) -> None:
         ensure_heartbeat()
 
     signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid=f"celery_durable.worker_init.{id(app)}")
+    signals.worker_before_create_process.connect(
+        _load_execution_modules, weak=False, dispatch_uid="celery_durable.load_execution_modules"
+    )
     # Leases of long steps are renewed by a thread in each process that executes tasks:
     # the worker itself (solo, threads) and every prefork child.
     signals.worker_ready.connect(start_heartbeat, weak=False, dispatch_uid="celery_durable.heartbeat")
