@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, connections
@@ -29,6 +30,7 @@ from ..runtime.steps import BODY_STEP, StepContext
 from ..states import FINISHED, RunStatus
 from ..store import claims, pausing, runs, slots
 from ..store.cancellation import Cancellation
+from ..store.handover import InlineClaim
 from ..store.messages import RunMessage
 from . import cancel
 from .active import active, lease_owner
@@ -49,6 +51,8 @@ def execute(
     registry: TaskRegistry,
     send_event: Callable[[str, dict[str, Any], str], Any],
     using: str = "default",
+    claimed: RunMessage | None = None,
+    claim_next: bool = False,
 ) -> Outcome:
     """Claim ``run_id`` and run the task body with the run's stored arguments under a step context.
 
@@ -56,22 +60,29 @@ def execute(
     wait or retry) takes them first, or goes back to the backlog; if its key cannot be
     computed (the key function raises), the run fails. ``send_event`` is what
     ``step.send_event`` calls (it returns the event).
+
+    ``claimed``: the run's message from a hand-over that claimed it for this process (its
+    claim is not taken again). ``claim_next``: this process will execute the run the
+    completion hands the slot to, so the hand-over may claim it (``handover.InlineClaim``).
     """
     task_name, body, policy = spec.name, spec.body(), spec.policy
     settings = get_settings()
     owner = lease_owner()
     try:
-        claim = claims.claim(run_id, owner, settings.LEASE_SECONDS, using)
+        claim = _claim(run_id, owner, settings.LEASE_SECONDS, using, claimed)
     except DatabaseError:
         # Most often a connection the server dropped while the worker idled: reconnect once.
         connections[using].close()
         try:
-            claim = claims.claim(run_id, owner, settings.LEASE_SECONDS, using)
+            claim = _claim(run_id, owner, settings.LEASE_SECONDS, using, claimed)
         except DatabaseError as exc:
             return abandon(run_id, "claim", exc, using)
     if claim is None:
         return Outcome("dropped")
     run = RunInHand(run_id, task_name, claim.generation, claim.run.parent_id, using, registry, claim.run.started_at)
+    if claim_next:
+        lease = timedelta(seconds=settings.LEASE_SECONDS)
+        run.inline_claim = lambda: InlineClaim(task_name, owner, clock.now() + lease)
     if spec.concurrency and claim.run.holds_slots:
         run.slot_keys = (claim.run.slot_key1, claim.run.slot_key2)
     elif spec.concurrency:
@@ -130,6 +141,13 @@ def execute(
         active.cancelled.discard(run_id)
 
 
+def _claim(run_id: str, owner: str, lease: float, using: str, claimed: RunMessage | None) -> claims.Claim | None:
+    """The run's claim: taken now, or already taken by the hand-over that made ``claimed``."""
+    if claimed is not None:
+        return claims.handed_over(claimed, using)
+    return claims.claim(run_id, owner, lease, using)
+
+
 def _call(body: Callable[..., Any], args: Any, kwargs: Any, writer: RunWriter) -> Any:
     """The task body; if it ends otherwise than by returning, the deferred checkpoints are written first.
 
@@ -181,13 +199,20 @@ def deliver(
     spec: TaskSpec,
     registry: TaskRegistry,
     publisher: Publisher,
+    claimed: RunMessage | None = None,
+    claim_next: bool = False,
 ) -> Delivery:
-    """Execute the run a message names; publish what it made runnable; free its slots."""
+    """Execute the run a message names; publish what it made runnable; free its slots.
+
+    ``claimed`` and ``claim_next``: the inline hand-off's, as :func:`execute` takes them.
+    """
 
     def send_event(name: str, data: dict[str, Any], event_id: str) -> Any:
         return dispatch_event(name, data, event_id, registry, publisher)
 
-    outcome = execute(run_id=run_id, spec=spec, registry=registry, send_event=send_event)
+    outcome = execute(
+        run_id=run_id, spec=spec, registry=registry, send_event=send_event, claimed=claimed, claim_next=claim_next
+    )
     if outcome.kind == "dropped":
         status, value = runs.outcome_of(run_id)
         if status == RunStatus.QUEUED and pausing.hold_queued(run_id):

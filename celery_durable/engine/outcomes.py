@@ -28,6 +28,7 @@ from ..runtime.errors import error_record
 from ..runtime.events import consumption_key, wait_names
 from ..store import cancellation, endings, events, pausing, runs, slots, suspension
 from ..store.checkpoints import CheckpointStore
+from ..store.handover import InlineClaim
 from ..store.messages import RunMessage
 from .ports import ChildMessage, TaskRegistry
 
@@ -63,6 +64,9 @@ class RunInHand:
     #: ``(slot_key1, slot_key2)`` of a run that held its slots when claimed: its completion
     #: hands them on in the same transaction.
     slot_keys: tuple[str | None, str | None] | None = None
+    #: The run its completion hands the slot to may be claimed for this process, which then
+    #: executes it (inline hand-off): ``handover.InlineClaim``.
+    inline_claim: Callable[[], InlineClaim] | None = None
 
     def duration(self) -> float | None:
         """Seconds since the run first started (``None`` if unknown)."""
@@ -118,10 +122,11 @@ def _complete_releasing(
     if run.slot_keys is None or run.parent_id is not None or run.using != "default":
         return None
     slot_keys = run.slot_keys
+    claim = None if run.inline_claim is None else run.inline_claim()
     return _handing_on(
         run,
         "completing",
-        lambda: endings.complete_releasing(run.run_id, run.generation, result, slot_keys, before, embedded),
+        lambda: endings.complete_releasing(run.run_id, run.generation, result, slot_keys, before, embedded, claim),
     )
 
 

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 from celery.exceptions import Ignore
 
 from .. import serialization, signals
-from ..store.messages import RunMessage
+from ..conf import get_settings
+from ..store.messages import DESTINATION, RunMessage
 
 
 class DurableTask(Protocol):
@@ -39,13 +40,15 @@ class DurableTask(Protocol):
 
     def pop_request(self) -> None: ...
 
-    def execute_run(self, run_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
+    def execute_run(
+        self, run_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], claimed: RunMessage | None = None
+    ) -> Any: ...
 
 
 logger = logging.getLogger("celery_durable")
 
 PROMOTED = "durable_promoted"  # attribute of the task's request: messages waiting for after_return
-DESTINATION = ("queue", "exchange", "routing_key")
+BUDGET = "durable_inline_budget"  # attribute of an inline run's request: how many more may follow it
 
 
 def eligible(task: DurableTask, message: RunMessage) -> bool:
@@ -56,8 +59,28 @@ def eligible(task: DurableTask, message: RunMessage) -> bool:
     return not any(options.get(key) for key in DESTINATION)
 
 
+def budget_after(task: DurableTask) -> int:
+    """How many promoted runs may still follow the current execution here (0: none).
+
+    A worker delivery starts a budget of ``INLINE_HANDOFF_RUNS``; each run executed inline
+    carries what is left of it (:func:`run_here`); an execution without a delivery (e.g.
+    ``celery_durable.testing``) has none. When it is above 0 the execution's completion may
+    claim the run it hands its slot to for this process.
+    """
+    request = task.request
+    left = getattr(request, BUDGET, None)
+    if left is not None:
+        return int(left)
+    return get_settings().INLINE_HANDOFF_RUNS if request.delivery_info else 0
+
+
 def run_here(task: DurableTask, messages: list[RunMessage], budget: int) -> list[RunMessage]:
-    """Execute up to ``budget`` eligible promoted runs here; return the messages to publish."""
+    """Execute up to ``budget`` eligible promoted runs here; return the messages to publish.
+
+    A run the hand-over claimed for this process (``RunMessage.claimed``) is always among
+    them: it was claimed only within the budget (:func:`budget_after`) and only when
+    eligible (``handover.InlineClaim`` is :func:`eligible` in SQL, or stricter).
+    """
     pending = list(messages)
     rest: list[RunMessage] = []
     while pending:
@@ -66,12 +89,15 @@ def run_here(task: DurableTask, messages: list[RunMessage], budget: int) -> list
             rest.append(message)
             continue
         budget -= 1
-        pending[:0] = _execute(task, message)  # its own hand-off goes first: the same key
+        pending[:0] = _execute(task, message, budget)  # its own hand-off goes first: the same key
     return rest
 
 
-def _execute(task: DurableTask, message: RunMessage) -> list[RunMessage]:
-    """Run one promoted run as if its message had arrived; store its outcome; return its promotions."""
+def _execute(task: DurableTask, message: RunMessage, budget: int) -> list[RunMessage]:
+    """Run one promoted run as if its message had arrived; store its outcome; return its promotions.
+
+    ``budget``: how many more may follow it here.
+    """
     args = serialization.loads(message.args)
     kwargs = serialization.loads(message.kwargs)
     outer = task.request
@@ -85,21 +111,23 @@ def _execute(task: DurableTask, message: RunMessage) -> list[RunMessage]:
         called_directly=False,
         is_eager=False,
         retries=0,
+        **{BUDGET: max(budget, 0)},
     )
     request = task.request
     signals.send(signals.run_handed_off, task.name, message.run_id, from_run_id=outer.id)
     try:
-        _store_outcome(task, message.run_id, args, kwargs, request)
+        _store_outcome(task, message, args, kwargs, request)
         return take_promoted(task)
     finally:
         task.pop_request()
 
 
-def _store_outcome(task: DurableTask, run_id: str, args: Any, kwargs: dict[str, Any], request: Any) -> None:
+def _store_outcome(task: DurableTask, message: RunMessage, args: Any, kwargs: dict[str, Any], request: Any) -> None:
     """Execute the run and tell the result backend, as Celery's tracer would."""
+    run_id = message.run_id
     try:
         try:
-            value = task.execute_run(run_id, args, kwargs)
+            value = task.execute_run(run_id, args, kwargs, claimed=message if message.claimed else None)
         except Ignore:
             return  # suspended or dropped: no result yet
         except Exception as exc:

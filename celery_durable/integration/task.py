@@ -276,11 +276,25 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         if promoted:
             publish_all(self.app, handoff.run_here(self, promoted, get_settings().INLINE_HANDOFF_RUNS))
 
-    def execute_run(self, run_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Execute run ``run_id`` in this process: return its value, or raise its error or ``Ignore``."""
+    def execute_run(
+        self, run_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], claimed: RunMessage | None = None
+    ) -> Any:
+        """Execute run ``run_id`` in this process: return its value, or raise its error or ``Ignore``.
+
+        ``claimed``: its message from a hand-over that claimed it for this process (inline hand-off).
+        """
         from ..engine.execution import deliver  # not at import time: it needs Django's app registry
 
-        delivery = deliver(run_id, args, kwargs, self.durable_spec, CeleryRegistry(self.app), CeleryPublisher(self.app))
+        delivery = deliver(
+            run_id,
+            args,
+            kwargs,
+            self.durable_spec,
+            CeleryRegistry(self.app),
+            CeleryPublisher(self.app),
+            claimed=claimed,
+            claim_next=handoff.budget_after(self) > 0,
+        )
         if self.batch is not None:
             batch_results.store_for_calls(self.app, run_id, delivery)
         if delivery.ended is not None:

@@ -24,6 +24,7 @@ from ..models import Run, Step
 from ..runtime.records import StoredStep
 from ..states import RunStatus
 from .compiled import CompiledSelect
+from .messages import RunMessage
 from .pausing import covering_pauses, not_paused_sql
 
 
@@ -75,6 +76,30 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
     checkpoints: dict[str, StoredStep] = {}
     if _has_checkpoints(run):
         checkpoints = load_checkpoints(run_id, using)
+    return Claim(run=run, generation=run.generation, checkpoints=checkpoints)
+
+
+def handed_over(message: RunMessage, using: str = "default") -> Claim:
+    """The claim a hand-over took for this process (``RunMessage.claimed``), as :func:`claim` returns it."""
+    claimed = message.claimed
+    assert claimed is not None
+    run = Run(
+        id=message.run_id,
+        task_name=message.task_name,
+        args=message.args,
+        kwargs=message.kwargs,
+        status=RunStatus.RUNNING,
+        holds_slots=True,
+        generation=claimed.generation,
+        executions=claimed.executions,
+        parent_id=claimed.parent_id,
+        started_at=claimed.started_at,
+        metadata=claimed.metadata,
+        forked_from_id=claimed.forked_from_id,
+        slot_key1=claimed.slot_key1,
+        slot_key2=claimed.slot_key2,
+    )
+    checkpoints = load_checkpoints(message.run_id, using) if _has_checkpoints(run) else {}
     return Claim(run=run, generation=run.generation, checkpoints=checkpoints)
 
 

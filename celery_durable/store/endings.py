@@ -21,7 +21,6 @@ from ..models import Run, Step
 from ..states import RunStatus, StepStatus
 from . import handover, slots
 from .messages import RunMessage
-from .rows import message_from
 from .slots import SlotKeys
 from .suspension import child_finished
 
@@ -68,6 +67,7 @@ def complete_releasing(
     slot_keys: SlotKeys,
     before: Callable[[], None] | None = None,
     embedded: Sequence[tuple[str, list[Any]]] = (),
+    claim: handover.InlineClaim | None = None,
 ) -> list[RunMessage] | None:
     """Complete a top-level run that holds its slots and hand them on, in one transaction.
 
@@ -77,12 +77,13 @@ def complete_releasing(
     no longer holds the run, or the run holds no slots): the caller then completes it the
     plain way (:func:`complete`), which tells the two apart. On PostgreSQL a run of one key
     does it all in one statement (:func:`complete_handing_over`; ``embedded``: ``before``'s
-    writes as statements).
+    writes as statements; ``claim``: the run that takes the slot is claimed for this process
+    when it may execute it here, see ``handover.InlineClaim``).
     """
     keys = [key for key in slot_keys if key]
     one_statement = connections["default"].vendor == "postgresql" and (before is None or embedded)
     if len(keys) == 1 and one_statement:
-        return complete_handing_over(run_id, generation, result, keys[0], embedded)
+        return complete_handing_over(run_id, generation, result, keys[0], embedded, claim)
 
     def clear() -> SlotKeys | None:
         if before is not None:
@@ -152,7 +153,12 @@ def _completion(
 
 
 def complete_handing_over(
-    run_id: str, generation: int, result: str, key: str, embedded: Sequence[tuple[str, list[Any]]] = ()
+    run_id: str,
+    generation: int,
+    result: str,
+    key: str,
+    embedded: Sequence[tuple[str, list[Any]]] = (),
+    claim: handover.InlineClaim | None = None,
 ) -> list[RunMessage] | None:
     """PostgreSQL: complete a top-level run that holds one key's slot and hand it on, in one statement.
 
@@ -162,14 +168,16 @@ def complete_handing_over(
     round trips around it.
     Returns the runs promoted into the slot (after a give-back, ``promote()`` looks for a
     run that needs two keys), or ``None`` when the completion changed nothing: the caller's
-    plain completion then decides.
+    plain completion then decides. With ``claim``, the run that took the slot may come back
+    claimed for this process (``RunMessage.claimed``): it must be executed here, not published.
     """
     connection = connections["default"]
     now = clock.now()
     ctes, update, params = _completion(run_id, generation, result, "default", True, embedded, now)
     gate = "AND EXISTS (SELECT 1 FROM done)"
+    hand_over = handover.ctes(gate, give_back=True, claim=claim is not None)
     sql = (
-        f"WITH {f'{ctes}, ' if ctes else ''}done AS ({update} RETURNING 1), {handover.ctes(gate, give_back=True)} "
+        f"WITH {f'{ctes}, ' if ctes else ''}done AS ({update} RETURNING 1), {hand_over} "
         f"SELECT (SELECT count(*) FROM done), taken.* FROM (SELECT 1) AS one LEFT JOIN taken ON TRUE"
     )
     # The embedded writes need the completion as much as it needs them: when it is refused
@@ -177,14 +185,14 @@ def complete_handing_over(
     # the caller's transaction a savepoint keeps a failed statement from breaking that one.
     with transaction.atomic() if embedded or connection.in_atomic_block else nullcontext():
         with connection.cursor() as cursor:
-            cursor.execute(sql, [*params, *handover.params(key, now, give_back=True)])
+            cursor.execute(sql, [*params, *handover.params(key, now, give_back=True, claim=claim)])
             done, *taken = cursor.fetchone()
         if not done and embedded:
             transaction.set_rollback(True)  # the embedded writes too
     if not done:
         return None
     if taken[0] is not None:
-        return [message_from(tuple(taken))]
+        return [handover.taken_message(taken)]
     return slots.promote([key])
 
 

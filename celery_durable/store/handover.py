@@ -13,6 +13,7 @@ own UPDATE in front of the same CTEs (:func:`ctes`; ``endings.complete_handing_o
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -22,7 +23,8 @@ from django.db import connection
 from ..models import Run, Slot
 from ..states import RunStatus
 from .fair import FAIR_ORDER
-from .messages import RunMessage
+from .messages import DESTINATION, Claimed, RunMessage
+from .pausing import not_paused_sql
 from .rows import message_from
 
 
@@ -41,23 +43,45 @@ def take_head(key: str, now: datetime) -> RunMessage | None:
     return None if row is None else message_from(row)
 
 
-def params(key: str, now: datetime, give_back: bool = False) -> list[Any]:
-    """The parameters of :func:`ctes`."""
-    taken = [RunStatus.PENDING, key, RunStatus.PENDING, key, RunStatus.PENDING, key, RunStatus.QUEUED]
-    return [key, *taken, connection.ops.adapt_datetimefield_value(now), True, *([key] if give_back else [])]
+@dataclass(frozen=True)
+class InlineClaim:
+    """The process that frees the slot will execute the run it goes to: claim that run for it.
+
+    Only a run of ``task_name`` without a destination of its own (``integration.handoff.eligible``)
+    and not paused: any other is queued and published as usual. (A backlog's run is due: one
+    that waits for its ``wake_at`` is queued, not pending.)
+    """
+
+    task_name: str
+    owner: str
+    lease_until: datetime
+
+
+def params(key: str, now: datetime, give_back: bool = False, claim: InlineClaim | None = None) -> list[Any]:
+    """The parameters of :func:`ctes` (``claim``: of ``ctes(..., claim=True)``)."""
+    value = connection.ops.adapt_datetimefield_value
+    heads = [RunStatus.PENDING, key, RunStatus.PENDING, key, RunStatus.PENDING, key]
+    if claim is None:
+        taken = [RunStatus.QUEUED, value(now), True]
+    else:
+        taken = [RunStatus.RUNNING, RunStatus.QUEUED, value(now), True, claim.owner, value(claim.lease_until)]
+        taken += [value(now), claim.task_name]
+    return [key, *heads, *taken, *([key] if give_back else [])]
 
 
 @cache
-def ctes(gate: str = "", give_back: bool = False) -> str:
+def ctes(gate: str = "", give_back: bool = False, claim: bool = False) -> str:
     """The hand-over as writable CTEs: ``taken`` returns the message of the run that took the slot.
 
     ``gate``: a condition the hand-over also needs (``AND EXISTS (SELECT 1 FROM done)``: the
     completion in the same statement). ``give_back``: a last CTE gives the slot back to the
-    key's row when no run took it (and the gate holds).
+    key's row when no run took it (and the gate holds). ``claim``: the run is also claimed
+    for the releasing process when it may execute it there (:class:`InlineClaim`); ``taken``
+    then returns :data:`CLAIMED_COLUMNS` after the message.
     """
     q = connection.ops.quote_name
     run, slot = q(Run._meta.db_table), q(Slot._meta.db_table)
-    backlog_at, pk, status, holds = q("backlog_at"), q("id"), q("status"), q("holds_slots")
+    backlog_at, pk, status = q("backlog_at"), q("id"), q("status")
     key1, key2, in_use = q("slot_key1"), q("slot_key2"), q("in_use")
     turn_order = ", ".join(q(column) for column in FAIR_ORDER)
     message = ", ".join(f"r.{q(column)}" for column in ("id", "task_name", "args", "kwargs", "options"))
@@ -80,11 +104,12 @@ def ctes(gate: str = "", give_back: bool = False) -> str:
         # run, which then finds it by its primary key alone: with more conditions a planner whose
         # statistics lag a growing backlog walked all of it. A pending run has its backlog_at
         # and holds no slot; a fair key is its runs' only one.
-        f"taken AS (UPDATE {run} AS r SET {status} = %s, {q('published_at')} = %s, {holds} = %s "
+        f"taken AS (UPDATE {run} AS r SET {_claiming() if claim else _queuing()} "
         f"WHERE r.{pk} = (SELECT head.{pk} FROM head WHERE head.{key2} IS NULL AND NOT EXISTS "
         f"(SELECT 1 FROM second WHERE (second.{backlog_at}, second.{pk}) < (head.{backlog_at}, head.{pk})) "
         f"UNION ALL SELECT turn.{pk} FROM turn LIMIT 1) "
-        f"RETURNING {message}, r.{q('started_at')} IS NOT NULL)"
+        f"RETURNING {message}, r.{q('started_at')} IS NOT NULL"
+        f"{''.join(f', r.{q(column)}' for column in CLAIMED_COLUMNS) if claim else ''})"
     )
     if not give_back:
         return taken
@@ -92,3 +117,44 @@ def ctes(gate: str = "", give_back: bool = False) -> str:
         f"{taken}, gave AS (UPDATE {slot} SET {in_use} = {in_use} - 1 WHERE {q('key')} = %s AND {in_use} > 0 "
         f"{gate} AND NOT EXISTS (SELECT 1 FROM taken) RETURNING 1)"
     )
+
+
+#: What ``taken`` returns after the message when it claims (``status``: ``running`` if it did).
+CLAIMED_COLUMNS = ("status", *(field.name for field in fields(Claimed)))
+
+
+def _queuing() -> str:
+    """The taken run is queued: its message goes to the broker."""
+    q = connection.ops.quote_name
+    return f"{q('status')} = %s, {q('published_at')} = %s, {q('holds_slots')} = %s"
+
+
+def _claiming() -> str:
+    """The taken run is claimed for the releasing process if it may run it there, else queued.
+
+    ``here`` is :class:`InlineClaim`'s condition, read once; the columns a claim sets
+    (``claims.claim``) change only when it holds.
+    """
+    q = connection.ops.quote_name
+    status, generation, executions = q("status"), q("generation"), q("executions")
+    owner, lease, wake, started = q("lease_owner"), q("lease_expires_at"), q("wake_at"), q("started_at")
+    options = f"r.{q('options')}::jsonb"
+    no_destination = " AND ".join(f"COALESCE({options} ->> '{key}', '') = ''" for key in DESTINATION)
+    here = f"r.{q('task_name')} = %s AND {no_destination} AND {not_paused_sql('r', 'default')}"
+    columns = (status, q("published_at"), q("holds_slots"), generation, executions, owner, lease, wake, started)
+    return (
+        f"({', '.join(columns)}) = (SELECT CASE WHEN k.here THEN %s ELSE %s END, %s, %s, "
+        f"r.{generation} + k.here::int, r.{executions} + k.here::int, "
+        f"CASE WHEN k.here THEN %s ELSE r.{owner} END, CASE WHEN k.here THEN %s ELSE r.{lease} END, "
+        f"CASE WHEN k.here THEN NULL ELSE r.{wake} END, "
+        f"CASE WHEN k.here THEN COALESCE(r.{started}, %s) ELSE r.{started} END "
+        f"FROM (SELECT {here} AS here) AS k)"
+    )
+
+
+def taken_message(row: Any) -> RunMessage:
+    """The message of ``taken``'s row: with :class:`Claimed` when it was claimed here."""
+    message = message_from(tuple(row[:6]))
+    if len(row) == 6 or row[6] != RunStatus.RUNNING:
+        return message
+    return replace(message, claimed=Claimed(*row[7:]))

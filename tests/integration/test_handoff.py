@@ -57,3 +57,103 @@ def test_a_promoted_run_that_suspends__hands_on_at_once(durable, settings):
     deliver(flows.per_user_sleeps, first.id)  # sleeps: its slot goes to the second, published now
     assert statuses([first, second, third]) == [RunStatus.SLEEPING, RunStatus.QUEUED, RunStatus.PENDING]
     assert [n.run_id for n in durable.published][-1] == second.id
+
+
+# --- PostgreSQL: the completion claims the run it hands its slot to, for this process ------
+
+
+def _postgres_only():
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the completion and hand-over in one statement is PostgreSQL's")
+
+
+def claims_and_hand_overs(queries):
+    """The claim statements and the completions that hand a slot over, among captured queries."""
+    claims = [q for q in queries if q["sql"].startswith(f'WITH c AS (UPDATE "{Run._meta.db_table}"')]
+    hand_overs = [q for q in queries if "taken AS (UPDATE" in q["sql"]]
+    return claims, hand_overs
+
+
+def test_inline_hand_off__the_completion_claims_the_next_run__no_claim_of_its_own(durable, settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    _postgres_only()
+    settings.CELERY_DURABLE = {"INLINE_HANDOFF_RUNS": 10}
+    backlog = [flows.per_user.delay(8) for _ in range(3)]
+    durable.published.clear()
+    with CaptureQueriesContext(connection) as captured:
+        deliver(flows.per_user, backlog[0].id)
+    claims, hand_overs = claims_and_hand_overs(captured.captured_queries)
+    assert len(claims) == 1  # the delivered run's; the two inline runs were claimed by the completions before them
+    assert len(hand_overs) == 3
+    assert statuses(backlog) == ["completed"] * 3
+    assert durable.published == []
+    rows = Run.objects.filter(id__in=[r.id for r in backlog])
+    assert {(r.generation, r.executions, r.lease_owner) for r in rows} == {(1, 1, None)}
+    executed = list(BodyRun.objects.filter(step="work").order_by("id").values_list("run_id", flat=True))
+    assert executed == [r.id for r in backlog]  # in backlog order, each once
+
+
+def test_inline_hand_off__a_run_of_another_task_on_the_key__is_queued_and_published(durable, settings):
+    _postgres_only()
+    settings.CELERY_DURABLE = {"INLINE_HANDOFF_RUNS": 10}
+    mine = [flows.quota_a.delay(n) for n in range(2)]  # the global key's two slots
+    theirs = flows.quota_b.delay(9)
+    assert statuses([*mine, theirs]) == ["queued", "queued", "pending"]
+    durable.published.clear()
+    deliver(flows.quota_a, mine[0].id)
+    # Not this task's: not claimed here, published for a worker of quota_b.
+    assert statuses([*mine, theirs]) == ["completed", "queued", "queued"]
+    assert [m.run_id for m in durable.published] == [theirs.id]
+    assert Run.objects.get(id=theirs.id).generation == 0
+
+
+def test_inline_hand_off__a_run_with_a_queue_of_its_own__is_queued_and_published(durable, settings):
+    _postgres_only()
+    settings.CELERY_DURABLE = {"INLINE_HANDOFF_RUNS": 10}
+    first = flows.per_user.delay(9)
+    routed = flows.per_user.apply_async((9,), queue="gpu")
+    durable.published.clear()
+    deliver(flows.per_user, first.id)
+    assert statuses([first, routed]) == ["completed", "queued"]
+    assert [m.run_id for m in durable.published] == [routed.id]
+    assert Run.objects.get(id=routed.id).generation == 0
+
+
+def test_inline_hand_off__a_run_paused_meanwhile__is_not_claimed_and_waits_in_paused(durable, settings):
+    from celery_durable import pause, signals
+
+    _postgres_only()
+    settings.CELERY_DURABLE = {"INLINE_HANDOFF_RUNS": 10}
+    first = flows.no_steps_limited.delay("acct")
+    second = flows.no_steps_limited.delay("acct")
+
+    def pause_the_task(sender=None, run_id=None, **kwargs):  # while the first run executes
+        if run_id == first.id:
+            pause("f.no_steps_limited", by="ops")
+
+    signals.run_started.connect(pause_the_task, weak=False)
+    try:
+        deliver(flows.no_steps_limited, first.id)
+    finally:
+        signals.run_started.disconnect(pause_the_task)
+    # The first completed (a pause stops a run at a step boundary); the second took the slot
+    # but no execution: the pause holds it until resume.
+    assert statuses([first, second]) == ["completed", "paused"]
+    assert Run.objects.get(id=second.id).executions == 0
+
+
+def test_execution_without_a_worker_delivery__does_not_claim_the_next_run(durable, settings):
+    """``celery_durable.testing`` executes runs with no delivery: their hand-overs publish, as before."""
+    _postgres_only()
+    settings.CELERY_DURABLE = {"INLINE_HANDOFF_RUNS": 10}
+    backlog = [flows.per_user.delay(5) for _ in range(3)]
+    durable.published.clear()
+    assert durable.run_next() == backlog[0].id
+    assert statuses(backlog) == ["completed", "queued", "pending"]
+    assert [m.run_id for m in durable.published] == [backlog[1].id]
+    assert durable.run_until_idle() == 2
+    assert statuses(backlog) == ["completed"] * 3
