@@ -53,10 +53,16 @@ def limited(key: str, i: int) -> int:
 
 
 @durable_task(name="bench.fc.paced", concurrency=Concurrency(limit=LIMIT, key="key"))
-def paced(key: str, i: int, seconds: float) -> int:
-    """A run that takes ``seconds`` (hand-off latency without CPU saturation; slot holders)."""
+def paced(key: str, i: int, seconds: float) -> float:
+    """A run that takes ``seconds`` (hand-off latency without CPU saturation; slot holders).
+
+    It returns when its body began (epoch seconds): bench/flow_phases.py measures the hand-off
+    from one run's completion to the next body, which ``started_at`` no longer shows when the
+    completion claims the next run for its process (the inline hand-off on PostgreSQL).
+    """
+    began = time.time()
     time.sleep(seconds)
-    return i + 1
+    return began
 
 
 @durable_task(name="bench.fc.paced_free")

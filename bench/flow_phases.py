@@ -295,6 +295,7 @@ def handoff(m: int, limited: bool = True, pool: int = LIMIT + 1) -> dict[str, An
     limited drain is compared with when the machine, not the limit, sets the pace.
     """
     from bench import flow_app
+    from celery_durable.models import Run
 
     task = flow_app.paced if limited else flow_app.paced_free
     log(f"handoff ({task.name}): enqueue {m}")
@@ -305,6 +306,13 @@ def handoff(m: int, limited: bool = True, pool: int = LIMIT + 1) -> dict[str, An
         busy1 = harness.machine_jiffies()
     starts, finishes = run_times(task.name)
     figures = timing(starts, finishes) | hop_ms(task.name)
+    if limited:
+        done = Run.objects.filter(task_name=task.name, status="completed")
+        body_starts = [float(result) for result in done.values_list("result", flat=True)]
+        body = timing(body_starts, finishes)  # k-th body start - (k-LIMIT)-th completion
+        figures |= {"body_handoff_p50_ms": body["handoff_p50_ms"], "body_handoff_p99_ms": body["handoff_p99_ms"]}
+        p50, p99 = figures["body_handoff_p50_ms"], figures["body_handoff_p99_ms"]
+        log(f"handoff: completion to the next body p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     log(f"handoff: hop p50 {figures['hop_p50_ms']:.1f} ms, p99 {figures['hop_p99_ms']:.1f} ms")
     log(f"handoff: p50 {figures['handoff_p50_ms']:.1f} ms, p99 {figures['handoff_p99_ms']:.1f} ms")
     busy = 100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])

@@ -265,7 +265,13 @@ def report(r: dict[str, Any]) -> str:
         w(
             f"| celery-durable `Concurrency(limit=5)` | 10 ms, prefork -c {pool} | {hand['n']:,} "
             f"| {hand['rate_per_s']:,.0f} "
-            f"| {hand['handoff_p50_ms']:.1f} / {hand['handoff_p99_ms']:.1f} | ideal 500/s |"
+            f"| {hand['handoff_p50_ms']:.1f} / {hand['handoff_p99_ms']:.1f} | ideal 500/s"
+            + (
+                f"; completion to the next body p50 / p99 {hand['body_handoff_p50_ms']:.1f} / "
+                f"{hand['body_handoff_p99_ms']:.1f} ms |"
+                if "body_handoff_p50_ms" in hand
+                else " |"
+            )
         )
         free = flow.get("handoff_free")
         if free:
