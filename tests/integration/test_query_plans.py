@@ -216,6 +216,31 @@ def test_slots__acquire_hand_off_backlog_and_backstops(durable):
     assert_indexed(lambda: slots.promote_stranded(100), "durable_run_backlog1")
 
 
+def test_inline_hand_off__the_completion_claims_the_backlogs_head_by_its_indexes(durable):
+    from datetime import timedelta
+
+    from celery_durable import clock
+    from celery_durable.store import endings
+    from celery_durable.store.handover import InlineClaim
+
+    key = "f.per_user:user_id:100"
+    done = Run.objects.get(id="bulk-37000")  # running, holds its slot of user 100
+    head = Run.objects.filter(status=RunStatus.PENDING, slot_key1=key).order_by("backlog_at", "id").first()
+    claim = InlineClaim(head.task_name, "plans-owner", clock.now() + timedelta(seconds=30))
+    statements = assert_indexed(
+        lambda: endings.complete_handing_over(done.id, done.generation, "1", key, claim=claim),
+        KEY["run id"],
+        "durable_run_backlog1",
+    )
+    assert any("taken AS (UPDATE" in sql for sql, _ in statements)
+    claimed = Run.objects.get(id=head.id)
+    assert (claimed.status, claimed.lease_owner, claimed.generation) == (
+        RunStatus.RUNNING,
+        "plans-owner",
+        head.generation + 1,
+    )
+
+
 def test_events__resume_waiting_runs_and_find_past_events(durable, monkeypatch):
     statements = assert_indexed(lambda: send_event("bulk.event7", {"n": 1}), "durable_run_waiting")
     assert any("celery_durable_step" in sql for sql, _ in statements)  # the waits' steps were read
