@@ -9,7 +9,7 @@ heartbeat pushes the leases of the runs a worker executes further out.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from sqlite3 import sqlite_version_info
 from typing import Any
@@ -51,7 +51,7 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
             return None
         run, loaded = returned
         if loaded is None:  # SQLite, or very large outputs: the checkpoints in a query of their own
-            loaded = load_checkpoints(run_id, using) if _has_checkpoints(run) else {}
+            loaded = _read_checkpoints(run, using)
         return Claim(run=run, generation=run.generation, checkpoints=loaded)
     runs = Run.objects.using(using)
     claimed = runs.filter(
@@ -73,16 +73,12 @@ def claim(run_id: str, owner: str, lease_seconds: float, using: str = "default")
     if claimed != 1:
         return None
     run = runs.get(id=run_id)
-    checkpoints: dict[str, StoredStep] = {}
-    if _has_checkpoints(run):
-        checkpoints = load_checkpoints(run_id, using)
-    return Claim(run=run, generation=run.generation, checkpoints=checkpoints)
+    return Claim(run=run, generation=run.generation, checkpoints=_read_checkpoints(run, using))
 
 
 def handed_over(message: RunMessage, using: str = "default") -> Claim:
     """The claim a hand-over took for this process (``RunMessage.claimed``), as :func:`claim` returns it."""
-    claimed = message.claimed
-    assert claimed is not None
+    assert message.claimed is not None
     run = Run(
         id=message.run_id,
         task_name=message.task_name,
@@ -90,22 +86,14 @@ def handed_over(message: RunMessage, using: str = "default") -> Claim:
         kwargs=message.kwargs,
         status=RunStatus.RUNNING,
         holds_slots=True,
-        generation=claimed.generation,
-        executions=claimed.executions,
-        parent_id=claimed.parent_id,
-        started_at=claimed.started_at,
-        metadata=claimed.metadata,
-        forked_from_id=claimed.forked_from_id,
-        slot_key1=claimed.slot_key1,
-        slot_key2=claimed.slot_key2,
+        **asdict(message.claimed),  # its fields are the run's columns
     )
-    checkpoints = load_checkpoints(message.run_id, using) if _has_checkpoints(run) else {}
-    return Claim(run=run, generation=run.generation, checkpoints=checkpoints)
+    return Claim(run=run, generation=run.generation, checkpoints=_read_checkpoints(run, using))
 
 
-def _has_checkpoints(run: Run) -> bool:
-    """Whether the run may have checkpoints: executed before, or a fork (it starts with copies)."""
-    return run.executions > 1 or run.forked_from_id is not None
+def _read_checkpoints(run: Run, using: str) -> dict[str, StoredStep]:
+    """The run's checkpoints, read only if it may have any: executed before, or a fork (it starts with copies)."""
+    return load_checkpoints(run.id, using) if run.executions > 1 or run.forked_from_id is not None else {}
 
 
 def _can_update_returning(using: str) -> bool:
@@ -195,41 +183,14 @@ def _claim_returning(
         *row, size, steps = row
         if size <= AGGREGATED_CHECKPOINTS_MAX_BYTES:
             checkpoints = {item[0]: StoredStep(*item) for item in json.loads(steps or "[]")}
-    (
-        task_name,
-        args,
-        kwargs,
-        generation,
-        executions,
-        parent_id,
-        holds_slots,
-        started_at,
-        metadata,
-        forked_from,
-        slot_key1,
-        slot_key2,
-    ) = row
+    values = dict(zip(_RETURNED, row, strict=True))
+    started_at = values["started_at"]
     if isinstance(started_at, str):  # SQLite may return text
         started_at = parse_datetime(started_at)
     if isinstance(started_at, datetime) and started_at.tzinfo is None and now.tzinfo is not None:
         started_at = started_at.replace(tzinfo=now.tzinfo)  # SQLite stores UTC without an offset
-    run = Run(
-        started_at=started_at,
-        holds_slots=bool(holds_slots),
-        id=run_id,
-        task_name=task_name,
-        args=args,
-        kwargs=kwargs,
-        generation=generation,
-        executions=executions,
-        parent_id=parent_id,
-        status=RunStatus.RUNNING,
-        metadata=metadata,
-        forked_from_id=forked_from,
-        slot_key1=slot_key1,
-        slot_key2=slot_key2,
-    )
-    return run, checkpoints
+    values.update(started_at=started_at, holds_slots=bool(values["holds_slots"]))
+    return Run(id=run_id, status=RunStatus.RUNNING, **values), checkpoints
 
 
 #: A checkpoint's columns, in :class:`StoredStep`'s order.

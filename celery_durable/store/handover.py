@@ -25,7 +25,7 @@ from ..states import RunStatus
 from .fair import FAIR_ORDER
 from .messages import DESTINATION, Claimed, RunMessage
 from .pausing import not_paused_sql
-from .rows import message_from
+from .rows import MESSAGE_FIELDS, message_from
 
 
 def take_head(key: str, now: datetime) -> RunMessage | None:
@@ -154,7 +154,8 @@ def _claiming() -> str:
 
 def taken_message(row: Any) -> RunMessage:
     """The message of ``taken``'s row: with :class:`Claimed` when it was claimed here."""
-    message = message_from(tuple(row[:6]))
-    if len(row) == 6 or row[6] != RunStatus.RUNNING:
+    size = len(MESSAGE_FIELDS)
+    message = message_from(tuple(row[:size]))
+    if len(row) == size or row[size] != RunStatus.RUNNING:  # not claimed: CLAIMED_COLUMNS' status
         return message
-    return replace(message, claimed=Claimed(*row[7:]))
+    return replace(message, claimed=Claimed(*row[size + 1 :]))
