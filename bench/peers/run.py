@@ -319,6 +319,7 @@ def setup() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (~2 min)")
+    parser.add_argument("--sleepers", type=int, help="runs of the sleep workload (default 500, 200 with --quick)")
     parser.add_argument("--reps", type=int, default=1, help="repetitions of workloads 1 and 3 (default 1)")
     parser.add_argument("--only", action="append", choices=WORKLOADS, help="run only these workloads (repeatable)")
     parser.add_argument("--no-wait", action="store_true", help="do not wait while another bench/ script runs")
@@ -370,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.peers.report import report
 
     size = SIZES["quick" if args.quick else "full"]
+    if args.sleepers:
+        size = {**size, "sleepers": args.sleepers}
     wanted = [w for w in WORKLOADS if not args.only or w in args.only]
     shown = argv if argv is not None else sys.argv[1:]
     if os.environ.get("BENCH_SNAPSHOT_OF"):
