@@ -36,6 +36,12 @@ class DurableTask(Protocol):
     @property
     def request(self) -> Any: ...
 
+    @property
+    def time_limit(self) -> float | None: ...
+
+    @property
+    def soft_time_limit(self) -> float | None: ...
+
     def push_request(self, *args: Any, **kwargs: Any) -> None: ...
 
     def pop_request(self) -> None: ...
@@ -64,14 +70,40 @@ def budget_after(task: DurableTask) -> int:
 
     A worker delivery starts a budget of ``INLINE_HANDOFF_RUNS``; each run executed inline
     carries what is left of it (:func:`run_here`); an execution without a delivery (e.g.
-    ``celery_durable.testing``) has none. When it is above 0 the execution's completion may
-    claim the run it hands its slot to for this process.
+    ``celery_durable.testing``) has none, and neither has a delivery under a Celery time
+    limit (:func:`time_limited`). When it is above 0 the execution's completion may claim
+    the run it hands its slot to for this process.
     """
     request = task.request
     left = getattr(request, BUDGET, None)
     if left is not None:
         return int(left)
-    return get_settings().INLINE_HANDOFF_RUNS if request.delivery_info else 0
+    if not request.delivery_info or time_limited(task):
+        return 0
+    return get_settings().INLINE_HANDOFF_RUNS
+
+
+def time_limited(task: DurableTask) -> bool:
+    """Whether a Celery time limit applies to the current delivery.
+
+    Celery times the delivery, not each run: runs executed inline would spend the delivered
+    run's ``time_limit`` / ``soft_time_limit`` and be interrupted for what the runs before
+    them took. The limits come from the message (``apply_async(time_limit=...)``), the task
+    (its attributes, which default to ``task_time_limit`` / ``task_soft_time_limit`` and
+    which Celery's ``time_limit`` remote control changes) or the worker
+    (``--time-limit`` / ``--soft-time-limit``, noted by :func:`note_worker_time_limits`).
+    """
+    request = task.request
+    return any((*(request.timelimit or ()), task.time_limit, task.soft_time_limit, *_worker_time_limits))
+
+
+_worker_time_limits: tuple[float | None, float | None] = (None, None)
+
+
+def note_worker_time_limits(sender: Any = None, **kwargs: Any) -> None:
+    """``worker_init`` receiver: keep the worker's own time limits (inherited by its pool processes)."""
+    global _worker_time_limits
+    _worker_time_limits = (getattr(sender, "time_limit", None), getattr(sender, "soft_time_limit", None))
 
 
 def run_here(task: DurableTask, messages: list[RunMessage], budget: int) -> list[RunMessage]:

@@ -15,7 +15,7 @@ from .. import serialization
 from ..conf import error_text_limit, get_settings
 from ..exceptions import RunNotFound, RunStateError
 from ..runtime.errors import error_record
-from . import observe
+from . import handoff, observe
 from .publish import CHILD_HEADER, NUDGE_HEADER, publish_all
 from .routing import install_router
 from .task import DurableTask
@@ -244,6 +244,10 @@ def install(app: Celery) -> None:
     signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid=f"celery_durable.worker_init.{id(app)}")
     signals.worker_before_create_process.connect(
         _load_execution_modules, weak=False, dispatch_uid="celery_durable.load_execution_modules"
+    )
+    # The inline hand-off stays off under a worker's --time-limit / --soft-time-limit.
+    signals.worker_init.connect(
+        handoff.note_worker_time_limits, weak=False, dispatch_uid="celery_durable.worker_time_limits"
     )
     # Leases of long steps are renewed by a thread in each process that executes tasks:
     # the worker itself (solo, threads) and every prefork child.

@@ -320,8 +320,8 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         raise Ignore()
 
     def _hands_off_inline(self) -> bool:
-        """Whether promoted runs wait for ``after_return`` (a worker delivery, inline hand-off on)."""
-        return bool(self.request.delivery_info) and get_settings().INLINE_HANDOFF_RUNS > 0
+        """Whether promoted runs wait for ``after_return`` (a worker delivery with inline budget left)."""
+        return handoff.budget_after(self) > 0
 
     def _run_without_checkpoints(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A direct call (``task(...)``) or eager mode: steps run inline, nothing is stored.

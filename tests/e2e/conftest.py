@@ -52,7 +52,9 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
 class Worker:
     """A ``celery worker`` subprocess in its own session (so the whole tree can be killed)."""
 
-    def __init__(self, env: dict, log: Path, name: str, pool: str = "prefork", concurrency: int = 2):
+    def __init__(
+        self, env: dict, log: Path, name: str, pool: str = "prefork", concurrency: int = 2, options: tuple = ()
+    ):
         self.log = log
         self.name = name
         command = [
@@ -76,6 +78,7 @@ class Worker:
             "--without-gossip",
             "-Q",
             env["DURABLE_TEST_QUEUE"],
+            *options,
         ]
         self.handle = log.open("w")
         self.process = subprocess.Popen(

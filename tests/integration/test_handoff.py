@@ -11,11 +11,19 @@ from tests.testapp import flows
 from tests.testapp.models import BodyRun
 
 
-def deliver(task, run_id):
-    """What a worker process does with the run's message: Celery's tracer around the task."""
+def deliver(task, run_id, timelimit=(None, None)):
+    """What a worker process does with the run's message: Celery's tracer around the task.
+
+    ``timelimit``: the message's ``(time_limit, soft_time_limit)``, as ``apply_async`` sends them.
+    """
     run = Run.objects.get(id=run_id)
     tracer = build_tracer(task.name, task, eager=False, propagate=False, app=current_app)
-    request = {"id": run_id, "delivery_info": {"exchange": "", "routing_key": "celery"}, "headers": {}}
+    request = {
+        "id": run_id,
+        "delivery_info": {"exchange": "", "routing_key": "celery"},
+        "headers": {},
+        "timelimit": timelimit,
+    }
     return tracer(run_id, serialization.loads(run.args), serialization.loads(run.kwargs), request)
 
 
@@ -157,3 +165,24 @@ def test_execution_without_a_worker_delivery__does_not_claim_the_next_run(durabl
     assert [m.run_id for m in durable.published] == [backlog[1].id]
     assert durable.run_until_idle() == 2
     assert statuses(backlog) == ["completed"] * 3
+
+
+@pytest.mark.parametrize("limit", ["message hard", "message soft", "task hard", "task soft"])
+def test_under_a_celery_time_limit__the_promoted_run_is_published__not_run_here(durable, settings, limit):
+    """Celery times the delivery: runs executed inline would spend the delivered run's limit."""
+    settings.CELERY_DURABLE = {"INLINE_HANDOFF_RUNS": 10}
+    backlog = [flows.per_user.delay(9) for _ in range(3)]
+    durable.published.clear()
+    where, kind = limit.split()
+    timelimit = ((30, None) if kind == "hard" else (None, 30)) if where == "message" else (None, None)
+    attribute = "time_limit" if kind == "hard" else "soft_time_limit"
+    if where == "task":  # what Celery's `time_limit` remote control or task_time_limit sets
+        setattr(flows.per_user, attribute, 30)
+    try:
+        deliver(flows.per_user, backlog[0].id, timelimit)
+    finally:
+        setattr(flows.per_user, attribute, None)
+    assert statuses(backlog) == ["completed", "queued", "pending"]
+    assert [m.run_id for m in durable.published] == [backlog[1].id]
+    run = Run.objects.get(id=backlog[1].id)
+    assert (run.executions, run.lease_owner) == (0, None)  # not claimed by the completion either
