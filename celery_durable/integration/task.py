@@ -285,6 +285,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         """
         from ..engine.execution import deliver  # not at import time: it needs Django's app registry
 
+        hands_off_inline = handoff.budget_after(self) > 0  # promoted runs may execute here, after this one
         delivery = deliver(
             run_id,
             args,
@@ -293,7 +294,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
             CeleryRegistry(self.app),
             CeleryPublisher(self.app),
             claimed=claimed,
-            claim_next=handoff.budget_after(self) > 0,
+            claim_next=hands_off_inline,
         )
         if self.batch is not None:
             batch_results.store_for_calls(self.app, run_id, delivery)
@@ -305,7 +306,7 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
                 raise _stored_error(str(status), value)
         outcome = delivery.outcome
         if delivery.promoted:
-            if outcome.kind in ("completed", "failed", "cancelled") and self._hands_off_inline():
+            if outcome.kind in ("completed", "failed", "cancelled") and hands_off_inline:
                 handoff.stash(self, delivery.promoted)  # run here once the result is stored (after_return)
             else:
                 publish_all(self.app, delivery.promoted)
@@ -318,10 +319,6 @@ class DurableTask(DjangoTask):  # type: ignore[type-arg]
         if outcome.kind == "cancelled":
             raise RunCancelled(f"run {run_id} was cancelled")
         raise Ignore()
-
-    def _hands_off_inline(self) -> bool:
-        """Whether promoted runs wait for ``after_return`` (a worker delivery with inline budget left)."""
-        return handoff.budget_after(self) > 0
 
     def _run_without_checkpoints(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A direct call (``task(...)``) or eager mode: steps run inline, nothing is stored.
